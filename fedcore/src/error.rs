@@ -1,0 +1,146 @@
+//! The crate's one error type.
+//!
+//! Every fallible operation in fedcore returns [`Error`]: a flat enum whose
+//! variants say what went wrong in words a user can act on. Nothing in the crate
+//! panics on outside data (model specs, byte streams, datasets); those problems
+//! come back as values of this type.
+
+use core::fmt;
+
+/// What went wrong in fedcore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The model spec has no layers, or more than [`crate::model::MAX_LAYERS`].
+    LayerCount(usize),
+    /// A Dense layer was given a non-flat input; put a Flatten before it.
+    DenseNeedsFlatInput {
+        /// Index of the offending layer.
+        layer: usize,
+    },
+    /// A layer's output would be empty (e.g. a 3x3 convolution on an input smaller than 3x3).
+    EmptyOutput {
+        /// Index of the offending layer.
+        layer: usize,
+    },
+    /// A layer was given zero units or filters.
+    ZeroWidth {
+        /// Index of the offending layer.
+        layer: usize,
+    },
+    /// The last layer must produce a flat vector of class scores.
+    OutputNotFlat,
+    /// A model spec string could not be parsed; the expected forms are `cnn` or `mlp:784-128-10`.
+    BadModelSpec,
+    /// A buffer has the wrong length for the model it is used with.
+    BufferLength {
+        /// Length the model needs.
+        expected: usize,
+        /// Length that was given.
+        got: usize,
+    },
+    /// A sample's pixel count does not match the model's input size.
+    SampleShape {
+        /// Pixels the model expects.
+        expected: usize,
+        /// Pixels the sample has.
+        got: usize,
+    },
+    /// A label is not smaller than the model's number of classes.
+    LabelOutOfRange {
+        /// The label found.
+        label: u8,
+        /// The model's number of classes.
+        classes: usize,
+    },
+    /// The dataset has no samples.
+    EmptyDataset,
+    /// A training setting is out of range (batch size 0, negative learning rate, ...).
+    BadConfig(&'static str),
+    /// A parameter chunk reaches past the end of the model.
+    ChunkOutOfRange {
+        /// First parameter index of the chunk.
+        offset: usize,
+        /// Number of values in the chunk.
+        len: usize,
+        /// Parameters in the model.
+        total: usize,
+    },
+    /// An aggregation was finished with no contribution, or with zero total weight.
+    NothingToAggregate,
+    /// Client vectors given to a robust aggregator differ in length.
+    RaggedVectors,
+    /// The IDX data is malformed (bad magic number, truncated, or mismatched counts).
+    BadIdx(&'static str),
+    /// A message does not fit in the frame buffer; raise the peer's max frame or send smaller chunks.
+    FrameTooLarge,
+    /// A message could not be encoded with postcard.
+    Encode,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::LayerCount(n) => write!(
+                f,
+                "a model needs between 1 and {} layers, this one has {n}",
+                crate::model::MAX_LAYERS
+            ),
+            Error::DenseNeedsFlatInput { layer } => write!(
+                f,
+                "layer {layer} is Dense but its input is not flat: add a Flatten layer before it"
+            ),
+            Error::EmptyOutput { layer } => {
+                write!(
+                    f,
+                    "layer {layer} would produce an empty output: its input is too small"
+                )
+            }
+            Error::ZeroWidth { layer } => write!(f, "layer {layer} has zero units or filters"),
+            Error::OutputNotFlat => {
+                write!(
+                    f,
+                    "the last layer must output a flat vector of class scores"
+                )
+            }
+            Error::BadModelSpec => write!(
+                f,
+                "bad model spec: expected `cnn` or `mlp:` followed by layer widths, e.g. `mlp:784-128-10`"
+            ),
+            Error::BufferLength { expected, got } => write!(
+                f,
+                "buffer holds {got} values but the model needs {expected}"
+            ),
+            Error::SampleShape { expected, got } => write!(
+                f,
+                "a sample has {got} pixels but the model's input takes {expected}"
+            ),
+            Error::LabelOutOfRange { label, classes } => write!(
+                f,
+                "label {label} is out of range for a model with {classes} classes"
+            ),
+            Error::EmptyDataset => write!(f, "the dataset has no samples"),
+            Error::BadConfig(what) => write!(f, "bad training setting: {what}"),
+            Error::ChunkOutOfRange { offset, len, total } => write!(
+                f,
+                "parameter chunk [{offset}, {}) reaches past the model's {total} parameters",
+                offset + len
+            ),
+            Error::NothingToAggregate => {
+                write!(
+                    f,
+                    "nothing to aggregate: no client contributed a positive example count"
+                )
+            }
+            Error::RaggedVectors => write!(f, "client parameter vectors differ in length"),
+            Error::BadIdx(what) => write!(f, "malformed IDX data: {what}"),
+            Error::FrameTooLarge => write!(
+                f,
+                "message does not fit in the frame buffer: send smaller chunks or raise the max frame"
+            ),
+            Error::Encode => write!(f, "message could not be encoded"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}

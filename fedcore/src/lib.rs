@@ -1,0 +1,20 @@
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+//! probe
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod data;
+mod error;
+pub mod linalg;
+pub mod model;
+pub mod rng;
+pub mod scalar;
+pub mod train;
+
+pub use error::Error;

@@ -1,0 +1,178 @@
+//! Strided matrix views and matrix multiplication.
+//!
+//! Layers express their heavy work as `C = A·B` (optionally `C += A·B`) over
+//! strided views of flat buffers, so a transposed operand is just a view with
+//! swapped strides and no copy. Under the `std` feature the f32 product runs on
+//! matrixmultiply's SGEMM (through ndarray's safe `general_mat_mul`, so this
+//! crate stays free of `unsafe`); without it, and for fixed point, a plain loop
+//! nest with a wide accumulator is used: bare-metal targets have no SIMD worth a
+//! blocked kernel, and fixed point needs its own 64-bit accumulation anyway.
+
+/// A read-only strided matrix view over a flat slice.
+#[derive(Debug, Clone, Copy)]
+pub struct Mat<'a, S> {
+    /// Backing storage.
+    pub data: &'a [S],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Distance between consecutive rows.
+    pub row_stride: usize,
+    /// Distance between consecutive columns.
+    pub col_stride: usize,
+}
+
+impl<'a, S: Copy> Mat<'a, S> {
+    /// A row-major `rows x cols` view.
+    pub fn new(data: &'a [S], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transposed view (no copy).
+    pub fn t(self) -> Self {
+        Mat {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    fn at(&self, i: usize, j: usize) -> S {
+        self.data[i * self.row_stride + j * self.col_stride]
+    }
+}
+
+/// A mutable row-major matrix view over a flat slice.
+#[derive(Debug)]
+pub struct MatMut<'a, S> {
+    /// Backing storage.
+    pub data: &'a mut [S],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+}
+
+impl<'a, S> MatMut<'a, S> {
+    /// A row-major `rows x cols` view.
+    pub fn new(data: &'a mut [S], rows: usize, cols: usize) -> Self {
+        MatMut { data, rows, cols }
+    }
+}
+
+/// `C = A·B`, or `C += A·B` when `accumulate`, by a plain loop nest.
+///
+/// `mac` multiplies two entries into the accumulator type `Acc` and adds them,
+/// `finish` turns an accumulator into an entry and `add` adds two entries: f32
+/// accumulates in f32, fixed point in i64 with a single rounding per output.
+pub(crate) fn gemm_loops<S: Copy, Acc: Copy>(
+    a: Mat<'_, S>,
+    b: Mat<'_, S>,
+    c: MatMut<'_, S>,
+    accumulate: bool,
+    zero: Acc,
+    mac: impl Fn(Acc, S, S) -> Acc,
+    finish: impl Fn(Acc) -> S,
+    add: impl Fn(S, S) -> S,
+) {
+    debug_assert_eq!(a.cols, b.rows);
+    debug_assert_eq!((a.rows, b.cols), (c.rows, c.cols));
+    for i in 0..c.rows {
+        let row = &mut c.data[i * c.cols..(i + 1) * c.cols];
+        for (j, out) in row.iter_mut().enumerate() {
+            let acc = (0..a.cols).fold(zero, |acc, p| mac(acc, a.at(i, p), b.at(p, j)));
+            let v = finish(acc);
+            *out = if accumulate { add(*out, v) } else { v };
+        }
+    }
+}
+
+/// f32 `C = A·B` (or `C += A·B`): matrixmultiply's SGEMM when `std` is on.
+#[cfg(feature = "std")]
+pub(crate) fn gemm_f32(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
+    use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+    let av = ArrayView2::from_shape(
+        (a.rows, a.cols).strides((a.row_stride, a.col_stride)),
+        a.data,
+    );
+    let bv = ArrayView2::from_shape(
+        (b.rows, b.cols).strides((b.row_stride, b.col_stride)),
+        b.data,
+    );
+    let (rows, cols) = (c.rows, c.cols);
+    // A view only fails to build when its slice is too short for its shape, which
+    // the layers' memory plan rules out; fall back to the loops rather than panic.
+    match (av, bv) {
+        (Ok(av), Ok(bv)) => match ArrayViewMut2::from_shape((rows, cols), &mut *c.data) {
+            Ok(mut cv) => {
+                let beta = if accumulate { 1.0 } else { 0.0 };
+                ndarray::linalg::general_mat_mul(1.0, &av, &bv, beta, &mut cv);
+            }
+            Err(_) => gemm_f32_loops(a, b, c, accumulate),
+        },
+        _ => gemm_f32_loops(a, b, c, accumulate),
+    }
+}
+
+/// f32 `C = A·B` (or `C += A·B`) without std: the plain loop nest.
+#[cfg(not(feature = "std"))]
+pub(crate) fn gemm_f32(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
+    gemm_f32_loops(a, b, c, accumulate)
+}
+
+fn gemm_f32_loops(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
+    gemm_loops(
+        a,
+        b,
+        c,
+        accumulate,
+        0.0f32,
+        |acc, x, y| acc + x * y,
+        |acc| acc,
+        |x, y| x + y,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_matches_definition_with_transposes() {
+        // A: 2x3, B: 3x2 given as the transpose of a 2x3 row-major buffer.
+        let a = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let bt = [7.0f32, 9.0, 11.0, 8.0, 10.0, 12.0];
+        let mut c = [1.0f32; 4];
+        gemm_f32(
+            Mat::new(&a, 2, 3),
+            Mat::new(&bt, 2, 3).t(),
+            MatMut::new(&mut c, 2, 2),
+            false,
+        );
+        assert_eq!(c, [58.0, 64.0, 139.0, 154.0]);
+        gemm_f32(
+            Mat::new(&a, 2, 3),
+            Mat::new(&bt, 2, 3).t(),
+            MatMut::new(&mut c, 2, 2),
+            true,
+        );
+        assert_eq!(c, [116.0, 128.0, 278.0, 308.0]);
+        let mut d = [0.0f32; 4];
+        gemm_f32_loops(
+            Mat::new(&a, 2, 3),
+            Mat::new(&bt, 2, 3).t(),
+            MatMut::new(&mut d, 2, 2),
+            false,
+        );
+        assert_eq!(d, [58.0, 64.0, 139.0, 154.0]);
+    }
+}

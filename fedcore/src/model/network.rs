@@ -1,0 +1,553 @@
+//! Forward and backward passes over a [`Plan`], generic over [`Scalar`].
+//!
+//! # Shapes
+//! Activations are batch-major, each sample HWC. A Dense layer is `Y = X·W + b`
+//! with `X: (batch, in)`, `W: (in, units)`; a convolution is the same product over
+//! the im2col matrix `(batch·Ho·Wo, 9·C)` whose column order `(ky, kx, c)` matches
+//! the HWIO kernel flattened to `(9·C, filters)`. Backward reuses those products
+//! with transposed views: `dW = Xᵀ·dY`, `dX = dY·Wᵀ`.
+//!
+//! Parameter gradients go to a [`GradSink`]: stored into a full gradient buffer
+//! (mini-batch SGD), or applied to the weights row by row as they are produced
+//! (the in-place batch-1 trainer, which owns no gradient buffer). In both cases a
+//! layer's input gradient is computed before its weights can change.
+
+use crate::linalg::{Mat, MatMut};
+use crate::model::{Layer, Plan, Stage};
+use crate::scalar::Scalar;
+
+/// Where parameter gradients go.
+pub(crate) enum GradSink<'a, S> {
+    /// Into a gradient buffer as long as the parameters.
+    Store(&'a mut [S]),
+    /// Straight into the parameters, one row at a time through `row` scratch.
+    Apply {
+        /// Scratch as long as the widest parameter row.
+        row: &'a mut [S],
+        /// The update rule.
+        rule: &'a mut dyn FnMut(&mut [S], usize, &[S]),
+    },
+}
+
+/// Runs the net on `batch` samples already in the input slot of `acts`.
+pub(crate) fn forward<S: Scalar>(
+    plan: &Plan,
+    params: &[S],
+    acts: &mut [S],
+    cols: &mut [S],
+    batch: usize,
+) {
+    let cap = acts.len() / plan.acts_len().max(1);
+    for st in plan.stages() {
+        let (n_in, n_out) = (st.input.len() * batch, st.output.len() * batch);
+        if st.act_in == st.act_out {
+            if st.layer == Layer::Relu {
+                for v in &mut acts[st.act_in * cap..st.act_in * cap + n_out] {
+                    *v = v.max(S::ZERO);
+                }
+            }
+            continue;
+        }
+        let (lo, hi) = acts.split_at_mut(st.act_out * cap);
+        let x = &lo[st.act_in * cap..st.act_in * cap + n_in];
+        let y = &mut hi[..n_out];
+        let (w, b) = weights(st, params);
+        match st.layer {
+            Layer::Dense { units } => {
+                let (inp, units) = (st.input.len(), units as usize);
+                S::gemm(
+                    Mat::new(x, batch, inp),
+                    Mat::new(w, inp, units),
+                    MatMut::new(y, batch, units),
+                    false,
+                );
+                add_bias(y, b);
+            }
+            Layer::Conv2d { filters } => {
+                let rows = batch * st.output.height as usize * st.output.width as usize;
+                let k = 9 * st.input.channels as usize;
+                let cols = &mut cols[..rows * k];
+                im2col(st, x, cols, batch);
+                let f = filters as usize;
+                S::gemm(
+                    Mat::new(cols, rows, k),
+                    Mat::new(w, k, f),
+                    MatMut::new(y, rows, f),
+                    false,
+                );
+                add_bias(y, b);
+            }
+            Layer::MaxPool2d => maxpool(st, x, y, batch),
+            Layer::Relu | Layer::Flatten => {}
+        }
+    }
+}
+
+/// Backpropagates `delta` (the loss gradient of the logits, `(batch, classes)`,
+/// in `deltas.0`) through the net, sending parameter gradients to `sink`.
+pub(crate) fn backward<S: Scalar>(
+    plan: &Plan,
+    params: &mut [S],
+    acts: &[S],
+    cols: &mut [S],
+    deltas: (&mut [S], &mut [S]),
+    batch: usize,
+    mut sink: GradSink<'_, S>,
+) {
+    let cap = acts.len() / plan.acts_len().max(1);
+    let (mut cur, mut next) = deltas;
+    for st in plan.stages().iter().rev() {
+        let (n_in, n_out) = (st.input.len() * batch, st.output.len() * batch);
+        let x = &acts[st.act_in * cap..st.act_in * cap + n_in];
+        match st.layer {
+            Layer::Relu => {
+                for (d, y) in cur[..n_out].iter_mut().zip(x) {
+                    if *y <= S::ZERO {
+                        *d = S::ZERO;
+                    }
+                }
+                continue;
+            }
+            Layer::Flatten => continue,
+            Layer::MaxPool2d => {
+                maxpool_backward(st, x, &cur[..n_out], &mut next[..n_in], batch);
+            }
+            Layer::Dense { units } => {
+                let (inp, units) = (st.input.len(), units as usize);
+                let dy = Mat::new(&cur[..n_out], batch, units);
+                if st.needs_input_grad {
+                    let (w, _) = weights(st, params);
+                    S::gemm(
+                        dy,
+                        Mat::new(w, inp, units).t(),
+                        MatMut::new(&mut next[..n_in], batch, inp),
+                        false,
+                    );
+                }
+                param_grads(st, params, Mat::new(x, batch, inp).t(), dy, &mut sink);
+            }
+            Layer::Conv2d { filters } => {
+                let rows = batch * st.output.height as usize * st.output.width as usize;
+                let (k, f) = (9 * st.input.channels as usize, filters as usize);
+                let cols = &mut cols[..rows * k];
+                let dy = Mat::new(&cur[..n_out], rows, f);
+                if st.needs_input_grad {
+                    let (w, _) = weights(st, params);
+                    S::gemm(dy, Mat::new(w, k, f).t(), MatMut::new(cols, rows, k), false);
+                    col2im(st, cols, &mut next[..n_in], batch);
+                }
+                // im2col again: a later convolution's forward pass reused the scratch.
+                im2col(st, x, cols, batch);
+                param_grads(st, params, Mat::new(cols, rows, k).t(), dy, &mut sink);
+            }
+        }
+        core::mem::swap(&mut cur, &mut next);
+    }
+}
+
+/// Softmax + cross-entropy of `logits` `(batch, classes)`: writes `p - onehot`
+/// into `delta` and returns the summed loss (Q16 integer, see [`Scalar::to_q16`]) and
+/// the number of correct argmax predictions.
+pub(crate) fn softmax_xent<S: Scalar>(
+    logits: &[S],
+    label: impl Fn(usize) -> u8,
+    classes: usize,
+    delta: &mut [S],
+) -> (i64, u32) {
+    let mut loss = 0i64;
+    let mut correct = 0;
+    for (i, (z, d)) in logits
+        .chunks_exact(classes)
+        .zip(delta.chunks_exact_mut(classes))
+        .enumerate()
+    {
+        let y = usize::from(label(i));
+        let (mut best, mut arg) = (z[0], 0);
+        for (j, &v) in z.iter().enumerate() {
+            if v > best {
+                (best, arg) = (v, j);
+            }
+        }
+        correct += u32::from(arg == y);
+        let mut sum = S::ZERO;
+        for (dj, &zj) in d.iter_mut().zip(z) {
+            *dj = zj.sub(best).exp_nonpos();
+            sum = sum.add(*dj);
+        }
+        // -ln softmax_y = ln(sum) - (z_y - max); sum >= 1 since the max term is e^0.
+        loss += sum.ln_ge1().sub(z[y].sub(best)).to_q16();
+        for dj in d.iter_mut() {
+            *dj = dj.div(sum);
+        }
+        d[y] = d[y].sub(S::ONE);
+    }
+    (loss, correct)
+}
+
+/// He-uniform initialisation (weights uniform in ±sqrt(6 / fan_in), biases zero),
+/// drawn in f32 and converted, so every scalar type starts from the same model.
+pub fn init_params<S: Scalar>(plan: &Plan, params: &mut [S], rng: &mut crate::rng::Rng) {
+    for st in plan.stages() {
+        let (nw, nb) = (st.weight_count(), st.bias_count());
+        if nw == 0 {
+            continue;
+        }
+        let fan_in = (nw / nb) as f32;
+        let limit = micromath::F32Ext::sqrt(6.0 / fan_in);
+        let (w, b) = params[st.params..st.params + nw + nb].split_at_mut(nw);
+        for v in w {
+            *v = S::from_f32((2.0 * rng.uniform() - 1.0) * limit);
+        }
+        b.fill(S::ZERO);
+    }
+}
+
+fn weights<'p, S>(st: &Stage, params: &'p [S]) -> (&'p [S], &'p [S]) {
+    let (nw, nb) = (st.weight_count(), st.bias_count());
+    params[st.params..st.params + nw + nb].split_at(nw)
+}
+
+/// Gradients of a layer's weights (`a·dy`, with `a` the transposed input or
+/// im2col matrix) and bias (column sums of `dy`), sent to `sink`.
+fn param_grads<S: Scalar>(
+    st: &Stage,
+    params: &mut [S],
+    a: Mat<'_, S>,
+    dy: Mat<'_, S>,
+    sink: &mut GradSink<'_, S>,
+) {
+    let (nw, nb) = (st.weight_count(), st.bias_count());
+    match sink {
+        GradSink::Store(grads) => {
+            let (gw, gb) = grads[st.params..st.params + nw + nb].split_at_mut(nw);
+            S::gemm(a, dy, MatMut::new(gw, a.rows, nb), false);
+            column_sums(dy, gb);
+        }
+        GradSink::Apply { row, rule } => {
+            let row = &mut row[..nb];
+            for r in 0..a.rows {
+                let a_row = Mat {
+                    data: &a.data[r * a.row_stride..],
+                    rows: 1,
+                    ..a
+                };
+                S::gemm(a_row, dy, MatMut::new(row, 1, nb), false);
+                let start = st.params + r * nb;
+                rule(&mut params[start..start + nb], start, row);
+            }
+            column_sums(dy, row);
+            let start = st.params + nw;
+            rule(&mut params[start..start + nb], start, row);
+        }
+    }
+}
+
+fn column_sums<S: Scalar>(m: Mat<'_, S>, out: &mut [S]) {
+    out.fill(S::ZERO);
+    for i in 0..m.rows {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = o.add(m.data[i * m.row_stride + j * m.col_stride]);
+        }
+    }
+}
+
+fn add_bias<S: Scalar>(y: &mut [S], b: &[S]) {
+    for row in y.chunks_exact_mut(b.len()) {
+        for (v, &bias) in row.iter_mut().zip(b) {
+            *v = v.add(bias);
+        }
+    }
+}
+
+/// Offsets of the 3x3 patch rows of a convolution: calls `f(col_index, x_index, channels)`
+/// for every contiguous run of `channels` values copied between image and im2col matrix.
+fn for_each_patch(st: &Stage, batch: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let (h, w, c) = (
+        st.input.height as usize,
+        st.input.width as usize,
+        st.input.channels as usize,
+    );
+    let (ho, wo) = (st.output.height as usize, st.output.width as usize);
+    let mut col = 0;
+    for b in 0..batch {
+        for i in 0..ho {
+            for j in 0..wo {
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        f(col, ((b * h + i + ky) * w + j + kx) * c, c);
+                        col += c;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn im2col<S: Scalar>(st: &Stage, x: &[S], cols: &mut [S], batch: usize) {
+    for_each_patch(st, batch, |col, xi, c| {
+        cols[col..col + c].copy_from_slice(&x[xi..xi + c])
+    });
+}
+
+fn col2im<S: Scalar>(st: &Stage, cols: &[S], dx: &mut [S], batch: usize) {
+    dx.fill(S::ZERO);
+    for_each_patch(st, batch, |col, xi, c| {
+        for (d, &v) in dx[xi..xi + c].iter_mut().zip(&cols[col..col + c]) {
+            *d = d.add(v);
+        }
+    });
+}
+
+/// Visits every 2x2 pooling window: `f(out_index, [four input indices])`.
+fn for_each_window(st: &Stage, batch: usize, mut f: impl FnMut(usize, [usize; 4])) {
+    let (h, w, c) = (
+        st.input.height as usize,
+        st.input.width as usize,
+        st.input.channels as usize,
+    );
+    let (ho, wo) = (st.output.height as usize, st.output.width as usize);
+    let mut out = 0;
+    for b in 0..batch {
+        for i in 0..ho {
+            for j in 0..wo {
+                let top = ((b * h + 2 * i) * w + 2 * j) * c;
+                for ch in 0..c {
+                    let t = top + ch;
+                    f(out, [t, t + c, t + w * c, t + w * c + c]);
+                    out += 1;
+                }
+            }
+        }
+    }
+}
+
+fn maxpool<S: Scalar>(st: &Stage, x: &[S], y: &mut [S], batch: usize) {
+    for_each_window(st, batch, |o, idx| {
+        y[o] = idx.iter().fold(x[idx[0]], |m, &k| m.max(x[k]));
+    });
+}
+
+fn maxpool_backward<S: Scalar>(st: &Stage, x: &[S], dy: &[S], dx: &mut [S], batch: usize) {
+    dx.fill(S::ZERO);
+    for_each_window(st, batch, |o, idx| {
+        let arg = idx
+            .iter()
+            .copied()
+            .fold(idx[0], |a, k| if x[k] > x[a] { k } else { a });
+        dx[arg] = dy[o];
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelSpec, Shape};
+    use crate::rng::Rng;
+    use crate::scalar::Fixed;
+    use std::vec::Vec;
+
+    const BATCH: usize = 3;
+
+    /// Small nets that between them exercise every layer, and every input gradient.
+    fn nets() -> Vec<ModelSpec> {
+        use Layer::*;
+        Vec::from([
+            ModelSpec::mlp(&[12, 5, 4, 3]).unwrap(),
+            ModelSpec::new(
+                Shape::image(7, 7, 2),
+                &[
+                    Conv2d { filters: 3 },
+                    Relu,
+                    MaxPool2d,
+                    Flatten,
+                    Dense { units: 4 },
+                    Relu,
+                    Dense { units: 3 },
+                ],
+            )
+            .unwrap(),
+            ModelSpec::new(
+                Shape::image(8, 8, 1),
+                &[
+                    Conv2d { filters: 2 },
+                    Relu,
+                    Conv2d { filters: 3 },
+                    MaxPool2d,
+                    Flatten,
+                    Dense { units: 3 },
+                ],
+            )
+            .unwrap(),
+        ])
+    }
+
+    struct Case {
+        plan: Plan,
+        params: Vec<f32>,
+        pixels: Vec<u8>,
+        labels: Vec<u8>,
+    }
+
+    fn case(spec: &ModelSpec, seed: u64) -> Case {
+        let plan = Plan::new(spec);
+        let mut rng = Rng::new(seed);
+        let mut params = std::vec![0.0f32; plan.param_count()];
+        init_params(&plan, &mut params, &mut rng);
+        // Non-zero biases so that ReLU kinks are not all at the same place.
+        for p in params.iter_mut() {
+            *p += 0.05 * (rng.uniform() - 0.5);
+        }
+        let pixels = (0..BATCH * plan.input_len())
+            .map(|_| (rng.next_u32() % 256) as u8)
+            .collect();
+        let labels = (0..BATCH)
+            .map(|_| (rng.next_u32() % plan.classes() as u32) as u8)
+            .collect();
+        Case {
+            plan,
+            params,
+            pixels,
+            labels,
+        }
+    }
+
+    /// Summed loss (f64) and parameter gradients of the batch.
+    fn loss_and_grads<S: Scalar>(c: &Case, params: &[S]) -> (f64, Vec<S>) {
+        let plan = &c.plan;
+        let mut acts = std::vec![S::ZERO; BATCH * plan.acts_len()];
+        let mut cols = std::vec![S::ZERO; BATCH * plan.cols_len()];
+        let mut d0 = std::vec![S::ZERO; BATCH * plan.delta_len()];
+        let mut d1 = d0.clone();
+        for (a, &p) in acts.iter_mut().zip(&c.pixels) {
+            *a = S::from_pixel(p);
+        }
+        forward(plan, params, &mut acts, &mut cols, BATCH);
+        let logits = &acts[plan.logits_slot() * BATCH..][..BATCH * plan.classes()];
+        let (loss, _) = softmax_xent(logits, |k| c.labels[k], plan.classes(), &mut d0);
+        let mut grads = std::vec![S::ZERO; plan.param_count()];
+        let mut params = params.to_vec();
+        backward(
+            plan,
+            &mut params,
+            &acts,
+            &mut cols,
+            (&mut d0, &mut d1),
+            BATCH,
+            GradSink::Store(&mut grads),
+        );
+        (loss as f64 / 65536.0, grads)
+    }
+
+    /// Summed loss of the batch, the log-softmax taken in f64.
+    fn loss_f64(c: &Case, params: &[f32]) -> f64 {
+        let plan = &c.plan;
+        let mut acts = std::vec![0.0f32; BATCH * plan.acts_len()];
+        let mut cols = std::vec![0.0f32; BATCH * plan.cols_len()];
+        for (a, &p) in acts.iter_mut().zip(&c.pixels) {
+            *a = f32::from_pixel(p);
+        }
+        forward(plan, params, &mut acts, &mut cols, BATCH);
+        let logits = &acts[plan.logits_slot() * BATCH..][..BATCH * plan.classes()];
+        let mut loss = 0.0;
+        for (z, &y) in logits.chunks_exact(plan.classes()).zip(&c.labels) {
+            let sum: f64 = z.iter().map(|&v| f64::from(v).exp()).sum();
+            loss += sum.ln() - f64::from(z[usize::from(y)]);
+        }
+        loss
+    }
+
+    fn numerical(c: &Case, i: usize) -> f64 {
+        // Small enough that a perturbation rarely crosses a ReLU kink or flips a
+        // max-pool winner, large enough for f32 rounding of the loss.
+        let eps = 2e-4f32;
+        let mut p = c.params.clone();
+        let (hi, lo) = (c.params[i] + eps, c.params[i] - eps);
+        p[i] = hi;
+        let up = loss_f64(c, &p);
+        p[i] = lo;
+        let down = loss_f64(c, &p);
+        (up - down) / f64::from(hi - lo)
+    }
+
+    #[test]
+    fn f32_gradients_match_finite_differences() {
+        for (n, spec) in nets().iter().enumerate() {
+            let c = case(spec, n as u64);
+            let (_, grads) = loss_and_grads(&c, &c.params);
+            for (i, &g) in grads.iter().enumerate() {
+                let num = numerical(&c, i);
+                let tol = 2e-3 + 2e-2 * num.abs();
+                assert!(
+                    (f64::from(g) - num).abs() < tol,
+                    "net {n} param {i}: analytic {g}, numerical {num}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_gradients_match_finite_differences() {
+        for (n, spec) in nets().iter().enumerate() {
+            let c = case(spec, 10 + n as u64);
+            let fixed: Vec<Fixed> = c.params.iter().map(|&p| Fixed::from_f32(p)).collect();
+            let (loss_fx, grads) = loss_and_grads(&c, &fixed);
+            let (loss_f32, _) = loss_and_grads(&c, &c.params);
+            assert!(
+                (loss_fx - loss_f32).abs() < 1e-3 * BATCH as f64,
+                "net {n}: loss {loss_fx} vs {loss_f32}"
+            );
+            for (i, &g) in grads.iter().enumerate() {
+                let num = numerical(&c, i);
+                let tol = 5e-3 + 3e-2 * num.abs();
+                let g = f64::from(g.to_f32());
+                assert!(
+                    (g - num).abs() < tol,
+                    "net {n} param {i}: fixed {g}, numerical {num}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn in_place_sink_applies_the_same_gradients() {
+        // Applying `w -= g` row by row must equal storing g and subtracting afterwards.
+        for (n, spec) in nets().iter().enumerate() {
+            let c = case(spec, 20 + n as u64);
+            let (_, grads) = loss_and_grads(&c, &c.params);
+            let plan = &c.plan;
+            let mut acts = std::vec![0.0f32; BATCH * plan.acts_len()];
+            let mut cols = std::vec![0.0f32; BATCH * plan.cols_len()];
+            let mut d0 = std::vec![0.0f32; BATCH * plan.delta_len()];
+            let mut d1 = d0.clone();
+            for (a, &p) in acts.iter_mut().zip(&c.pixels) {
+                *a = f32::from_pixel(p);
+            }
+            let mut params = c.params.clone();
+            forward(plan, &params, &mut acts, &mut cols, BATCH);
+            let logits = &acts[plan.logits_slot() * BATCH..][..BATCH * plan.classes()];
+            softmax_xent(logits, |k| c.labels[k], plan.classes(), &mut d0);
+            let mut row = std::vec![0.0f32; plan.widest_row()];
+            let mut rule = |w: &mut [f32], _at: usize, g: &[f32]| {
+                for (w, g) in w.iter_mut().zip(g) {
+                    *w -= g;
+                }
+            };
+            let sink = GradSink::Apply {
+                row: &mut row,
+                rule: &mut rule,
+            };
+            backward(
+                plan,
+                &mut params,
+                &acts,
+                &mut cols,
+                (&mut d0, &mut d1),
+                BATCH,
+                sink,
+            );
+            for (i, ((after, before), g)) in params.iter().zip(&c.params).zip(&grads).enumerate() {
+                assert!((after - (before - g)).abs() < 1e-5, "net {n} param {i}");
+            }
+        }
+    }
+}

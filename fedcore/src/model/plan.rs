@@ -1,0 +1,192 @@
+//! The resolved form of a spec: where each layer's parameters and activations live.
+//!
+//! A [`Plan`] turns a [`ModelSpec`] into offsets: each layer's slice of the flat
+//! parameter buffer (laid out tensor by tensor exactly like Keras'
+//! `get_weights()`), and each layer's slot in the activation arena, per sample.
+//! ReLU and Flatten work in place and share their input's slot. From the plan
+//! the exact memory a trainer needs follows (see [`crate::train::memory`]).
+
+use crate::model::{Layer, MAX_LAYERS, ModelSpec, Shape};
+
+/// One layer, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage {
+    /// The layer.
+    pub layer: Layer,
+    /// Shape it reads.
+    pub input: Shape,
+    /// Shape it writes.
+    pub output: Shape,
+    /// Offset of its weights in the parameter buffer (its bias follows them).
+    pub params: usize,
+    /// Offset of its input slot in the activation arena, per sample.
+    pub act_in: usize,
+    /// Offset of its output slot in the activation arena, per sample.
+    pub act_out: usize,
+    /// Whether backward must produce the gradient of its input (some earlier layer has parameters).
+    pub needs_input_grad: bool,
+}
+
+impl Stage {
+    /// Number of weights (without the bias).
+    pub fn weight_count(&self) -> usize {
+        self.layer
+            .param_count(self.input)
+            .saturating_sub(self.bias_count())
+    }
+
+    /// Number of biases.
+    pub fn bias_count(&self) -> usize {
+        match self.layer {
+            Layer::Dense { units } => units as usize,
+            Layer::Conv2d { filters } => filters as usize,
+            _ => 0,
+        }
+    }
+
+    /// Values per sample in the im2col matrix of a convolution, zero otherwise.
+    pub fn cols_len(&self) -> usize {
+        match self.layer {
+            Layer::Conv2d { .. } => {
+                self.output.height as usize
+                    * self.output.width as usize
+                    * 9
+                    * self.input.channels as usize
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// A spec resolved into parameter and activation offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    spec: ModelSpec,
+    stages: heapless::Vec<Stage, MAX_LAYERS>,
+    params: usize,
+    acts: usize,
+    delta: usize,
+    cols: usize,
+    widest: usize,
+}
+
+impl Plan {
+    /// Resolves `spec`.
+    pub fn new(spec: &ModelSpec) -> Self {
+        let mut stages = heapless::Vec::new();
+        let (mut params, mut acts) = (0, spec.input().len());
+        let (mut slot, mut delta, mut cols, mut widest) = (0, 0, 0, 0);
+        let mut seen_params = false;
+        for (layer, input, output) in spec.shapes() {
+            let in_place = matches!(layer, Layer::Relu | Layer::Flatten);
+            let act_out = if in_place { slot } else { acts };
+            let stage = Stage {
+                layer,
+                input,
+                output,
+                params,
+                act_in: slot,
+                act_out,
+                needs_input_grad: seen_params,
+            };
+            if !in_place {
+                acts += output.len();
+            }
+            slot = act_out;
+            params += layer.param_count(input);
+            seen_params |= layer.param_count(input) > 0;
+            delta = delta.max(output.len());
+            cols = cols.max(stage.cols_len());
+            widest = widest.max(stage.bias_count());
+            // A spec holds at most MAX_LAYERS layers, so this push always fits.
+            let _ = stages.push(stage);
+        }
+        Plan {
+            spec: spec.clone(),
+            stages,
+            params,
+            acts,
+            delta,
+            cols,
+            widest,
+        }
+    }
+
+    /// The spec this plan resolves.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The resolved layers.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// Total parameters.
+    pub fn param_count(&self) -> usize {
+        self.params
+    }
+
+    /// Values per sample of the model's input.
+    pub fn input_len(&self) -> usize {
+        self.spec.input().len()
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.stages.last().map_or(0, |s| s.output.len())
+    }
+
+    /// Activation arena values per sample (input and every non-in-place output).
+    pub fn acts_len(&self) -> usize {
+        self.acts
+    }
+
+    /// Values per sample of one backward delta buffer (the widest layer output).
+    pub fn delta_len(&self) -> usize {
+        self.delta
+    }
+
+    /// Values per sample of the im2col scratch (largest convolution, zero without one).
+    pub fn cols_len(&self) -> usize {
+        self.cols
+    }
+
+    /// Widest output row of a parameter layer: the in-place trainer's gradient row.
+    pub fn widest_row(&self) -> usize {
+        self.widest
+    }
+
+    /// Offset of the logits slot, per sample.
+    pub fn logits_slot(&self) -> usize {
+        self.stages.last().map_or(0, |s| s.act_out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cnn_offsets_follow_keras_order() {
+        let plan = Plan::new(&ModelSpec::reference_cnn());
+        let s = plan.stages();
+        // conv kernel 3x3x1x32 = 288, bias 32, dense kernel 5408x100, bias 100, dense 100x10, bias 10
+        assert_eq!(
+            (s[0].params, s[0].weight_count(), s[0].bias_count()),
+            (0, 288, 32)
+        );
+        assert_eq!((s[4].params, s[4].weight_count()), (320, 540_800));
+        assert_eq!(s[6].params, 320 + 540_900);
+        assert_eq!(plan.param_count(), 542_230);
+        assert!(!s[0].needs_input_grad && s[4].needs_input_grad);
+        // input 784 + conv 21632 + pool 5408 + dense 100 + dense 10
+        assert_eq!(plan.acts_len(), 784 + 21_632 + 5408 + 100 + 10);
+        assert_eq!(plan.cols_len(), 26 * 26 * 9);
+        assert_eq!(plan.delta_len(), 21_632);
+        assert_eq!(plan.classes(), 10);
+        // ReLU and Flatten work in place on their input's slot.
+        assert_eq!(s[1].act_in, s[1].act_out);
+        assert_eq!(s[3].act_out, s[2].act_out);
+    }
+}

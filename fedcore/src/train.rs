@@ -1,0 +1,455 @@
+//! Local training and evaluation: SGD with momentum, FedProx, and an in-place
+//! batch-1 variant for the smallest devices.
+//!
+//! A [`Trainer`] owns no parameters: it trains the caller's flat buffer, using
+//! one scratch arena whose exact size [`memory`] reports before anything is
+//! allocated, so a device can size its static memory at boot. The arena can be
+//! any `AsMut<[S]>`: a `Vec` on a host, a static array or a borrowed slice on a
+//! device.
+//!
+//! The update is Keras' SGD: `v = momentum·v - lr·g; w += v` with `g` the batch
+//! mean gradient (plus `mu·(w - w_global)` for FedProx). With batch size 1 and no
+//! momentum the gradient of each weight row is applied as soon as it is computed,
+//! so no gradient buffer exists at all: for the 784-32-10 MLP in Q16.16 that is
+//! 102 KB of parameters and about 4 KB of everything else.
+
+use core::marker::PhantomData;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::data::Dataset;
+use crate::model::network::{GradSink, backward, forward, softmax_xent};
+use crate::model::{ModelSpec, Plan};
+use crate::rng::{Permutation, Rng};
+use crate::scalar::Scalar;
+
+/// How fixed-point products in the weight update are rounded (f32 ignores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rounding {
+    /// Round to nearest: updates smaller than half a unit in the last place are lost.
+    Nearest,
+    /// Round up with probability equal to the discarded fraction: unbiased, so small updates survive on average.
+    Stochastic,
+}
+
+/// Local training settings (what a round's fit instruction carries).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Passes over the local data.
+    pub epochs: u32,
+    /// Samples per gradient step.
+    pub batch_size: u32,
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum (0 disables the velocity buffer).
+    pub momentum: f32,
+    /// FedProx proximal coefficient `mu` (0 disables the term and its anchor copy).
+    pub proximal_mu: f32,
+    /// Rounding of the fixed-point update.
+    pub rounding: Rounding,
+}
+
+impl Default for TrainConfig {
+    /// The reference lab's settings: 1 epoch, batch 32, lr 0.01, momentum 0.9.
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 1,
+            batch_size: 32,
+            lr: 0.01,
+            momentum: 0.9,
+            proximal_mu: 0.0,
+            rounding: Rounding::Stochastic,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every setting is in range.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.batch_size == 0 {
+            return Err(Error::BadConfig("batch size must be at least 1"));
+        }
+        if !(self.lr >= 0.0 && self.lr.is_finite()) {
+            return Err(Error::BadConfig(
+                "learning rate must be a finite number >= 0",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::BadConfig("momentum must be in [0, 1)"));
+        }
+        if !(self.proximal_mu >= 0.0 && self.proximal_mu.is_finite()) {
+            return Err(Error::BadConfig("proximal mu must be a finite number >= 0"));
+        }
+        Ok(())
+    }
+
+    /// True when training runs in place (batch 1, no momentum): no gradient buffer.
+    pub fn in_place(&self) -> bool {
+        self.batch_size == 1 && self.momentum == 0.0
+    }
+}
+
+/// Bytes a model needs to train, by purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Memory {
+    /// The parameters themselves.
+    pub parameters: usize,
+    /// The gradient buffer (zero when training in place).
+    pub gradients: usize,
+    /// Momentum velocity and the FedProx anchor copy of the global model.
+    pub optimizer_state: usize,
+    /// Every layer's activations for one batch (kept for backward).
+    pub activations: usize,
+    /// Backward deltas, im2col matrix and the in-place gradient row.
+    pub scratch: usize,
+}
+
+impl Memory {
+    /// Everything together.
+    pub fn total(&self) -> usize {
+        self.parameters + self.gradients + self.optimizer_state + self.activations + self.scratch
+    }
+}
+
+/// Lengths (in scalars) of the trainer arena's parts, in arena order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    grads: usize,
+    velocity: usize,
+    anchor: usize,
+    acts: usize,
+    delta: usize,
+    cols: usize,
+    row: usize,
+}
+
+impl Layout {
+    fn new(plan: &Plan, cfg: &TrainConfig) -> Self {
+        let (b, p) = (cfg.batch_size as usize, plan.param_count());
+        let in_place = cfg.in_place();
+        Layout {
+            grads: if in_place { 0 } else { p },
+            velocity: if cfg.momentum > 0.0 { p } else { 0 },
+            anchor: if cfg.proximal_mu > 0.0 { p } else { 0 },
+            acts: b * plan.acts_len(),
+            delta: b * plan.delta_len(),
+            cols: b * plan.cols_len(),
+            row: if in_place { plan.widest_row() } else { 0 },
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.grads + self.velocity + self.anchor + self.acts + 2 * self.delta + self.cols + self.row
+    }
+}
+
+/// Exact bytes needed to train `spec` with `cfg` in scalar type `S`.
+pub fn memory<S: Scalar>(spec: &ModelSpec, cfg: &TrainConfig) -> Memory {
+    let plan = Plan::new(spec);
+    let l = Layout::new(&plan, cfg);
+    let size = core::mem::size_of::<S>();
+    Memory {
+        parameters: plan.param_count() * size,
+        gradients: l.grads * size,
+        optimizer_state: (l.velocity + l.anchor) * size,
+        activations: l.acts * size,
+        scratch: (2 * l.delta + l.cols + l.row) * size,
+    }
+}
+
+/// Loss and accuracy over a pass, kept in integers until asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Samples seen.
+    pub examples: u32,
+    /// Correct argmax predictions.
+    pub correct: u32,
+    /// Summed cross-entropy, times 2^16.
+    pub loss_q16: i64,
+}
+
+impl Stats {
+    /// Mean cross-entropy loss.
+    pub fn loss(&self) -> f32 {
+        (self.loss_q16 as f64 / 65536.0 / f64::from(self.examples.max(1))) as f32
+    }
+
+    /// Fraction of correct predictions.
+    pub fn accuracy(&self) -> f32 {
+        self.correct as f32 / self.examples.max(1) as f32
+    }
+}
+
+/// Trains and evaluates a model held in the caller's parameter buffer.
+#[derive(Debug)]
+pub struct Trainer<S, B> {
+    plan: Plan,
+    cfg: TrainConfig,
+    layout: Layout,
+    arena: B,
+    _scalar: PhantomData<S>,
+}
+
+/// The arena split into its parts.
+struct Parts<'a, S> {
+    grads: &'a mut [S],
+    velocity: &'a mut [S],
+    anchor: &'a mut [S],
+    acts: &'a mut [S],
+    delta: (&'a mut [S], &'a mut [S]),
+    cols: &'a mut [S],
+    row: &'a mut [S],
+}
+
+impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
+    /// Scalars the arena must hold for `spec` and `cfg`.
+    pub fn arena_len(spec: &ModelSpec, cfg: &TrainConfig) -> usize {
+        Layout::new(&Plan::new(spec), cfg).total()
+    }
+
+    /// A trainer working in `arena` (at least [`Trainer::arena_len`] scalars).
+    pub fn with_arena(spec: &ModelSpec, cfg: &TrainConfig, mut arena: B) -> Result<Self, Error> {
+        cfg.validate()?;
+        let plan = Plan::new(spec);
+        let layout = Layout::new(&plan, cfg);
+        let got = arena.as_mut().len();
+        if got < layout.total() {
+            return Err(Error::BufferLength {
+                expected: layout.total(),
+                got,
+            });
+        }
+        Ok(Trainer {
+            plan,
+            cfg: *cfg,
+            layout,
+            arena,
+            _scalar: PhantomData,
+        })
+    }
+
+    /// The resolved model.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The current settings.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Changes the settings (a new round may bring a new learning rate), if the arena still fits them.
+    pub fn set_config(&mut self, cfg: &TrainConfig) -> Result<(), Error> {
+        cfg.validate()?;
+        let layout = Layout::new(&self.plan, cfg);
+        let got = self.arena.as_mut().len();
+        if got < layout.total() {
+            return Err(Error::BufferLength {
+                expected: layout.total(),
+                got,
+            });
+        }
+        self.cfg = *cfg;
+        self.layout = layout;
+        Ok(())
+    }
+
+    /// Trains `params` for the configured epochs on `data`; returns the last epoch's stats.
+    /// Momentum starts from zero and the FedProx anchor is `params` as given.
+    pub fn fit(
+        &mut self,
+        params: &mut [S],
+        data: &impl Dataset,
+        seed: u64,
+    ) -> Result<Stats, Error> {
+        self.check(params.len(), data)?;
+        let (plan, cfg) = (&self.plan, self.cfg);
+        let Parts {
+            grads,
+            velocity,
+            anchor,
+            acts,
+            delta,
+            cols,
+            row,
+        } = split(self.arena.as_mut(), &self.layout);
+        velocity.fill(S::ZERO);
+        anchor.copy_from_slice(&params[..anchor.len()]);
+        let mut rng = Rng::new(seed);
+        let lr = S::from_f32(cfg.lr);
+        let momentum = S::from_f32(cfg.momentum);
+        let prox = S::from_f32(cfg.lr * cfg.proximal_mu);
+        let dithered = S::NEEDS_DITHER && cfg.rounding == Rounding::Stochastic;
+        let batch = cfg.batch_size as usize;
+        let mut stats = Stats::default();
+        for _ in 0..cfg.epochs {
+            stats = Stats::default();
+            let order = Permutation::new(data.len() as u32, &mut rng);
+            let index = |i: usize| order.get(i as u32) as usize;
+            for start in (0..data.len()).step_by(batch) {
+                let n = batch.min(data.len() - start);
+                let label = |k: usize| data.sample(index(start + k)).label;
+                load(plan, acts, data, n, |k| index(start + k));
+                forward(plan, params, acts, cols, n);
+                let cap = acts.len() / plan.acts_len();
+                let logits = &acts[plan.logits_slot() * cap..][..n * plan.classes()];
+                let (loss, correct) = softmax_xent(logits, label, plan.classes(), delta.0);
+                stats.add(n, loss, correct);
+                // lr times the batch *mean* gradient: backward produces sums.
+                let step = lr.div(S::from_count(n as u32));
+                let mut dither = || if dithered { rng.next_u32() } else { 1 << 31 };
+                let deltas = (&mut *delta.0, &mut *delta.1);
+                if cfg.in_place() {
+                    let mut rule = |w: &mut [S], at: usize, g: &[S]| {
+                        for (k, (w, &g)) in w.iter_mut().zip(g).enumerate() {
+                            let mut upd = step.mul_dither(g, dither());
+                            if let Some(&a) = anchor.get(at + k) {
+                                upd = upd.add(prox.mul(w.sub(a)));
+                            }
+                            *w = w.sub(upd);
+                        }
+                    };
+                    backward(
+                        plan,
+                        params,
+                        acts,
+                        cols,
+                        deltas,
+                        n,
+                        GradSink::Apply {
+                            row,
+                            rule: &mut rule,
+                        },
+                    );
+                } else {
+                    backward(plan, params, acts, cols, deltas, n, GradSink::Store(grads));
+                    for (i, (w, &g)) in params.iter_mut().zip(grads.iter()).enumerate() {
+                        let mut upd = step.mul_dither(g, dither());
+                        if let Some(&a) = anchor.get(i) {
+                            upd = upd.add(prox.mul(w.sub(a)));
+                        }
+                        match velocity.get_mut(i) {
+                            Some(v) => {
+                                *v = momentum.mul(*v).sub(upd);
+                                *w = w.add(*v);
+                            }
+                            None => *w = w.sub(upd),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Loss and accuracy of `params` on `data`.
+    pub fn evaluate(&mut self, params: &[S], data: &impl Dataset) -> Result<Stats, Error> {
+        self.check(params.len(), data)?;
+        let plan = &self.plan;
+        let Parts {
+            acts, delta, cols, ..
+        } = split(self.arena.as_mut(), &self.layout);
+        let batch = self.cfg.batch_size as usize;
+        let mut stats = Stats::default();
+        for start in (0..data.len()).step_by(batch) {
+            let n = batch.min(data.len() - start);
+            load(plan, acts, data, n, |k| start + k);
+            forward(plan, params, acts, cols, n);
+            let cap = acts.len() / plan.acts_len();
+            let logits = &acts[plan.logits_slot() * cap..][..n * plan.classes()];
+            let (loss, correct) = softmax_xent(
+                logits,
+                |k| data.sample(start + k).label,
+                plan.classes(),
+                delta.0,
+            );
+            stats.add(n, loss, correct);
+        }
+        Ok(stats)
+    }
+
+    /// Checks the parameter buffer and every sample's shape and label up front, so
+    /// the passes themselves meet only valid data.
+    fn check(&self, params: usize, data: &impl Dataset) -> Result<(), Error> {
+        if params != self.plan.param_count() {
+            return Err(Error::BufferLength {
+                expected: self.plan.param_count(),
+                got: params,
+            });
+        }
+        if data.is_empty() {
+            return Err(Error::EmptyDataset);
+        }
+        let (pixels, classes) = (self.plan.input_len(), self.plan.classes());
+        for i in 0..data.len() {
+            let s = data.sample(i);
+            if s.pixels.len() != pixels {
+                return Err(Error::SampleShape {
+                    expected: pixels,
+                    got: s.pixels.len(),
+                });
+            }
+            if usize::from(s.label) >= classes {
+                return Err(Error::LabelOutOfRange {
+                    label: s.label,
+                    classes,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<S: Scalar> Trainer<S, alloc::vec::Vec<S>> {
+    /// A trainer with a heap-allocated arena of exactly the size it needs.
+    pub fn new(spec: &ModelSpec, cfg: &TrainConfig) -> Result<Self, Error> {
+        let len = Self::arena_len(spec, cfg);
+        Self::with_arena(spec, cfg, alloc::vec![S::ZERO; len])
+    }
+}
+
+impl Stats {
+    fn add(&mut self, n: usize, loss_q16: i64, correct: u32) {
+        self.examples += n as u32;
+        self.loss_q16 += loss_q16;
+        self.correct += correct;
+    }
+}
+
+fn split<'a, S>(arena: &'a mut [S], l: &Layout) -> Parts<'a, S> {
+    let (grads, rest) = arena.split_at_mut(l.grads);
+    let (velocity, rest) = rest.split_at_mut(l.velocity);
+    let (anchor, rest) = rest.split_at_mut(l.anchor);
+    let (acts, rest) = rest.split_at_mut(l.acts);
+    let (d0, rest) = rest.split_at_mut(l.delta);
+    let (d1, rest) = rest.split_at_mut(l.delta);
+    let (cols, rest) = rest.split_at_mut(l.cols);
+    let row = &mut rest[..l.row];
+    Parts {
+        grads,
+        velocity,
+        anchor,
+        acts,
+        delta: (d0, d1),
+        cols,
+        row,
+    }
+}
+
+/// Copies `n` samples, normalised, into the input slot (slot 0) of `acts`.
+fn load<S: Scalar>(
+    plan: &Plan,
+    acts: &mut [S],
+    data: &impl Dataset,
+    n: usize,
+    index: impl Fn(usize) -> usize,
+) {
+    let len = plan.input_len();
+    for (k, x) in acts[..n * len].chunks_exact_mut(len).enumerate() {
+        for (v, &p) in x.iter_mut().zip(data.sample(index(k)).pixels) {
+            *v = S::from_pixel(p);
+        }
+    }
+}
