@@ -9,6 +9,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod aggregate;
 pub mod data;
 mod error;
 pub mod linalg;
@@ -18,3 +19,5 @@ pub mod scalar;
 pub mod train;
 
 pub use error::Error;
+/// The `fixed` crate, whose `FixedI32` is the fixed-point scalar.
+pub use fixed;

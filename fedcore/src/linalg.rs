@@ -100,6 +100,12 @@ pub(crate) fn gemm_loops<S: Copy, Acc: Copy>(
 #[cfg(feature = "std")]
 pub(crate) fn gemm_f32(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
     use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+    // Below this many multiply-adds SGEMM's packing costs more than it saves
+    // (the in-place trainer multiplies one weight row at a time).
+    const SGEMM_MIN_MACS: usize = 4096;
+    if a.rows * a.cols * b.cols < SGEMM_MIN_MACS {
+        return gemm_f32_loops(a, b, c, accumulate);
+    }
     let av = ArrayView2::from_shape(
         (a.rows, a.cols).strides((a.row_stride, a.col_stride)),
         a.data,

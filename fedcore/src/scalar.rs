@@ -108,29 +108,48 @@ impl Scalar for f32 {
     fn div(self, rhs: Self) -> Self {
         self / rhs
     }
-    // std's exp and ln where std is linked; micromath's approximations (about
-    // 1e-3 relative error, fine for training) on bare metal.
-    #[cfg(any(test, feature = "std"))]
     fn exp_nonpos(self) -> Self {
-        self.min(0.0).exp()
+        float::exp(self.min(0.0))
     }
-    #[cfg(any(test, feature = "std"))]
     fn ln_ge1(self) -> Self {
-        self.ln()
-    }
-    #[cfg(not(any(test, feature = "std")))]
-    fn exp_nonpos(self) -> Self {
-        micromath::F32Ext::exp(self.min(0.0))
-    }
-    #[cfg(not(any(test, feature = "std")))]
-    fn ln_ge1(self) -> Self {
-        micromath::F32Ext::ln(self)
+        float::ln(self)
     }
     fn to_q16(self) -> i64 {
         (self * 65536.0) as i64
     }
     fn gemm(a: Mat<'_, Self>, b: Mat<'_, Self>, c: MatMut<'_, Self>, accumulate: bool) {
         gemm_f32(a, b, c, accumulate)
+    }
+}
+
+/// f32 functions that core lacks: std's where std is linked, micromath's
+/// approximations (about 1e-3 relative error, fine for training) on bare metal.
+pub(crate) mod float {
+    #[cfg(any(test, feature = "std"))]
+    pub(crate) fn exp(x: f32) -> f32 {
+        x.exp()
+    }
+    #[cfg(any(test, feature = "std"))]
+    pub(crate) fn ln(x: f32) -> f32 {
+        x.ln()
+    }
+    #[cfg(any(test, feature = "std"))]
+    pub(crate) fn sqrt(x: f32) -> f32 {
+        x.sqrt()
+    }
+    #[cfg(not(any(test, feature = "std")))]
+    pub(crate) use micromath::F32Ext;
+    #[cfg(not(any(test, feature = "std")))]
+    pub(crate) fn exp(x: f32) -> f32 {
+        F32Ext::exp(x)
+    }
+    #[cfg(not(any(test, feature = "std")))]
+    pub(crate) fn ln(x: f32) -> f32 {
+        F32Ext::ln(x)
+    }
+    #[cfg(not(any(test, feature = "std")))]
+    pub(crate) fn sqrt(x: f32) -> f32 {
+        F32Ext::sqrt(x)
     }
 }
 

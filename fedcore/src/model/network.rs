@@ -193,7 +193,7 @@ pub fn init_params<S: Scalar>(plan: &Plan, params: &mut [S], rng: &mut crate::rn
             continue;
         }
         let fan_in = (nw / nb) as f32;
-        let limit = micromath::F32Ext::sqrt(6.0 / fan_in);
+        let limit = crate::scalar::float::sqrt(6.0 / fan_in);
         let (w, b) = params[st.params..st.params + nw + nb].split_at_mut(nw);
         for v in w {
             *v = S::from_f32((2.0 * rng.uniform() - 1.0) * limit);

@@ -1,0 +1,117 @@
+//! Robust aggregators: coordinate-wise median and trimmed mean.
+//!
+//! Unlike FedAvg these cannot stream: each coordinate's result depends on the
+//! order statistics of all clients' values, so every client vector must be
+//! held at once (memory O(clients × model), the documented exception to the
+//! server's O(model) rule). Both are unweighted, as in Flower's FedMedian and
+//! FedTrimmedAvg: a client cannot buy influence by claiming many examples.
+
+use crate::Error;
+
+/// Checks the inputs and runs `f(sorted_values)` for each coordinate.
+fn per_coordinate(
+    clients: &[&[f32]],
+    scratch: &mut [f32],
+    out: &mut [f32],
+    f: impl Fn(&[f32]) -> f32,
+) -> Result<(), Error> {
+    if clients.is_empty() {
+        return Err(Error::NothingToAggregate);
+    }
+    if clients.iter().any(|c| c.len() != out.len()) {
+        return Err(Error::RaggedVectors);
+    }
+    let got = scratch.len();
+    let column = scratch
+        .get_mut(..clients.len())
+        .ok_or(Error::BufferLength {
+            expected: clients.len(),
+            got,
+        })?;
+    for (j, o) in out.iter_mut().enumerate() {
+        for (c, v) in clients.iter().zip(column.iter_mut()) {
+            *v = c[j];
+        }
+        column.sort_unstable_by(f32::total_cmp);
+        *o = f(column);
+    }
+    Ok(())
+}
+
+/// Coordinate-wise median of `clients` (mean of the middle two for an even count).
+/// `scratch` must hold at least one value per client.
+pub fn coordinate_median(
+    clients: &[&[f32]],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) -> Result<(), Error> {
+    per_coordinate(clients, scratch, out, |s| {
+        let n = s.len();
+        if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            0.5 * (s[n / 2 - 1] + s[n / 2])
+        }
+    })
+}
+
+/// Coordinate-wise mean after dropping the `beta` fraction (0 <= beta < 0.5) of
+/// the smallest and of the largest values. `scratch` holds one value per client.
+pub fn trimmed_mean(
+    clients: &[&[f32]],
+    beta: f32,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) -> Result<(), Error> {
+    if !(0.0..0.5).contains(&beta) {
+        return Err(Error::BadConfig("trim fraction must be in [0, 0.5)"));
+    }
+    let cut = (beta * clients.len() as f32) as usize;
+    per_coordinate(clients, scratch, out, |s| {
+        let kept = &s[cut..s.len() - cut];
+        kept.iter().sum::<f32>() / kept.len() as f32
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_ignores_an_outlier() {
+        let a = [1.0f32, 10.0];
+        let b = [2.0f32, 20.0];
+        let evil = [1e9f32, -1e9];
+        let mut out = [0.0f32; 2];
+        coordinate_median(&[&a, &b, &evil], &mut [0.0; 3], &mut out).unwrap();
+        assert_eq!(out, [2.0, 10.0]);
+        coordinate_median(&[&a, &b], &mut [0.0; 2], &mut out).unwrap();
+        assert_eq!(out, [1.5, 15.0]);
+    }
+
+    #[test]
+    fn trimmed_mean_cuts_both_ends() {
+        let vs: [[f32; 1]; 5] = [[-100.0], [1.0], [2.0], [3.0], [100.0]];
+        let refs: [&[f32]; 5] = vs.each_ref().map(|v| &v[..]);
+        let mut out = [0.0f32];
+        trimmed_mean(&refs, 0.2, &mut [0.0; 5], &mut out).unwrap();
+        assert_eq!(out, [2.0]);
+        trimmed_mean(&refs, 0.0, &mut [0.0; 5], &mut out).unwrap();
+        assert_eq!(out, [1.2]);
+        assert!(trimmed_mean(&refs, 0.5, &mut [0.0; 5], &mut out).is_err());
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let mut out = [0.0f32; 2];
+        assert_eq!(
+            coordinate_median(&[], &mut [], &mut out),
+            Err(Error::NothingToAggregate)
+        );
+        assert_eq!(
+            coordinate_median(&[&[1.0]], &mut [0.0], &mut out),
+            Err(Error::RaggedVectors)
+        );
+        assert!(coordinate_median(&[&[1.0, 2.0], &[1.0, 2.0]], &mut [0.0], &mut out).is_err());
+    }
+}

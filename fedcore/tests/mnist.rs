@@ -1,0 +1,49 @@
+//! Training on real MNIST: f32 and fixed point both learn.
+
+#[path = "support/mnist.rs"]
+mod support;
+
+use fedcore::model::{ModelSpec, Plan, init_params};
+use fedcore::rng::Rng;
+use fedcore::scalar::{Fixed, Scalar};
+use fedcore::train::{Rounding, TrainConfig, Trainer};
+
+fn train_and_score<S: Scalar>(cfg: &TrainConfig, train_n: usize, test_n: usize) -> f32 {
+    let mnist = support::Mnist::load();
+    let spec = ModelSpec::mlp(&[784, 32, 10]).unwrap();
+    let mut params = vec![S::ZERO; spec.param_count()];
+    init_params(&Plan::new(&spec), &mut params, &mut Rng::new(1));
+    let mut trainer = Trainer::<S, _>::new(&spec, cfg).unwrap();
+    trainer
+        .fit(&mut params, &mnist.train().take(train_n), 7)
+        .unwrap();
+    let stats = trainer
+        .evaluate(&params, &mnist.test().take(test_n))
+        .unwrap();
+    assert!(stats.loss().is_finite());
+    stats.accuracy()
+}
+
+#[test]
+fn f32_minibatch_momentum_learns_mnist() {
+    let acc = train_and_score::<f32>(&TrainConfig::default(), 5000, 2000);
+    assert!(acc > 0.85, "f32 accuracy {acc}");
+}
+
+#[test]
+fn fixed_in_place_learns_mnist() {
+    let cfg = TrainConfig {
+        batch_size: 1,
+        momentum: 0.0,
+        rounding: Rounding::Stochastic,
+        ..TrainConfig::default()
+    };
+    let acc = train_and_score::<Fixed>(&cfg, 5000, 2000);
+    assert!(acc > 0.85, "fixed accuracy {acc}");
+}
+
+#[test]
+fn fixed_minibatch_momentum_learns_mnist() {
+    let acc = train_and_score::<Fixed>(&TrainConfig::default(), 5000, 2000);
+    assert!(acc > 0.85, "fixed accuracy {acc}");
+}
