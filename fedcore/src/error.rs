@@ -70,6 +70,8 @@ pub enum Error {
     NothingToAggregate,
     /// Client vectors given to a robust aggregator differ in length.
     RaggedVectors,
+    /// Values to quantise or a scale received contain NaN or infinity (a diverged model).
+    NonFinite,
     /// The IDX data is malformed (bad magic number, truncated, or mismatched counts).
     BadIdx(&'static str),
     /// A message does not fit in the frame buffer; raise the peer's max frame or send smaller chunks.
@@ -133,6 +135,10 @@ impl fmt::Display for Error {
                 )
             }
             Error::RaggedVectors => write!(f, "client parameter vectors differ in length"),
+            Error::NonFinite => write!(
+                f,
+                "parameters contain NaN or infinity: training diverged (try a lower learning rate)"
+            ),
             Error::BadIdx(what) => write!(f, "malformed IDX data: {what}"),
             Error::FrameTooLarge => write!(
                 f,

@@ -10,10 +10,12 @@
 extern crate alloc;
 
 pub mod aggregate;
+pub mod compress;
 pub mod data;
 mod error;
 pub mod linalg;
 pub mod model;
+pub mod protocol;
 pub mod rng;
 pub mod scalar;
 pub mod train;

@@ -25,9 +25,15 @@ fn train_and_score<S: Scalar>(cfg: &TrainConfig, train_n: usize, test_n: usize) 
 }
 
 #[test]
-fn f32_minibatch_momentum_learns_mnist() {
-    let acc = train_and_score::<f32>(&TrainConfig::default(), 5000, 2000);
-    assert!(acc > 0.85, "f32 accuracy {acc}");
+fn f32_and_fixed_minibatch_momentum_learn_mnist_alike() {
+    // The reference settings (batch 32, lr 0.01, momentum 0.9), one epoch on 10,000 samples.
+    let f32_acc = train_and_score::<f32>(&TrainConfig::default(), 10_000, 10_000);
+    let fixed_acc = train_and_score::<Fixed>(&TrainConfig::default(), 10_000, 10_000);
+    assert!(f32_acc > 0.86, "f32 accuracy {f32_acc}");
+    assert!(
+        (f32_acc - fixed_acc).abs() < 0.01,
+        "f32 {f32_acc} vs Q16.16 {fixed_acc}"
+    );
 }
 
 #[test]
@@ -38,12 +44,6 @@ fn fixed_in_place_learns_mnist() {
         rounding: Rounding::Stochastic,
         ..TrainConfig::default()
     };
-    let acc = train_and_score::<Fixed>(&cfg, 5000, 2000);
-    assert!(acc > 0.85, "fixed accuracy {acc}");
-}
-
-#[test]
-fn fixed_minibatch_momentum_learns_mnist() {
-    let acc = train_and_score::<Fixed>(&TrainConfig::default(), 5000, 2000);
-    assert!(acc > 0.85, "fixed accuracy {acc}");
+    let acc = train_and_score::<Fixed>(&cfg, 10_000, 10_000);
+    assert!(acc > 0.88, "fixed accuracy {acc}");
 }

@@ -1,0 +1,309 @@
+//! The federation's messages.
+//!
+//! Messages borrow their variable-length parts (names, texts, parameter bytes)
+//! from the frame buffer they were decoded from, so decoding allocates nothing.
+//! Parameter values travel as raw little-endian bytes inside [`Values`], in the
+//! encoding the client asked for: f32, int8 with a per-chunk scale, or Q16.16.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::compress::{dequantize, quantize};
+use crate::model::ModelSpec;
+use crate::scalar::Scalar;
+use crate::train::TrainConfig;
+
+/// Version of this protocol; a server refuses a hello with another.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// What kind of participant says hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParticipantKind {
+    /// A host process over TCP, training in f32.
+    Host,
+    /// A microcontroller-class device over a serial line, training in fixed point.
+    Device,
+}
+
+/// How parameter values are encoded in a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// 4 bytes a value, IEEE f32 little-endian.
+    F32,
+    /// 1 byte a value plus one f32 scale per chunk (see [`crate::compress`]).
+    Int8,
+    /// 4 bytes a value, Q16.16 little-endian.
+    Q16,
+}
+
+impl Encoding {
+    /// Bytes per value.
+    pub const fn value_bytes(self) -> usize {
+        match self {
+            Encoding::F32 | Encoding::Q16 => 4,
+            Encoding::Int8 => 1,
+        }
+    }
+}
+
+/// A participant introduces itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello<'a> {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// A human-readable name.
+    pub name: &'a str,
+    /// Host or device.
+    pub kind: ParticipantKind,
+    /// Local training examples.
+    pub train_examples: u32,
+    /// Local test examples.
+    pub test_examples: u32,
+    /// Largest frame the participant can receive, in encoded bytes including the delimiter.
+    pub max_frame: u32,
+    /// The encoding it wants parameter chunks in (both directions).
+    pub encoding: Encoding,
+    /// Authentication token (empty when the federation has none).
+    pub auth: &'a [u8],
+}
+
+/// The server accepts a participant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The id the server gave the participant.
+    pub client_id: u32,
+    /// The model the federation trains.
+    pub model: ModelSpec,
+}
+
+/// Train on the global model that follows in chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FitIns {
+    /// Round number, from 1.
+    pub round: u32,
+    /// Local training settings.
+    pub config: TrainConfig,
+    /// Seed for this round's sample order and rounding.
+    pub seed: u64,
+}
+
+/// Evaluate the global model that follows in chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvaluateIns {
+    /// Round number.
+    pub round: u32,
+}
+
+/// Encoded parameter values, borrowed from a frame or an encoding buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Values<'a> {
+    /// f32 little-endian.
+    F32(&'a [u8]),
+    /// int8 with the chunk's scale.
+    Int8 {
+        /// Step between consecutive integer levels.
+        scale: f32,
+        /// One signed byte a value.
+        #[serde(borrow)]
+        values: &'a [u8],
+    },
+    /// Q16.16 little-endian.
+    Q16(&'a [u8]),
+}
+
+impl<'a> Values<'a> {
+    /// Encodes `src` as `encoding` into `buf` (at least `src.len() * value_bytes` long).
+    pub fn encode<S: Scalar>(
+        src: &[S],
+        encoding: Encoding,
+        buf: &'a mut [u8],
+    ) -> Result<Self, Error> {
+        let need = src.len() * encoding.value_bytes();
+        let got = buf.len();
+        let buf = buf.get_mut(..need).ok_or(Error::BufferLength {
+            expected: need,
+            got,
+        })?;
+        Ok(match encoding {
+            Encoding::F32 => {
+                for (b, v) in buf.chunks_exact_mut(4).zip(src) {
+                    b.copy_from_slice(&v.to_f32().to_le_bytes());
+                }
+                Values::F32(buf)
+            }
+            Encoding::Q16 => {
+                for (b, v) in buf.chunks_exact_mut(4).zip(src) {
+                    let q = v.to_q16().clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+                    b.copy_from_slice(&q.to_le_bytes());
+                }
+                Values::Q16(buf)
+            }
+            Encoding::Int8 => {
+                let scale = quantize(src, bytemuck::cast_slice_mut(buf))?;
+                Values::Int8 { scale, values: buf }
+            }
+        })
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(b) | Values::Q16(b) => b.len() / 4,
+            Values::Int8 { values, .. } => values.len(),
+        }
+    }
+
+    /// True when the chunk holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The encoding of these values.
+    pub fn encoding(&self) -> Encoding {
+        match self {
+            Values::F32(_) => Encoding::F32,
+            Values::Int8 { .. } => Encoding::Int8,
+            Values::Q16(_) => Encoding::Q16,
+        }
+    }
+
+    /// The values as f32, for folding into an aggregator.
+    pub fn iter_f32(&self) -> impl ExactSizeIterator<Item = f32> + 'a {
+        let this = *self;
+        (0..this.len()).map(move |i| match this {
+            Values::F32(b) => {
+                f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+            }
+            Values::Q16(b) => {
+                let q = i32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+                f32::from_q16(i64::from(q))
+            }
+            Values::Int8 { scale, values } => f32::from(values[i] as i8) * scale,
+        })
+    }
+
+    /// Decodes into `out` (exactly `len()` long) in the receiver's scalar type.
+    pub fn decode<S: Scalar>(&self, out: &mut [S]) -> Result<(), Error> {
+        if out.len() != self.len() {
+            return Err(Error::BufferLength {
+                expected: self.len(),
+                got: out.len(),
+            });
+        }
+        match *self {
+            Values::F32(b) => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+                    *o = S::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                }
+            }
+            Values::Q16(b) => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+                    *o = S::from_q16(i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                }
+            }
+            Values::Int8 { scale, values } => dequantize(bytemuck::cast_slice(values), scale, out)?,
+        }
+        Ok(())
+    }
+}
+
+/// A chunk of parameters, from `offset` on, of a model with `total` parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ParamChunk<'a> {
+    /// Round the parameters belong to.
+    pub round: u32,
+    /// Index of the first value in the flat parameter buffer.
+    pub offset: u32,
+    /// Parameters in the whole model.
+    pub total: u32,
+    /// The values.
+    #[serde(borrow)]
+    pub values: Values<'a>,
+}
+
+/// A participant finished training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FitRes {
+    /// Round number.
+    pub round: u32,
+    /// Training examples used (the FedAvg weight).
+    pub examples: u32,
+    /// Mean training loss of the last epoch.
+    pub loss: f32,
+    /// Training accuracy of the last epoch.
+    pub accuracy: f32,
+}
+
+/// A participant evaluated the global model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateRes {
+    /// Round number.
+    pub round: u32,
+    /// Test examples (the metric weight).
+    pub examples: u32,
+    /// Mean test loss.
+    pub loss: f32,
+    /// Test accuracy.
+    pub accuracy: f32,
+}
+
+/// Please resend the chunk of `round` that starts at `offset` (it arrived damaged or not at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nack {
+    /// Round number.
+    pub round: u32,
+    /// Offset of the chunk wanted.
+    pub offset: u32,
+}
+
+/// Why a peer reports an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The protocol versions differ.
+    Version,
+    /// The authentication token was refused.
+    Auth,
+    /// The peer cannot work with the model or encoding (e.g. it does not fit in its memory).
+    Unsupported,
+    /// A message arrived that does not fit the conversation.
+    Unexpected,
+    /// Local training or evaluation failed.
+    Training,
+}
+
+/// A peer reports an error; the text is for a human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg<'a> {
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// What happened, for a human.
+    pub text: &'a str,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message<'a> {
+    /// Participant → server: who I am.
+    #[serde(borrow)]
+    Hello(Hello<'a>),
+    /// Server → participant: you are in; this is the model.
+    Welcome(Welcome),
+    /// Server → participant: train (global parameters follow).
+    FitIns(FitIns),
+    /// Server → participant: evaluate (global parameters follow).
+    EvaluateIns(EvaluateIns),
+    /// Either way: a chunk of parameters.
+    #[serde(borrow)]
+    ParamChunk(ParamChunk<'a>),
+    /// Participant → server: training done (its parameters were sent as chunks before this).
+    FitRes(FitRes),
+    /// Participant → server: evaluation done.
+    EvaluateRes(EvaluateRes),
+    /// Either way: resend a chunk.
+    Nack(Nack),
+    /// Either way: something went wrong.
+    #[serde(borrow)]
+    Error(ErrorMsg<'a>),
+    /// Either way: the conversation ends, with a reason for a human.
+    Bye(&'a str),
+}
