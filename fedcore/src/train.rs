@@ -324,19 +324,14 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
                     );
                 } else {
                     backward(plan, params, acts, cols, deltas, n, GradSink::Store(grads));
-                    for (i, (w, &g)) in params.iter_mut().zip(grads.iter()).enumerate() {
-                        let mut upd = step.mul_dither(g, dither());
-                        if let Some(&a) = anchor.get(i) {
-                            upd = upd.add(prox.mul(w.sub(a)));
-                        }
-                        match velocity.get_mut(i) {
-                            Some(v) => {
-                                *v = momentum.mul(*v).sub(upd);
-                                *w = w.add(*v);
-                            }
-                            None => *w = w.sub(upd),
-                        }
-                    }
+                    sgd_step(
+                        params,
+                        grads,
+                        velocity,
+                        anchor,
+                        [step, momentum, prox],
+                        &mut dither,
+                    );
                 }
             }
         }
@@ -415,6 +410,55 @@ impl Stats {
         self.examples += n as u32;
         self.loss_q16 += loss_q16;
         self.correct += correct;
+    }
+}
+
+/// One SGD step over all parameters, from summed gradients `grads`: `velocity`
+/// and `anchor` are empty when momentum and FedProx are off. Each case is its
+/// own loop so that the common ones vectorise.
+fn sgd_step<S: Scalar>(
+    params: &mut [S],
+    grads: &[S],
+    velocity: &mut [S],
+    anchor: &[S],
+    [step, momentum, prox]: [S; 3],
+    dither: &mut impl FnMut() -> u32,
+) {
+    let mut update = |w: S, g: S, a: Option<S>| {
+        let upd = step.mul_dither(g, dither());
+        match a {
+            Some(a) => upd.add(prox.mul(w.sub(a))),
+            None => upd,
+        }
+    };
+    match (velocity.is_empty(), anchor.is_empty()) {
+        (true, true) => {
+            for (w, &g) in params.iter_mut().zip(grads) {
+                *w = w.sub(update(*w, g, None));
+            }
+        }
+        (false, true) => {
+            for ((w, &g), v) in params.iter_mut().zip(grads).zip(velocity.iter_mut()) {
+                *v = momentum.mul(*v).sub(update(*w, g, None));
+                *w = w.add(*v);
+            }
+        }
+        (true, false) => {
+            for ((w, &g), &a) in params.iter_mut().zip(grads).zip(anchor) {
+                *w = w.sub(update(*w, g, Some(a)));
+            }
+        }
+        (false, false) => {
+            for (((w, &g), v), &a) in params
+                .iter_mut()
+                .zip(grads)
+                .zip(velocity.iter_mut())
+                .zip(anchor)
+            {
+                *v = momentum.mul(*v).sub(update(*w, g, Some(a)));
+                *w = w.add(*v);
+            }
+        }
     }
 }
 

@@ -101,16 +101,16 @@ pub(crate) fn backward<S: Scalar>(
         let x = &acts[st.act_in * cap..st.act_in * cap + n_in];
         match st.layer {
             Layer::Relu => {
+                // A select, not a branch: the signs are random.
                 for (d, y) in cur[..n_out].iter_mut().zip(x) {
-                    if *y <= S::ZERO {
-                        *d = S::ZERO;
-                    }
+                    *d = if *y > S::ZERO { *d } else { S::ZERO };
                 }
                 continue;
             }
             Layer::Flatten => continue,
             Layer::MaxPool2d => {
-                maxpool_backward(st, x, &cur[..n_out], &mut next[..n_in], batch);
+                let y = &acts[st.act_out * cap..st.act_out * cap + n_out];
+                maxpool_backward(st, x, y, &cur[..n_out], &mut next[..n_in], batch);
             }
             Layer::Dense { units } => {
                 let (inp, units) = (st.input.len(), units as usize);
@@ -221,7 +221,7 @@ fn param_grads<S: Scalar>(
         GradSink::Store(grads) => {
             let (gw, gb) = grads[st.params..st.params + nw + nb].split_at_mut(nw);
             S::gemm(a, dy, MatMut::new(gw, a.rows, nb), false);
-            column_sums(dy, gb);
+            column_sums(dy.data, nb, gb);
         }
         GradSink::Apply { row, rule } => {
             let row = &mut row[..nb];
@@ -235,18 +235,19 @@ fn param_grads<S: Scalar>(
                 let start = st.params + r * nb;
                 rule(&mut params[start..start + nb], start, row);
             }
-            column_sums(dy, row);
+            column_sums(dy.data, nb, row);
             let start = st.params + nw;
             rule(&mut params[start..start + nb], start, row);
         }
     }
 }
 
-fn column_sums<S: Scalar>(m: Mat<'_, S>, out: &mut [S]) {
+/// Sums the rows of a row-major matrix `m` with `cols` columns into `out`.
+fn column_sums<S: Scalar>(m: &[S], cols: usize, out: &mut [S]) {
     out.fill(S::ZERO);
-    for i in 0..m.rows {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = o.add(m.data[i * m.row_stride + j * m.col_stride]);
+    for row in m.chunks_exact(cols) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = o.add(v);
         }
     }
 }
@@ -259,82 +260,111 @@ fn add_bias<S: Scalar>(y: &mut [S], b: &[S]) {
     }
 }
 
-/// Offsets of the 3x3 patch rows of a convolution: calls `f(col_index, x_index, channels)`
-/// for every contiguous run of `channels` values copied between image and im2col matrix.
-fn for_each_patch(st: &Stage, batch: usize, mut f: impl FnMut(usize, usize, usize)) {
+/// Calls `f(col_index, x_index, len)` for every contiguous run copied between
+/// image and im2col matrix: in HWC the three pixels of one patch row, all
+/// channels, are adjacent, so a run is `3·channels` values.
+fn for_each_patch_row(st: &Stage, batch: usize, mut f: impl FnMut(usize, usize, usize)) {
     let (h, w, c) = (
         st.input.height as usize,
         st.input.width as usize,
         st.input.channels as usize,
     );
     let (ho, wo) = (st.output.height as usize, st.output.width as usize);
+    let run = 3 * c;
     let mut col = 0;
     for b in 0..batch {
         for i in 0..ho {
             for j in 0..wo {
                 for ky in 0..3 {
-                    for kx in 0..3 {
-                        f(col, ((b * h + i + ky) * w + j + kx) * c, c);
-                        col += c;
-                    }
+                    f(col, ((b * h + i + ky) * w + j) * c, run);
+                    col += run;
                 }
             }
         }
     }
 }
 
+// Element loops rather than copy_from_slice: runs are a few values long, and a
+// memmove call per run cost more than the copy (measured: 14% of a CNN step).
 fn im2col<S: Scalar>(st: &Stage, x: &[S], cols: &mut [S], batch: usize) {
-    for_each_patch(st, batch, |col, xi, c| {
-        cols[col..col + c].copy_from_slice(&x[xi..xi + c])
+    for_each_patch_row(st, batch, |col, xi, n| {
+        for (d, &v) in cols[col..col + n].iter_mut().zip(&x[xi..xi + n]) {
+            *d = v;
+        }
     });
 }
 
 fn col2im<S: Scalar>(st: &Stage, cols: &[S], dx: &mut [S], batch: usize) {
     dx.fill(S::ZERO);
-    for_each_patch(st, batch, |col, xi, c| {
-        for (d, &v) in dx[xi..xi + c].iter_mut().zip(&cols[col..col + c]) {
+    for_each_patch_row(st, batch, |col, xi, n| {
+        for (d, &v) in dx[xi..xi + n].iter_mut().zip(&cols[col..col + n]) {
             *d = d.add(v);
         }
     });
 }
 
-/// Visits every 2x2 pooling window: `f(out_index, [four input indices])`.
-fn for_each_window(st: &Stage, batch: usize, mut f: impl FnMut(usize, [usize; 4])) {
+/// Calls `f(top, bottom, out)` for each output row of a 2x2 pooling: the offsets
+/// of the two input rows it pools and of the output row (`wo·channels` values).
+fn for_each_pool_row(st: &Stage, batch: usize, mut f: impl FnMut(usize, usize, usize)) {
     let (h, w, c) = (
         st.input.height as usize,
         st.input.width as usize,
         st.input.channels as usize,
     );
     let (ho, wo) = (st.output.height as usize, st.output.width as usize);
-    let mut out = 0;
     for b in 0..batch {
         for i in 0..ho {
-            for j in 0..wo {
-                let top = ((b * h + 2 * i) * w + 2 * j) * c;
-                for ch in 0..c {
-                    let t = top + ch;
-                    f(out, [t, t + c, t + w * c, t + w * c + c]);
-                    out += 1;
-                }
-            }
+            let top = (b * h + 2 * i) * w * c;
+            f(top, top + w * c, (b * ho + i) * wo * c);
         }
     }
 }
 
 fn maxpool<S: Scalar>(st: &Stage, x: &[S], y: &mut [S], batch: usize) {
-    for_each_window(st, batch, |o, idx| {
-        y[o] = idx.iter().fold(x[idx[0]], |m, &k| m.max(x[k]));
+    let (c, wo) = (st.input.channels as usize, st.output.width as usize);
+    for_each_pool_row(st, batch, |top, bottom, out| {
+        let (t, b) = (&x[top..top + 2 * wo * c], &x[bottom..bottom + 2 * wo * c]);
+        for (j, yj) in y[out..out + wo * c].chunks_exact_mut(c).enumerate() {
+            let (t0, t1) = (&t[2 * j * c..][..c], &t[(2 * j + 1) * c..][..c]);
+            let (b0, b1) = (&b[2 * j * c..][..c], &b[(2 * j + 1) * c..][..c]);
+            for k in 0..c {
+                yj[k] = t0[k].max(t1[k]).max(b0[k].max(b1[k]));
+            }
+        }
     });
 }
 
-fn maxpool_backward<S: Scalar>(st: &Stage, x: &[S], dy: &[S], dx: &mut [S], batch: usize) {
-    dx.fill(S::ZERO);
-    for_each_window(st, batch, |o, idx| {
-        let arg = idx
-            .iter()
-            .copied()
-            .fold(idx[0], |a, k| if x[k] > x[a] { k } else { a });
-        dx[arg] = dy[o];
+/// Routes each output gradient to the first maximum of its window (top-left,
+/// top-right, bottom-left, bottom-right) and zero to the other three. The
+/// winner is found by comparing with the forward output `y`, without branches:
+/// window values are random, and a mispredicted branch per comparison once made
+/// this a fifth of a CNN training step.
+fn maxpool_backward<S: Scalar>(st: &Stage, x: &[S], y: &[S], dy: &[S], dx: &mut [S], batch: usize) {
+    let (c, wo) = (st.input.channels as usize, st.output.width as usize);
+    // Odd edges (dropped by the pooling) get no gradient.
+    if st.input.height % 2 == 1 || st.input.width % 2 == 1 {
+        dx.fill(S::ZERO);
+    }
+    for_each_pool_row(st, batch, |top, bottom, out| {
+        let n = 2 * wo * c;
+        let (xt, xb) = (&x[top..top + n], &x[bottom..bottom + n]);
+        let (dxt, dxb) = dx[top..bottom + n].split_at_mut(bottom - top);
+        let (dxt, dxb) = (&mut dxt[..n], &mut dxb[..n]);
+        let (ys, dys) = (&y[out..out + wo * c], &dy[out..out + wo * c]);
+        for j in 0..wo {
+            let (l, r) = (2 * j * c, (2 * j + 1) * c);
+            for k in 0..c {
+                let (m, g) = (ys[j * c + k], dys[j * c + k]);
+                let e0 = xt[l + k] == m;
+                let e1 = !e0 & (xt[r + k] == m);
+                let e2 = !e0 & !e1 & (xb[l + k] == m);
+                let e3 = !(e0 | e1 | e2);
+                dxt[l + k] = if e0 { g } else { S::ZERO };
+                dxt[r + k] = if e1 { g } else { S::ZERO };
+                dxb[l + k] = if e2 { g } else { S::ZERO };
+                dxb[r + k] = if e3 { g } else { S::ZERO };
+            }
+        }
     });
 }
 
