@@ -9,6 +9,7 @@ mod support;
 
 use std::time::Instant;
 
+use fedcore::Error;
 use fedcore::fixed::FixedI32;
 use fedcore::fixed::types::extra::{U20, U24};
 use fedcore::model::{ModelSpec, Plan, init_params};
@@ -16,18 +17,19 @@ use fedcore::rng::Rng;
 use fedcore::scalar::{Fixed, Scalar};
 use fedcore::train::{Rounding, TrainConfig, Trainer};
 
-fn run<S: Scalar>(mnist: &support::Mnist, spec: &ModelSpec, cfg: &TrainConfig, label: &str) {
+fn run<S: Scalar>(
+    mnist: &support::Mnist,
+    spec: &ModelSpec,
+    cfg: &TrainConfig,
+    label: &str,
+) -> Result<(), Error> {
     let mut params = vec![S::ZERO; spec.param_count()];
     init_params(&Plan::new(spec), &mut params, &mut Rng::new(1));
-    let mut trainer = Trainer::<S, _>::new(spec, cfg).expect("valid config");
+    let mut trainer = Trainer::<S, _>::new(spec, cfg)?;
     let start = Instant::now();
-    let train = trainer
-        .fit(&mut params, &mnist.train(), 7)
-        .expect("training");
+    let train = trainer.fit(&mut params, &mnist.train(), 7)?;
     let secs = start.elapsed().as_secs_f64();
-    let test = trainer
-        .evaluate(&params, &mnist.test())
-        .expect("evaluation");
+    let test = trainer.evaluate(&params, &mnist.test())?;
     println!(
         "{:<8} {:<34} train loss {:.4}  test loss {:.4}  test accuracy {:.2}%  ({secs:.1} s)",
         S::NAME,
@@ -36,13 +38,14 @@ fn run<S: Scalar>(mnist: &support::Mnist, spec: &ModelSpec, cfg: &TrainConfig, l
         test.loss(),
         100.0 * test.accuracy()
     );
+    Ok(())
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let epochs: u32 = args.next().map_or(1, |a| a.parse().expect("epochs"));
-    let hidden: u32 = args.next().map_or(32, |a| a.parse().expect("hidden width"));
-    let spec = ModelSpec::mlp(&[784, hidden, 10]).expect("valid MLP");
+    let epochs: u32 = args.next().map_or(Ok(1), |a| a.parse())?;
+    let hidden: u32 = args.next().map_or(Ok(32), |a| a.parse())?;
+    let spec = ModelSpec::mlp(&[784, hidden, 10])?;
     let mnist = support::Mnist::load();
     println!("MLP {spec}, {epochs} epoch(s) on 60,000, tested on 10,000");
     for (label, base) in [
@@ -61,12 +64,13 @@ fn main() {
             rounding: Rounding::Nearest,
             ..cfg
         };
-        run::<f32>(&mnist, &spec, &cfg, label);
-        run::<Fixed>(&mnist, &spec, &nearest, &format!("{label}, nearest"));
-        run::<Fixed>(&mnist, &spec, &cfg, &format!("{label}, stochastic"));
-        run::<FixedI32<U20>>(&mnist, &spec, &nearest, &format!("{label}, nearest"));
-        run::<FixedI32<U20>>(&mnist, &spec, &cfg, &format!("{label}, stochastic"));
-        run::<FixedI32<U24>>(&mnist, &spec, &nearest, &format!("{label}, nearest"));
-        run::<FixedI32<U24>>(&mnist, &spec, &cfg, &format!("{label}, stochastic"));
+        run::<f32>(&mnist, &spec, &cfg, label)?;
+        run::<Fixed>(&mnist, &spec, &nearest, &format!("{label}, nearest"))?;
+        run::<Fixed>(&mnist, &spec, &cfg, &format!("{label}, stochastic"))?;
+        run::<FixedI32<U20>>(&mnist, &spec, &nearest, &format!("{label}, nearest"))?;
+        run::<FixedI32<U20>>(&mnist, &spec, &cfg, &format!("{label}, stochastic"))?;
+        run::<FixedI32<U24>>(&mnist, &spec, &nearest, &format!("{label}, nearest"))?;
+        run::<FixedI32<U24>>(&mnist, &spec, &cfg, &format!("{label}, stochastic"))?;
     }
+    Ok(())
 }

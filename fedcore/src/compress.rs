@@ -25,7 +25,7 @@ pub fn quantize<S: Scalar>(values: &[S], out: &mut [i8]) -> Result<f32, Error> {
     for &v in values {
         let a = if v < S::ZERO { S::ZERO.sub(v) } else { v };
         // NaN fails every comparison: it is caught here instead of poisoning the scale.
-        if !(a >= S::ZERO) || a.to_f32().is_infinite() {
+        if a.partial_cmp(&S::ZERO).is_none() || a.to_f32().is_infinite() {
             return Err(Error::NonFinite);
         }
         max = max.max(a);

@@ -131,12 +131,13 @@ impl<'a> LabelledImages<'a> {
         self.pixels
     }
 
-    /// The first `n` samples (all of them if there are fewer).
-    pub fn take(&self, n: usize) -> Self {
-        let n = n.min(self.labels.len());
+    /// The samples in `range` (clamped to those that exist).
+    pub fn slice(&self, range: core::ops::Range<usize>) -> Self {
+        let end = range.end.min(self.labels.len());
+        let start = range.start.min(end);
         LabelledImages {
-            images: &self.images[..n * self.pixels],
-            labels: &self.labels[..n],
+            images: &self.images[start * self.pixels..end * self.pixels],
+            labels: &self.labels[start..end],
             pixels: self.pixels,
         }
     }
@@ -185,7 +186,9 @@ mod tests {
                 label: 1
             }
         );
-        assert_eq!(set.take(1).len(), 1);
+        assert_eq!(set.slice(1..9).len(), 2);
+        assert_eq!(set.slice(1..9).sample(0), set.sample(1));
+        assert!(set.slice(5..9).is_empty());
     }
 
     #[test]

@@ -71,9 +71,10 @@ impl<'a, S> MatMut<'a, S> {
 
 /// `C = A·B`, or `C += A·B` when `accumulate`, by a plain loop nest.
 ///
-/// `mac` multiplies two entries into the accumulator type `Acc` and adds them,
-/// `finish` turns an accumulator into an entry and `add` adds two entries: f32
-/// accumulates in f32, fixed point in i64 with a single rounding per output.
+/// `mac` multiplies two entries into the accumulator type `Acc` and adds them;
+/// `finish` turns an accumulator into an entry, adding the entry already in `C`
+/// when there is one to add to. f32 accumulates in f32, fixed point in i64 with
+/// a single rounding per output.
 pub(crate) fn gemm_loops<S: Copy, Acc: Copy>(
     a: Mat<'_, S>,
     b: Mat<'_, S>,
@@ -81,8 +82,7 @@ pub(crate) fn gemm_loops<S: Copy, Acc: Copy>(
     accumulate: bool,
     zero: Acc,
     mac: impl Fn(Acc, S, S) -> Acc,
-    finish: impl Fn(Acc) -> S,
-    add: impl Fn(S, S) -> S,
+    finish: impl Fn(Acc, Option<S>) -> S,
 ) {
     debug_assert_eq!(a.cols, b.rows);
     debug_assert_eq!((a.rows, b.cols), (c.rows, c.cols));
@@ -90,8 +90,7 @@ pub(crate) fn gemm_loops<S: Copy, Acc: Copy>(
         let row = &mut c.data[i * c.cols..(i + 1) * c.cols];
         for (j, out) in row.iter_mut().enumerate() {
             let acc = (0..a.cols).fold(zero, |acc, p| mac(acc, a.at(i, p), b.at(p, j)));
-            let v = finish(acc);
-            *out = if accumulate { add(*out, v) } else { v };
+            *out = finish(acc, accumulate.then_some(*out));
         }
     }
 }
@@ -143,8 +142,7 @@ fn gemm_f32_loops(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumula
         accumulate,
         0.0f32,
         |acc, x, y| acc + x * y,
-        |acc| acc,
-        |x, y| x + y,
+        |acc, prev| prev.unwrap_or(0.0) + acc,
     );
 }
 

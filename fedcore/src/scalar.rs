@@ -318,8 +318,10 @@ macro_rules! impl_fixed_scalar {
                     accumulate,
                     0i64,
                     |acc, x, y| acc + i64::from(x.to_bits()) * i64::from(y.to_bits()),
-                    |acc| Self::from_bits(saturate(round_shift(acc, Self::FRAC_NBITS))),
-                    |x, y| x.saturating_add(y),
+                    |acc, prev| {
+                        let v = Self::from_bits(saturate(round_shift(acc, Self::FRAC_NBITS)));
+                        prev.map_or(v, |p| p.saturating_add(v))
+                    },
                 )
             }
         }

@@ -497,3 +497,169 @@ fn load<S: Scalar>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalar::Fixed;
+
+    #[test]
+    fn device_mlp_memory_is_exact() {
+        // 784-32-10 in Q16.16, in place: 25,450 parameters, activations 784 + 32 + 10,
+        // two delta buffers of the widest output (32) and one gradient row (32).
+        let spec = ModelSpec::mlp(&[784, 32, 10]).unwrap();
+        let cfg = TrainConfig {
+            batch_size: 1,
+            momentum: 0.0,
+            ..TrainConfig::default()
+        };
+        let m = memory::<Fixed>(&spec, &cfg);
+        assert_eq!(
+            m,
+            Memory {
+                parameters: 101_800,
+                gradients: 0,
+                optimizer_state: 0,
+                activations: 3_304,
+                scratch: 384
+            }
+        );
+        assert_eq!(m.total(), 105_488);
+        assert_eq!(
+            Trainer::<Fixed, &mut [Fixed]>::arena_len(&spec, &cfg) * 4,
+            m.total() - m.parameters
+        );
+    }
+
+    #[test]
+    fn reference_cnn_memory_counts_every_buffer() {
+        let m = memory::<f32>(&ModelSpec::reference_cnn(), &TrainConfig::default());
+        assert_eq!(
+            (m.parameters, m.gradients, m.optimizer_state),
+            (2_168_920, 2_168_920, 2_168_920)
+        );
+        assert_eq!(m.activations, 32 * (784 + 21_632 + 5_408 + 100 + 10) * 4);
+        assert_eq!(m.scratch, 32 * (2 * 21_632 + 26 * 26 * 9) * 4);
+    }
+
+    #[test]
+    fn arena_and_inputs_are_checked() {
+        let spec = ModelSpec::mlp(&[4, 3, 2]).unwrap();
+        let cfg = TrainConfig::default();
+        let mut small = [0.0f32; 10];
+        assert!(matches!(
+            Trainer::<f32, _>::with_arena(&spec, &cfg, &mut small[..]),
+            Err(Error::BufferLength { .. })
+        ));
+        let bad = TrainConfig {
+            batch_size: 0,
+            ..cfg
+        };
+        assert!(matches!(
+            Trainer::<f32, _>::new(&spec, &bad),
+            Err(Error::BadConfig(_))
+        ));
+        let mut t = Trainer::<f32, _>::new(&spec, &cfg).unwrap();
+        struct Bad;
+        impl Dataset for Bad {
+            fn len(&self) -> usize {
+                1
+            }
+            fn sample(&self, _: usize) -> crate::data::Sample<'_> {
+                crate::data::Sample {
+                    pixels: &[1, 2, 3, 4],
+                    label: 7,
+                }
+            }
+        }
+        let mut params = std::vec![0.0f32; spec.param_count()];
+        assert_eq!(
+            t.fit(&mut params, &Bad, 0),
+            Err(Error::LabelOutOfRange {
+                label: 7,
+                classes: 2
+            })
+        );
+        assert!(matches!(
+            t.evaluate(&params[1..], &Bad),
+            Err(Error::BufferLength { .. })
+        ));
+    }
+
+    #[test]
+    fn training_is_deterministic_given_a_seed() {
+        let spec = ModelSpec::mlp(&[4, 3, 2]).unwrap();
+        struct Tiny;
+        impl Dataset for Tiny {
+            fn len(&self) -> usize {
+                8
+            }
+            fn sample(&self, i: usize) -> crate::data::Sample<'_> {
+                const PIX: [[u8; 4]; 2] = [[255, 0, 0, 255], [0, 255, 255, 0]];
+                crate::data::Sample {
+                    pixels: &PIX[i % 2],
+                    label: (i % 2) as u8,
+                }
+            }
+        }
+        let cfg = TrainConfig {
+            batch_size: 3,
+            epochs: 20,
+            lr: 0.1,
+            ..TrainConfig::default()
+        };
+        let run = |seed| {
+            let mut params = std::vec![0.0f32; spec.param_count()];
+            crate::model::init_params(&Plan::new(&spec), &mut params, &mut Rng::new(1));
+            let stats = Trainer::<f32, _>::new(&spec, &cfg)
+                .unwrap()
+                .fit(&mut params, &Tiny, seed)
+                .unwrap();
+            (params, stats)
+        };
+        let (a, stats) = run(5);
+        assert_eq!(a, run(5).0);
+        assert_ne!(a, run(6).0);
+        assert_eq!(stats.correct, 8, "a separable toy set is learned");
+    }
+
+    #[test]
+    fn fedprox_holds_the_model_near_the_global_one() {
+        let spec = ModelSpec::mlp(&[4, 3, 2]).unwrap();
+        struct One;
+        impl Dataset for One {
+            fn len(&self) -> usize {
+                4
+            }
+            fn sample(&self, _: usize) -> crate::data::Sample<'_> {
+                crate::data::Sample {
+                    pixels: &[255, 0, 255, 0],
+                    label: 1,
+                }
+            }
+        }
+        let drift = |mu: f32, batch: u32, momentum: f32| {
+            let cfg = TrainConfig {
+                batch_size: batch,
+                momentum,
+                epochs: 30,
+                lr: 0.05,
+                proximal_mu: mu,
+                ..TrainConfig::default()
+            };
+            let mut params = std::vec![0.1f32; spec.param_count()];
+            Trainer::<f32, _>::new(&spec, &cfg)
+                .unwrap()
+                .fit(&mut params, &One, 1)
+                .unwrap();
+            params.iter().map(|p| (p - 0.1).abs()).sum::<f32>()
+        };
+        for (batch, momentum) in [(2, 0.9), (1, 0.0)] {
+            let (free, held) = (drift(0.0, batch, momentum), drift(5.0, batch, momentum));
+            assert!(
+                held < 0.5 * free,
+                "batch {batch}: drift {held} with mu vs {free} without"
+            );
+        }
+    }
+}

@@ -194,7 +194,7 @@ mod tests {
                 total: 4
             })
         );
-        assert_eq!(agg.fold(usize::MAX, [1.0f32].into_iter(), 1).is_err(), true);
+        assert!(agg.fold(usize::MAX, [1.0f32].into_iter(), 1).is_err());
         assert_eq!(agg.finish(&mut [0.0; 4]), Err(Error::NothingToAggregate));
         agg.fold(0, [1.0f32; 4].into_iter(), 2).unwrap();
         agg.commit(2);

@@ -7,7 +7,7 @@
 //! the HWIO kernel flattened to `(9·C, filters)`. Backward reuses those products
 //! with transposed views: `dW = Xᵀ·dY`, `dX = dY·Wᵀ`.
 //!
-//! Parameter gradients go to a [`GradSink`]: stored into a full gradient buffer
+//! Parameter gradients go to a `GradSink`: stored into a full gradient buffer
 //! (mini-batch SGD), or applied to the weights row by row as they are produced
 //! (the in-place batch-1 trainer, which owns no gradient buffer). In both cases a
 //! layer's input gradient is computed before its weights can change.
@@ -15,6 +15,9 @@
 use crate::linalg::{Mat, MatMut};
 use crate::model::{Layer, Plan, Stage};
 use crate::scalar::Scalar;
+
+/// Applies a row of gradients `g` to the parameters `w` that start at index `at`.
+pub(crate) type UpdateRule<'a, S> = dyn FnMut(&mut [S], usize, &[S]) + 'a;
 
 /// Where parameter gradients go.
 pub(crate) enum GradSink<'a, S> {
@@ -25,7 +28,7 @@ pub(crate) enum GradSink<'a, S> {
         /// Scratch as long as the widest parameter row.
         row: &'a mut [S],
         /// The update rule.
-        rule: &'a mut dyn FnMut(&mut [S], usize, &[S]),
+        rule: &'a mut UpdateRule<'a, S>,
     },
 }
 

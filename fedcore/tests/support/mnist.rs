@@ -1,7 +1,8 @@
 //! MNIST from the repository's data/mnist, for fedcore's tests, benches and
 //! examples (the hosts have their own loader with checksum verification).
 
-#![allow(dead_code)]
+// A test fixture: missing or corrupt data should stop the test loudly.
+#![allow(dead_code, clippy::expect_used, clippy::panic)]
 
 use std::io::Read;
 use std::path::PathBuf;
