@@ -12,8 +12,17 @@ use fedcore::scalar::{Fixed, Scalar};
 use fedcore::train::{Rounding, TrainConfig, Trainer};
 
 fn train_and_score<S: Scalar>(cfg: &TrainConfig, train_n: usize, test_n: usize) -> f32 {
+    score::<S>(
+        &ModelSpec::mlp(&[784, 32, 10]).unwrap(),
+        cfg,
+        train_n,
+        test_n,
+    )
+}
+
+fn score<S: Scalar>(spec: &ModelSpec, cfg: &TrainConfig, train_n: usize, test_n: usize) -> f32 {
     let mnist = support::Mnist::load();
-    let spec = ModelSpec::mlp(&[784, 32, 10]).unwrap();
+    let spec = spec.clone();
     let mut params = vec![S::ZERO; spec.param_count()];
     init_params(&Plan::new(&spec), &mut params, &mut Rng::new(1));
     let mut trainer = Trainer::<S, _>::new(&spec, cfg).unwrap();
@@ -49,4 +58,15 @@ fn fixed_in_place_learns_mnist() {
     };
     let acc = train_and_score::<Fixed>(&cfg, 10_000, 10_000);
     assert!(acc > 0.88, "fixed accuracy {acc}");
+}
+
+#[test]
+fn reference_cnn_learns_mnist() {
+    let acc = score::<f32>(
+        &ModelSpec::reference_cnn(),
+        &TrainConfig::default(),
+        6_000,
+        10_000,
+    );
+    assert!(acc > 0.90, "cnn accuracy {acc}");
 }

@@ -502,6 +502,74 @@ mod tests {
         (up - down) / f64::from(hi - lo)
     }
 
+    /// Keras' definitions written out: conv kernel HWIO, dense kernel (in, out),
+    /// Flatten over HWC. Our forward pass must agree, so weights interchange.
+    #[test]
+    fn forward_matches_keras_layout() {
+        use Layer::*;
+        let (h, w, c, f, units) = (6usize, 5usize, 2usize, 3usize, 4usize);
+        let spec = ModelSpec::new(
+            Shape::image(h as u32, w as u32, c as u32),
+            &[
+                Conv2d { filters: f as u32 },
+                Flatten,
+                Dense {
+                    units: units as u32,
+                },
+            ],
+        )
+        .unwrap();
+        let plan = Plan::new(&spec);
+        let mut rng = Rng::new(3);
+        let params: Vec<f32> = (0..plan.param_count())
+            .map(|_| rng.uniform() - 0.5)
+            .collect();
+        let pixels: Vec<u8> = (0..h * w * c)
+            .map(|_| (rng.next_u32() % 256) as u8)
+            .collect();
+        let x = |i: usize, j: usize, ch: usize| f32::from_pixel(pixels[(i * w + j) * c + ch]);
+        let (ho, wo) = (h - 2, w - 2);
+        let kernel =
+            |ky: usize, kx: usize, ch: usize, o: usize| params[((ky * 3 + kx) * c + ch) * f + o];
+        let conv_bias = 9 * c * f;
+        let mut conv = std::vec![0.0f32; ho * wo * f];
+        for i in 0..ho {
+            for j in 0..wo {
+                for o in 0..f {
+                    let mut s = params[conv_bias + o];
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            for ch in 0..c {
+                                s += x(i + ky, j + kx, ch) * kernel(ky, kx, ch, o);
+                            }
+                        }
+                    }
+                    conv[(i * wo + j) * f + o] = s;
+                }
+            }
+        }
+        let dense = conv_bias + f;
+        let inputs = ho * wo * f;
+        let expected: Vec<f32> = (0..units)
+            .map(|o| {
+                let bias = params[dense + inputs * units + o];
+                bias + (0..inputs)
+                    .map(|i| conv[i] * params[dense + i * units + o])
+                    .sum::<f32>()
+            })
+            .collect();
+        let mut acts = std::vec![0.0f32; plan.acts_len()];
+        let mut cols = std::vec![0.0f32; plan.cols_len()];
+        for (a, &p) in acts.iter_mut().zip(&pixels) {
+            *a = f32::from_pixel(p);
+        }
+        forward(&plan, &params, &mut acts, &mut cols, 1);
+        let got = &acts[plan.logits_slot()..][..units];
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() < 1e-4, "{got:?} vs {expected:?}");
+        }
+    }
+
     #[test]
     fn f32_gradients_match_finite_differences() {
         for (n, spec) in nets().iter().enumerate() {
