@@ -56,26 +56,18 @@ pub(crate) fn forward<S: Scalar>(
         let y = &mut hi[..n_out];
         let (w, b) = weights(st, params);
         match st.layer {
-            Layer::Dense { units } => {
-                let (inp, units) = (st.input.len(), units as usize);
+            Layer::Dense { .. } | Layer::Conv2d { .. } => {
+                let (rows, k, units) = st.product_shape(batch);
+                let a = if st.cols_len() > 0 {
+                    im2col(st, x, &mut cols[..rows * k], batch);
+                    &cols[..rows * k]
+                } else {
+                    x
+                };
                 S::gemm(
-                    Mat::new(x, batch, inp),
-                    Mat::new(w, inp, units),
-                    MatMut::new(y, batch, units),
-                    false,
-                );
-                add_bias(y, b);
-            }
-            Layer::Conv2d { filters } => {
-                let rows = batch * st.output.height as usize * st.output.width as usize;
-                let k = 9 * st.input.channels as usize;
-                let cols = &mut cols[..rows * k];
-                im2col(st, x, cols, batch);
-                let f = filters as usize;
-                S::gemm(
-                    Mat::new(cols, rows, k),
-                    Mat::new(w, k, f),
-                    MatMut::new(y, rows, f),
+                    Mat::new(a, rows, k),
+                    Mat::new(w, k, units),
+                    MatMut::new(y, rows, units),
                     false,
                 );
                 add_bias(y, b);
@@ -115,33 +107,29 @@ pub(crate) fn backward<S: Scalar>(
                 let y = &acts[st.act_out * cap..st.act_out * cap + n_out];
                 maxpool_backward(st, x, y, &cur[..n_out], &mut next[..n_in], batch);
             }
-            Layer::Dense { units } => {
-                let (inp, units) = (st.input.len(), units as usize);
-                let dy = Mat::new(&cur[..n_out], batch, units);
+            Layer::Dense { .. } | Layer::Conv2d { .. } => {
+                let (rows, k, units) = st.product_shape(batch);
+                let conv = st.cols_len() > 0;
+                let dy = Mat::new(&cur[..n_out], rows, units);
                 if st.needs_input_grad {
+                    // dX = dY·Wᵀ, through the im2col matrix for a convolution.
                     let (w, _) = weights(st, params);
-                    S::gemm(
-                        dy,
-                        Mat::new(w, inp, units).t(),
-                        MatMut::new(&mut next[..n_in], batch, inp),
-                        false,
-                    );
+                    let wt = Mat::new(w, k, units).t();
+                    if conv {
+                        S::gemm(dy, wt, MatMut::new(&mut cols[..rows * k], rows, k), false);
+                        col2im(st, &cols[..rows * k], &mut next[..n_in], batch);
+                    } else {
+                        S::gemm(dy, wt, MatMut::new(&mut next[..n_in], rows, k), false);
+                    }
                 }
-                param_grads(st, params, Mat::new(x, batch, inp).t(), dy, &mut sink);
-            }
-            Layer::Conv2d { filters } => {
-                let rows = batch * st.output.height as usize * st.output.width as usize;
-                let (k, f) = (9 * st.input.channels as usize, filters as usize);
-                let cols = &mut cols[..rows * k];
-                let dy = Mat::new(&cur[..n_out], rows, f);
-                if st.needs_input_grad {
-                    let (w, _) = weights(st, params);
-                    S::gemm(dy, Mat::new(w, k, f).t(), MatMut::new(cols, rows, k), false);
-                    col2im(st, cols, &mut next[..n_in], batch);
-                }
-                // im2col again: a later convolution's forward pass reused the scratch.
-                im2col(st, x, cols, batch);
-                param_grads(st, params, Mat::new(cols, rows, k).t(), dy, &mut sink);
+                // dW = Aᵀ·dY; im2col again, as a later convolution reused the scratch.
+                let a = if conv {
+                    im2col(st, x, &mut cols[..rows * k], batch);
+                    &cols[..rows * k]
+                } else {
+                    x
+                };
+                param_grads(st, params, Mat::new(a, rows, k).t(), dy, &mut sink);
             }
         }
         core::mem::swap(&mut cur, &mut next);

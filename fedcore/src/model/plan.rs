@@ -44,6 +44,22 @@ impl Stage {
         }
     }
 
+    /// `(rows, k, units)` of the product `Y = A·W` a Dense or Conv2d layer computes
+    /// for `batch` samples: `A` is the input `(batch, in)` for Dense, the im2col
+    /// matrix `(batch·Ho·Wo, 9·C)` for Conv2d. Zero for layers without weights.
+    pub fn product_shape(&self, batch: usize) -> (usize, usize, usize) {
+        let units = self.bias_count();
+        match self.layer {
+            Layer::Dense { .. } => (batch, self.input.len(), units),
+            Layer::Conv2d { .. } => (
+                batch * self.output.height as usize * self.output.width as usize,
+                9 * self.input.channels as usize,
+                units,
+            ),
+            _ => (0, 0, 0),
+        }
+    }
+
     /// Values per sample in the im2col matrix of a convolution, zero otherwise.
     pub fn cols_len(&self) -> usize {
         match self.layer {
