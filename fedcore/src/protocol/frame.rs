@@ -62,6 +62,8 @@ pub enum FrameError {
     Crc,
     /// The checksum matches but the body is not a message of this protocol version.
     Message,
+    /// `message()` was called when the last `feed` completed no frame.
+    NoFrame,
 }
 
 impl core::fmt::Display for FrameError {
@@ -73,6 +75,7 @@ impl core::fmt::Display for FrameError {
             FrameError::Cobs => "frame is not valid COBS: bytes were lost or inserted on the link",
             FrameError::Crc => "frame checksum mismatch: the frame was corrupted on the link",
             FrameError::Message => "frame holds no message of this protocol version",
+            FrameError::NoFrame => "no complete frame to read: feed more bytes first",
         })
     }
 }
@@ -80,32 +83,36 @@ impl core::fmt::Display for FrameError {
 impl core::error::Error for FrameError {}
 
 /// What one call to [`Decoder::feed`] found.
-#[derive(Debug, PartialEq)]
-pub enum Feed<'buf, 'input> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
     /// Every input byte was taken and no frame is complete yet.
     Consumed,
-    /// A frame decoded; `rest` is the input after it, to feed next.
+    /// A frame arrived whole with a good checksum: read it with [`Decoder::message`]
+    /// before feeding again. `used` input bytes were taken.
     Frame {
-        /// The message (borrowing the decoder's buffer until the next feed).
-        message: Message<'buf>,
-        /// Unconsumed input.
-        rest: &'input [u8],
+        /// Input bytes taken, the frame's delimiter included.
+        used: usize,
     },
-    /// A frame was rejected and skipped; `rest` is the input after it.
+    /// A frame was rejected and skipped; `used` input bytes were taken.
     Rejected {
         /// Why.
         error: FrameError,
-        /// Unconsumed input.
-        rest: &'input [u8],
+        /// Input bytes taken, the frame's delimiter included.
+        used: usize,
     },
 }
 
 /// Accumulates bytes into frames in a fixed buffer of `N` bytes (a frame's encoded
 /// length without its delimiter must fit).
+///
+/// Feeding and reading are two steps so that a caller's read loop holds no
+/// borrow of the decoder while it waits for more bytes: `feed` until it says
+/// `Frame`, then `message()` borrows the frame until the next `feed`.
 #[derive(Debug, Clone)]
 pub struct Decoder<const N: usize> {
     buf: [u8; N],
     len: usize,
+    frame: usize,
     overflowed: bool,
 }
 
@@ -121,6 +128,7 @@ impl<const N: usize> Decoder<N> {
         Decoder {
             buf: [0; N],
             len: 0,
+            frame: 0,
             overflowed: false,
         }
     }
@@ -132,50 +140,64 @@ impl<const N: usize> Decoder<N> {
 
     /// Takes bytes until a frame ends (or the input does). Empty frames (a lone
     /// 0x00, which senders may use to flush a line) are skipped silently.
-    pub fn feed<'s, 'i>(&'s mut self, input: &'i [u8]) -> Feed<'s, 'i> {
-        let mut input = input;
+    pub fn feed(&mut self, input: &[u8]) -> Feed {
+        self.frame = 0;
+        let mut used = 0;
         loop {
-            let Some(end) = input.iter().position(|&b| b == 0) else {
-                self.push(input);
+            let rest = &input[used..];
+            let Some(end) = rest.iter().position(|&b| b == 0) else {
+                self.push(rest);
                 return Feed::Consumed;
             };
-            self.push(&input[..end]);
-            let rest = &input[end + 1..];
+            self.push(&rest[..end]);
+            used += end + 1;
             let (len, overflowed) = (self.len, self.overflowed);
             self.len = 0;
             self.overflowed = false;
             if overflowed {
                 return Feed::Rejected {
                     error: FrameError::TooLong,
-                    rest,
+                    used,
                 };
             }
             if len == 0 {
-                input = rest;
                 continue;
             }
             let Ok(n) = cobs::decode_in_place(&mut self.buf[..len]) else {
                 return Feed::Rejected {
                     error: FrameError::Cobs,
-                    rest,
+                    used,
                 };
             };
-            return match postcard::from_bytes_crc32(&self.buf[..n], CRC.digest()) {
-                Ok(message) => Feed::Frame { message, rest },
-                Err(postcard::Error::DeserializeBadCrc) => Feed::Rejected {
+            let Some(body) = n.checked_sub(4) else {
+                return Feed::Rejected {
                     error: FrameError::Crc,
-                    rest,
-                },
-                Err(_) if n < 4 => Feed::Rejected {
-                    error: FrameError::Crc,
-                    rest,
-                },
-                Err(_) => Feed::Rejected {
-                    error: FrameError::Message,
-                    rest,
-                },
+                    used,
+                };
             };
+            let crc = u32::from_le_bytes([
+                self.buf[body],
+                self.buf[body + 1],
+                self.buf[body + 2],
+                self.buf[body + 3],
+            ]);
+            if CRC.checksum(&self.buf[..body]) != crc {
+                return Feed::Rejected {
+                    error: FrameError::Crc,
+                    used,
+                };
+            }
+            self.frame = body;
+            return Feed::Frame { used };
         }
+    }
+
+    /// The message of the frame the last `feed` returned, or why it is not one.
+    pub fn message(&self) -> Result<Message<'_>, FrameError> {
+        if self.frame == 0 {
+            return Err(FrameError::NoFrame);
+        }
+        postcard::from_bytes(&self.buf[..self.frame]).map_err(|_| FrameError::Message)
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -290,13 +312,16 @@ mod tests {
             loop {
                 match dec.feed(piece) {
                     Feed::Consumed => break,
-                    Feed::Frame { message, rest } => {
-                        msgs.push(postcard::to_allocvec(&message).unwrap());
-                        piece = rest;
+                    Feed::Frame { used } => {
+                        match dec.message() {
+                            Ok(message) => msgs.push(postcard::to_allocvec(&message).unwrap()),
+                            Err(e) => errs.push(e),
+                        }
+                        piece = &piece[used..];
                     }
-                    Feed::Rejected { error, rest } => {
+                    Feed::Rejected { error, used } => {
                         errs.push(error);
-                        piece = rest;
+                        piece = &piece[used..];
                     }
                 }
             }
@@ -313,13 +338,10 @@ mod tests {
             assert_eq!(frame.last(), Some(&0));
             assert!(!frame[..frame.len() - 1].contains(&0));
             let mut dec = Decoder::<512>::new();
-            match dec.feed(frame) {
-                Feed::Frame { message, rest } => {
-                    assert_eq!(message, m);
-                    assert!(rest.is_empty());
-                }
-                other => panic!("{other:?}"),
-            }
+            assert_eq!(dec.feed(frame), Feed::Frame { used: frame.len() });
+            assert_eq!(dec.message(), Ok(m));
+            assert_eq!(dec.feed(&[]), Feed::Consumed);
+            assert_eq!(dec.message(), Err(FrameError::NoFrame));
         }
     }
 
