@@ -1,0 +1,11 @@
+//! What the std hosts (host-server, host-client, firmware-sim) share, written once:
+//!
+//! - [`dataset`]: IDX datasets from a directory, checksums verified;
+//! - [`partition`]: splitting them among clients (IID, Dirichlet, the reference's per-client split);
+//! - [`link`]: fedcore frames over any async byte stream, with chunked parameter transfer;
+//! - [`model_file`]: saved models (spec and parameters).
+
+pub mod dataset;
+pub mod link;
+pub mod model_file;
+pub mod partition;
