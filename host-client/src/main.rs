@@ -1,14 +1,151 @@
-//! host-client: a host participant: loads and partitions a dataset, trains with fedcore, talks to the server over TCP.
-//!
-//! Not built yet: this binary only says so. Meanwhile `./run.sh` runs an
-//! in-process FedAvg simulation on fedcore.
+//! host-client: joins a federation over TCP as one or many participants, or
+//! scores a saved model.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fedcore::train::{TrainConfig, Trainer};
+use fedhost::partition::Partition;
+use host_client::participant::{self, ParticipantConfig};
+use tokio::sync::Semaphore;
+
+/// A participant of the federation: trains on its share of a dataset when the server asks.
+#[derive(Parser, Debug)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    join: JoinArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct JoinArgs {
+    /// Server address (host:port).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    server: String,
+    /// This client's index among --num-clients (the first one when --clients > 1).
+    #[arg(long, default_value_t = 0)]
+    client_index: usize,
+    /// How many clients share the dataset.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    num_clients: u32,
+    /// Virtual clients to run in this process (indices client-index .. client-index + clients).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    clients: u32,
+    /// How to split the data: iid, dirichlet:<alpha>, or seed (each client's own 70/30 split; leaks test samples).
+    #[arg(long, default_value = "iid")]
+    partition: Partition,
+    /// Seed of the partition (the same for every client of a federation).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Directory of the IDX files (gzip or raw), checked against its SHA256SUMS.
+    #[arg(long, default_value = "data/mnist")]
+    data_dir: PathBuf,
+    /// Seconds to keep trying to reach the server.
+    #[arg(long, default_value_t = 60)]
+    connect_timeout: u64,
+    /// Name prefix shown in the server's history.
+    #[arg(long, default_value = "client")]
+    name: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Score a saved model (host-server's model_final.bin) on a test set.
+    Evaluate {
+        /// The model file.
+        #[arg(long)]
+        model_file: PathBuf,
+        /// Directory of the IDX files.
+        #[arg(long, default_value = "data/mnist")]
+        data_dir: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "host-client {}: not built yet; ./run.sh runs an in-process simulation meanwhile",
-        env!("CARGO_PKG_VERSION")
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(async {
+            match cli.command {
+                Some(Command::Evaluate {
+                    model_file,
+                    data_dir,
+                }) => evaluate(&model_file, &data_dir),
+                None => join(cli.join).await,
+            }
+        }),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("host-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn join(args: JoinArgs) -> anyhow::Result<()> {
+    if args.client_index + args.clients as usize > args.num_clients as usize {
+        anyhow::bail!(
+            "--client-index {} with --clients {} reaches past --num-clients {}",
+            args.client_index,
+            args.clients,
+            args.num_clients
+        );
+    }
+    let data = Arc::new(fedhost::dataset::load(&args.data_dir)?);
+    let cores = Arc::new(Semaphore::new(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in args.client_index..args.client_index + args.clients as usize {
+        let shard = Arc::new(args.partition.client_data(
+            &data,
+            index,
+            args.num_clients as usize,
+            args.seed,
+        )?);
+        let config = ParticipantConfig {
+            server: args.server.clone(),
+            name: format!("{}-{index}", args.name),
+            connect_timeout: Duration::from_secs(args.connect_timeout),
+        };
+        tasks.spawn(participant::run(config, shard, Arc::clone(&cores)));
+    }
+    while let Some(done) = tasks.join_next().await {
+        let ending = done.context("participant task")??;
+        tracing::info!("session ended: {ending:?}");
+    }
+    Ok(())
+}
+
+fn evaluate(model_file: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let (spec, params) = fedhost::model_file::load(model_file)?;
+    let test = fedhost::dataset::load_test(data_dir)?;
+    let cfg = TrainConfig {
+        batch_size: 64,
+        momentum: 0.0,
+        ..TrainConfig::default()
+    };
+    let stats = Trainer::<f32, _>::new(&spec, &cfg)?.evaluate(&params, &test)?;
+    println!(
+        "model {spec}: accuracy {:.2}% ({} of {}), loss {:.4}",
+        100.0 * stats.accuracy(),
+        stats.correct,
+        stats.examples,
+        stats.loss()
     );
-    ExitCode::from(2)
+    Ok(())
 }

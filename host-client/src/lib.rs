@@ -1,0 +1,9 @@
+//! host-client: a host participant of the federation.
+//!
+//! Each [`participant`] connects to the server (retrying with backoff until it
+//! is up), introduces itself, and then does what the server asks: train on its
+//! shard from the global model it is sent, or evaluate that model on its test
+//! shard. Many virtual clients can share one process and one copy of the data;
+//! their training runs on blocking threads, at most one per core.
+
+pub mod participant;

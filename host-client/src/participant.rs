@@ -1,0 +1,283 @@
+//! One participant's conversation with the server.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fedcore::data::Dataset;
+use fedcore::model::ModelSpec;
+use fedcore::protocol::{
+    Encoding, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION, ParticipantKind,
+};
+use fedcore::train::{TrainConfig, Trainer};
+use fedhost::dataset::Shard;
+use fedhost::link::{HOST_MAX_FRAME, Link, LinkError, name};
+use fedhost::partition::ClientData;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+/// Settings of one participant.
+#[derive(Debug, Clone)]
+pub struct ParticipantConfig {
+    /// Server address, host:port.
+    pub server: String,
+    /// Name shown in the server's history.
+    pub name: String,
+    /// How long to keep trying to reach the server.
+    pub connect_timeout: Duration,
+}
+
+/// How a participant's session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The server said goodbye, with its reason.
+    Bye(String),
+}
+
+/// Runs one participant until the server says goodbye. A lost connection is
+/// re-established (the server drops a participant that misses a deadline); the
+/// participant gives up when the server stays unreachable for the connect timeout.
+pub async fn run(
+    config: ParticipantConfig,
+    data: Arc<ClientData>,
+    cores: Arc<Semaphore>,
+) -> anyhow::Result<Ending> {
+    let mut state = State {
+        data,
+        cores,
+        model: None,
+    };
+    loop {
+        let socket = connect(&config).await?;
+        match session(&config, &mut state, socket).await {
+            Ok(ending) => return Ok(ending),
+            Err(SessionError::Link(e)) => {
+                tracing::warn!(name = %config.name, "connection lost ({e}); reconnecting");
+            }
+            Err(SessionError::Fatal(e)) => return Err(e),
+        }
+    }
+}
+
+struct State {
+    data: Arc<ClientData>,
+    cores: Arc<Semaphore>,
+    /// The model, once the server has named it.
+    model: Option<Model>,
+}
+
+/// The federation's model as this participant holds it.
+struct Model {
+    spec: ModelSpec,
+    params: Vec<f32>,
+    /// Kept between rounds so its arena is allocated once.
+    trainer: Option<Trainer<f32, Vec<f32>>>,
+}
+
+enum SessionError {
+    /// The connection failed: reconnect.
+    Link(LinkError),
+    /// Something that reconnecting will not fix.
+    Fatal(anyhow::Error),
+}
+
+impl From<LinkError> for SessionError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Protocol(_) | LinkError::Encode(_) => SessionError::Fatal(e.into()),
+            _ => SessionError::Link(e),
+        }
+    }
+}
+
+async fn connect(config: &ParticipantConfig) -> anyhow::Result<TcpStream> {
+    let deadline = Instant::now() + config.connect_timeout;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match TcpStream::connect(&config.server).await {
+            Ok(socket) => {
+                socket.set_nodelay(true)?;
+                return Ok(socket);
+            }
+            Err(e) if Instant::now() + backoff < deadline => {
+                tracing::debug!(server = %config.server, "not reachable yet ({e}); retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                bail!(
+                    "cannot reach the server at {} within {:?}: {e}",
+                    config.server,
+                    config.connect_timeout
+                )
+            }
+        }
+    }
+}
+
+async fn session(
+    config: &ParticipantConfig,
+    state: &mut State,
+    socket: TcpStream,
+) -> Result<Ending, SessionError> {
+    let mut link = Link::new(socket);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        name: &config.name,
+        kind: ParticipantKind::Host,
+        train_examples: state.data.train.len() as u32,
+        test_examples: state.data.test.len() as u32,
+        max_frame: HOST_MAX_FRAME as u32,
+        encoding: Encoding::F32,
+        auth: &[],
+    };
+    link.send(&Message::Hello(hello)).await?;
+    let spec = match link.recv().await? {
+        Message::Welcome(w) => w.model,
+        Message::Error(e) => {
+            return Err(SessionError::Fatal(anyhow::anyhow!(
+                "the server refused us: {}",
+                e.text
+            )));
+        }
+        other => {
+            return Err(SessionError::Fatal(anyhow::anyhow!(
+                "expected Welcome, got {}",
+                name(&other)
+            )));
+        }
+    };
+    if state.model.as_ref().is_none_or(|m| m.spec != spec) {
+        state.model = Some(Model {
+            params: vec![0.0; spec.param_count()],
+            spec: spec.clone(),
+            trainer: None,
+        });
+    }
+    tracing::info!(name = %config.name, model = %spec, "joined the federation");
+    loop {
+        let message = link.recv().await?;
+        match message {
+            Message::FitIns(ins) => {
+                let Model {
+                    spec,
+                    params,
+                    trainer,
+                } = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
+                link.recv_params(ins.round, params).await?;
+                let t = Instant::now();
+                let (stats, back) = compute(
+                    &state.cores,
+                    spec,
+                    ins.config,
+                    trainer.take(),
+                    params,
+                    &state.data.train,
+                    move |t, p, d| t.fit(p, d, ins.seed),
+                )
+                .await?;
+                *trainer = Some(back.0);
+                *params = back.1;
+                tracing::info!(
+                    round = ins.round,
+                    seconds = t.elapsed().as_secs_f32(),
+                    loss = stats.loss(),
+                    "trained"
+                );
+                link.send_params(ins.round, params, Encoding::F32, HOST_MAX_FRAME)
+                    .await?;
+                let res = FitRes {
+                    round: ins.round,
+                    examples: stats.examples,
+                    loss: stats.loss(),
+                    accuracy: stats.accuracy(),
+                };
+                link.send(&Message::FitRes(res)).await?;
+            }
+            Message::EvaluateIns(ins) => {
+                let Model {
+                    spec,
+                    params,
+                    trainer,
+                } = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
+                link.recv_params(ins.round, params).await?;
+                // Evaluation needs no optimizer state: the training arena is reused at batch
+                // 32 (a larger batch would allocate a larger activation arena per client).
+                let cfg = TrainConfig {
+                    momentum: 0.0,
+                    ..TrainConfig::default()
+                };
+                let (stats, back) = compute(
+                    &state.cores,
+                    spec,
+                    cfg,
+                    trainer.take(),
+                    params,
+                    &state.data.test,
+                    |t, p, d| t.evaluate(p, d),
+                )
+                .await?;
+                *trainer = Some(back.0);
+                *params = back.1;
+                let res = EvaluateRes {
+                    round: ins.round,
+                    examples: stats.examples,
+                    loss: stats.loss(),
+                    accuracy: stats.accuracy(),
+                };
+                link.send(&Message::EvaluateRes(res)).await?;
+            }
+            Message::Bye(reason) => return Ok(Ending::Bye(reason.to_string())),
+            Message::Error(e) => {
+                return Err(fatal(&format!("the server reported an error: {}", e.text)));
+            }
+            other => {
+                return Err(fatal(&format!(
+                    "unexpected {} from the server",
+                    name(&other)
+                )));
+            }
+        }
+    }
+}
+
+fn fatal(what: &str) -> SessionError {
+    SessionError::Fatal(anyhow::anyhow!("{what}"))
+}
+
+type Owned = (Trainer<f32, Vec<f32>>, Vec<f32>);
+
+/// Runs `work` on a blocking thread once a core is free, with a trainer for
+/// `cfg` (reused when it fits) and the parameters moved there and back.
+async fn compute<R: Send + 'static>(
+    cores: &Arc<Semaphore>,
+    spec: &ModelSpec,
+    cfg: TrainConfig,
+    trainer: Option<Trainer<f32, Vec<f32>>>,
+    params: &mut Vec<f32>,
+    data: &Shard,
+    work: impl FnOnce(&mut Trainer<f32, Vec<f32>>, &mut Vec<f32>, &Shard) -> Result<R, fedcore::Error>
+    + Send
+    + 'static,
+) -> Result<(R, Owned), SessionError> {
+    let permit = Arc::clone(cores)
+        .acquire_owned()
+        .await
+        .map_err(|e| SessionError::Fatal(e.into()))?;
+    let (spec, data, mut params) = (spec.clone(), data.clone(), std::mem::take(params));
+    let joined = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let reused = trainer.and_then(|mut t| t.set_config(&cfg).is_ok().then_some(t));
+        let mut trainer = match reused {
+            Some(t) => t,
+            None => Trainer::new(&spec, &cfg)?,
+        };
+        let r = work(&mut trainer, &mut params, &data)?;
+        Ok::<_, fedcore::Error>((r, (trainer, params)))
+    })
+    .await
+    .map_err(|e| SessionError::Fatal(e.into()))?;
+    joined
+        .context("local training failed")
+        .map_err(SessionError::Fatal)
+}
