@@ -1,14 +1,270 @@
-//! host-server: the federation server: rounds, strategies, history and plots, over TCP and serial.
-//!
-//! Not built yet: this binary only says so. Meanwhile `./run.sh` runs an
-//! in-process FedAvg simulation on fedcore.
+//! host-server: runs a federation over TCP, or overlays the histories of several runs.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fedcore::model::ModelSpec;
+use fedcore::train::{Rounding, TrainConfig};
+use host_server::config::{ServerConfig, Strategy};
+use host_server::federation::{self, Progress};
+use host_server::history::{History, RoundRecord};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The federation server: coordinates rounds of federated training and records them.
+#[derive(Parser, Debug)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Overlay the accuracy of several runs on one chart.
+    Plot {
+        /// History files (history_<rounds>.json).
+        #[arg(required = true)]
+        histories: Vec<PathBuf>,
+        /// Output chart, .png or .svg.
+        #[arg(short, long, default_value = "compare.png")]
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    bind: SocketAddr,
+    /// Rounds of training.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, median or trimmed-mean.
+    #[arg(long, default_value = "fedavg")]
+    strategy: Strategy,
+    /// The model: cnn (the reference CNN) or an MLP such as mlp:784-128-10.
+    #[arg(long, default_value = "cnn")]
+    model: ModelSpec,
+    /// Fraction of connected clients asked to train each round.
+    #[arg(long, default_value_t = 1.0)]
+    fraction_fit: f64,
+    /// Fraction of connected clients asked to evaluate each round.
+    #[arg(long, default_value_t = 1.0)]
+    fraction_evaluate: f64,
+    /// Least clients asked to train; a round with fewer answers leaves the model unchanged.
+    #[arg(long, default_value_t = 2)]
+    min_fit_clients: usize,
+    /// Least clients asked to evaluate.
+    #[arg(long, default_value_t = 2)]
+    min_evaluate_clients: usize,
+    /// Clients that must be connected before a round starts.
+    #[arg(long, default_value_t = 2)]
+    min_available_clients: usize,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    local_epochs: u32,
+    /// Local batch size.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+    /// Local learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    /// Local momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// FedProx proximal coefficient (with --strategy fedprox).
+    #[arg(long, default_value_t = 0.01)]
+    proximal_mu: f32,
+    /// Fraction cut from each end by --strategy trimmed-mean.
+    #[arg(long, default_value_t = 0.2)]
+    trim_fraction: f32,
+    /// Seconds each fit and each evaluate phase may take; late clients are left out.
+    #[arg(long, default_value_t = 120)]
+    round_timeout: u64,
+    /// Also evaluate the global model centrally on the test set in this directory.
+    #[arg(long)]
+    server_eval: Option<PathBuf>,
+    /// Output directory (history, plots, final model).
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Seed of initialisation and client sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write logs to this file instead of standard error.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn config(self) -> anyhow::Result<ServerConfig> {
+        let mu = if self.strategy == Strategy::Fedprox {
+            self.proximal_mu
+        } else {
+            0.0
+        };
+        let train = TrainConfig {
+            epochs: self.local_epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            momentum: self.momentum,
+            proximal_mu: mu,
+            rounding: Rounding::Stochastic,
+        };
+        train.validate()?;
+        for (name, f) in [
+            ("--fraction-fit", self.fraction_fit),
+            ("--fraction-evaluate", self.fraction_evaluate),
+        ] {
+            if !(0.0..=1.0).contains(&f) {
+                anyhow::bail!("{name} must be between 0 and 1, got {f}");
+            }
+        }
+        if !(0.0..0.5).contains(&self.trim_fraction) {
+            anyhow::bail!(
+                "--trim-fraction must be in [0, 0.5), got {}",
+                self.trim_fraction
+            );
+        }
+        Ok(ServerConfig {
+            bind: self.bind,
+            rounds: self.rounds,
+            strategy: self.strategy,
+            model: self.model,
+            fraction_fit: self.fraction_fit,
+            fraction_evaluate: self.fraction_evaluate,
+            min_fit_clients: self.min_fit_clients,
+            min_evaluate_clients: self.min_evaluate_clients,
+            min_available_clients: self.min_available_clients,
+            train,
+            trim_fraction: self.trim_fraction,
+            round_timeout: Duration::from_secs(self.round_timeout),
+            server_eval: self.server_eval,
+            out: self.out,
+            seed: self.seed,
+        })
+    }
+}
+
+/// A progress bar over rounds showing the latest accuracy (drawn only on a terminal).
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn round(&self, r: &RoundRecord) {
+        let acc = r
+            .accuracy_distributed
+            .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
+        self.0.set_message(format!(
+            "accuracy {acc}, {:.2} s/round, {} failures",
+            r.seconds,
+            r.failures.len()
+        ));
+        self.0.inc(1);
+    }
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "host-server {}: not built yet; ./run.sh runs an in-process simulation meanwhile",
-        env!("CARGO_PKG_VERSION")
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Plot { histories, output }) => plot(&histories, &output),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("host-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let log_file = args.log_file.clone();
+    let config = args.config()?;
+    init_logging(log_file.as_deref())?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let started = Instant::now();
+        let listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        // Tests bind port 0 and read the real port from this line.
+        println!("listening on {}", listener.local_addr()?);
+        let bar = ProgressBar::new(u64::from(config.rounds)).with_style(
+            ProgressStyle::with_template("{bar:30} round {pos}/{len} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let progress = Bar(bar);
+        let outcome = federation::run(config.clone(), listener, &progress).await?;
+        progress.0.finish();
+        summary(&config, &outcome, started.elapsed());
+        Ok(())
+    })
+}
+
+fn summary(config: &ServerConfig, outcome: &federation::Outcome, wall: Duration) {
+    let rounds = &outcome.history.rounds;
+    let last = rounds.last();
+    let acc = last
+        .and_then(|r| r.accuracy_distributed)
+        .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
+    let bytes: u64 = rounds.iter().map(|r| r.bytes).sum();
+    let failures: usize = rounds.iter().map(|r| r.failures.len()).sum();
+    println!();
+    println!(
+        "| rounds | model | strategy | final accuracy | wall time | s/round | bytes/round | failures |"
     );
-    ExitCode::from(2)
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {} | {} | {:?} | {acc} | {:.1} s | {:.2} | {:.1} MB | {failures} |",
+        rounds.len(),
+        config.model,
+        config.strategy,
+        wall.as_secs_f64(),
+        rounds.iter().map(|r| r.seconds).sum::<f64>() / rounds.len().max(1) as f64,
+        bytes as f64 / rounds.len().max(1) as f64 / 1e6,
+    );
+    println!();
+    for f in &outcome.files {
+        println!("wrote {}", f.display());
+    }
+}
+
+fn init_logging(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            let f = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn plot(histories: &[PathBuf], output: &std::path::Path) -> anyhow::Result<()> {
+    let runs = histories
+        .iter()
+        .map(|p| {
+            let name = p.file_stem().map_or_else(
+                || p.display().to_string(),
+                |s| s.to_string_lossy().into_owned(),
+            );
+            History::read(p).map(|h| (name, h))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    host_server::plot::compare(&runs, output)?;
+    println!("wrote {}", output.display());
+    Ok(())
 }

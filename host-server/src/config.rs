@@ -1,0 +1,137 @@
+//! The server's settings: what the CLI gives and what the history records.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use fedcore::aggregate::ServerOpt;
+use fedcore::model::ModelSpec;
+use fedcore::train::TrainConfig;
+use serde::Serialize;
+
+/// How client updates become the next global model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Example-weighted mean.
+    Fedavg,
+    /// FedAvg with server momentum.
+    Fedavgm,
+    /// FedAvg, with clients adding a proximal term (mu) to their loss.
+    Fedprox,
+    /// Adaptive server optimizer, Adam.
+    Fedadam,
+    /// Adaptive server optimizer, Yogi.
+    Fedyogi,
+    /// Adaptive server optimizer, Adagrad.
+    Fedadagrad,
+    /// Coordinate-wise median (unweighted).
+    Median,
+    /// Coordinate-wise trimmed mean (unweighted).
+    TrimmedMean,
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "fedavg" => Strategy::Fedavg,
+            "fedavgm" => Strategy::Fedavgm,
+            "fedprox" => Strategy::Fedprox,
+            "fedadam" => Strategy::Fedadam,
+            "fedyogi" => Strategy::Fedyogi,
+            "fedadagrad" => Strategy::Fedadagrad,
+            "median" => Strategy::Median,
+            "trimmed-mean" => Strategy::TrimmedMean,
+            _ => {
+                return Err(format!(
+                    "unknown strategy '{s}': use fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, median or trimmed-mean"
+                ));
+            }
+        })
+    }
+}
+
+impl Strategy {
+    /// The server optimizer applied after averaging (FedAvg for the plain strategies).
+    pub fn server_opt(&self) -> ServerOpt {
+        match self {
+            Strategy::Fedavgm => ServerOpt::FEDAVGM,
+            Strategy::Fedadam => ServerOpt::FEDADAM,
+            Strategy::Fedyogi => ServerOpt::FEDYOGI,
+            Strategy::Fedadagrad => ServerOpt::FEDADAGRAD,
+            Strategy::Fedavg | Strategy::Fedprox | Strategy::Median | Strategy::TrimmedMean => {
+                ServerOpt::FedAvg
+            }
+        }
+    }
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Rounds to run.
+    pub rounds: u32,
+    /// Aggregation strategy.
+    pub strategy: Strategy,
+    /// Model, as a spec string.
+    #[serde(serialize_with = "as_display")]
+    pub model: ModelSpec,
+    /// Fraction of connected clients asked to train each round.
+    pub fraction_fit: f64,
+    /// Fraction of connected clients asked to evaluate each round.
+    pub fraction_evaluate: f64,
+    /// Least clients asked to train; a round with fewer answers fails.
+    pub min_fit_clients: usize,
+    /// Least clients asked to evaluate.
+    pub min_evaluate_clients: usize,
+    /// Clients that must be connected before a round starts.
+    pub min_available_clients: usize,
+    /// Local training settings sent with every fit.
+    pub train: TrainConfig,
+    /// Trim fraction of the trimmed mean.
+    pub trim_fraction: f32,
+    /// Deadline of each fit and evaluate phase.
+    #[serde(serialize_with = "as_seconds")]
+    pub round_timeout: Duration,
+    /// Directory of a test set for centralised evaluation.
+    pub server_eval: Option<PathBuf>,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Seed of client sampling and initialisation.
+    pub seed: u64,
+}
+
+fn as_display<S: serde::Serializer>(v: &ModelSpec, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn as_seconds<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.as_secs_f64())
+}
+
+impl ServerConfig {
+    /// How many of `available` clients to sample, given a fraction and a minimum (as Flower does).
+    pub fn sample_size(available: usize, fraction: f64, min: usize) -> usize {
+        ((available as f64 * fraction) as usize)
+            .max(min)
+            .min(available)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategies_parse_and_sampling_follows_flower() {
+        assert_eq!("trimmed-mean".parse(), Ok(Strategy::TrimmedMean));
+        assert!("fedsgd".parse::<Strategy>().is_err());
+        assert_eq!(ServerConfig::sample_size(10, 0.5, 2), 5);
+        assert_eq!(ServerConfig::sample_size(10, 0.1, 2), 2);
+        assert_eq!(ServerConfig::sample_size(3, 1.0, 5), 3);
+    }
+}

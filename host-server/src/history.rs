@@ -1,0 +1,165 @@
+//! The run's history: per round, losses, accuracies, timings, bytes and participants.
+//!
+//! Written after every round as `history_<rounds>.json` and `history_<rounds>.csv`
+//! (each through a temporary file and a rename, so a crash never leaves half a
+//! file), readable from any language. The JSON has the config and every round;
+//! the CSV has one line of headline numbers per round.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How a participant is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    /// TCP.
+    Tcp,
+    /// A serial line.
+    Serial,
+}
+
+/// Examples, loss and accuracy a participant reported.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    /// Examples the numbers are over.
+    pub examples: u32,
+    /// Mean loss.
+    pub loss: f32,
+    /// Accuracy.
+    pub accuracy: f32,
+}
+
+/// One participant's part in a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantRecord {
+    /// Server-given id.
+    pub id: u32,
+    /// Name it gave.
+    pub name: String,
+    /// Link kind.
+    pub kind: LinkKind,
+    /// Training examples it contributed (its FedAvg weight; 0 when it did not train).
+    pub examples: u32,
+    /// Bytes the server sent it this round.
+    pub bytes_sent: u64,
+    /// Bytes the server received from it this round.
+    pub bytes_received: u64,
+    /// Seconds its fit and evaluate exchanges took, from instruction to answer.
+    pub seconds: f64,
+    /// Its training report.
+    pub fit: Option<Scores>,
+    /// Its evaluation report.
+    pub evaluate: Option<Scores>,
+}
+
+/// A participant that failed a phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// Server-given id.
+    pub id: u32,
+    /// Name it gave.
+    pub name: String,
+    /// "fit" or "evaluate".
+    pub phase: String,
+    /// What happened.
+    pub reason: String,
+}
+
+/// One round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Round number, from 1.
+    pub round: u32,
+    /// Example-weighted mean of the evaluating clients' losses.
+    pub loss_distributed: Option<f32>,
+    /// Example-weighted mean of the evaluating clients' accuracies.
+    pub accuracy_distributed: Option<f32>,
+    /// Example-weighted means of the training clients' metrics.
+    pub fit_metrics: BTreeMap<String, f32>,
+    /// Loss of the global model on the server's test set.
+    pub loss_centralized: Option<f32>,
+    /// Accuracy of the global model on the server's test set.
+    pub accuracy_centralized: Option<f32>,
+    /// Whether enough clients trained for the model to be updated.
+    pub aggregated: bool,
+    /// Everyone who took part.
+    pub participants: Vec<ParticipantRecord>,
+    /// Everyone who was asked and did not answer well.
+    pub failures: Vec<FailureRecord>,
+    /// Wall time of the round.
+    pub seconds: f64,
+    /// Bytes moved in the round, both ways.
+    pub bytes: u64,
+    /// Where the round's time went: "fit", "aggregate", "evaluate", "server_eval".
+    pub phase_seconds: BTreeMap<String, f64>,
+}
+
+/// A run's history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct History {
+    /// The run's settings.
+    pub config: serde_json::Value,
+    /// The rounds so far.
+    pub rounds: Vec<RoundRecord>,
+}
+
+impl History {
+    /// Paths of the JSON and CSV files for a run of `rounds` rounds in `out`.
+    pub fn paths(out: &Path, rounds: u32) -> (PathBuf, PathBuf) {
+        (
+            out.join(format!("history_{rounds}.json")),
+            out.join(format!("history_{rounds}.csv")),
+        )
+    }
+
+    /// Writes both files.
+    pub fn write(&self, json: &Path, csv: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        write_atomic(json, text.as_bytes())?;
+        write_atomic(csv, self.csv().as_bytes())
+    }
+
+    /// Reads a JSON history.
+    pub fn read(path: &Path) -> anyhow::Result<History> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a history file: {e}", path.display()))
+    }
+
+    fn csv(&self) -> String {
+        let mut out = String::from(
+            "round,loss_distributed,accuracy_distributed,train_loss,train_accuracy,loss_centralized,accuracy_centralized,aggregated,participants,failures,seconds,bytes\n",
+        );
+        let opt = |v: Option<f32>| v.map(|v| v.to_string()).unwrap_or_default();
+        for r in &self.rounds {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{:.3},{}",
+                r.round,
+                opt(r.loss_distributed),
+                opt(r.accuracy_distributed),
+                opt(r.fit_metrics.get("train_loss").copied()),
+                opt(r.fit_metrics.get("train_accuracy").copied()),
+                opt(r.loss_centralized),
+                opt(r.accuracy_centralized),
+                r.aggregated,
+                r.participants.len(),
+                r.failures.len(),
+                r.seconds,
+                r.bytes
+            );
+        }
+        out
+    }
+}
+
+/// Writes through a temporary file and a rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
