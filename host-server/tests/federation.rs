@@ -1,0 +1,301 @@
+//! The real server and real client processes on 127.0.0.1, on a small MNIST subset.
+//!
+//! The client binary is found beside the server's: `cargo test --workspace`
+//! builds both before running any test.
+
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fedcore::data::Dataset;
+use host_server::history::History;
+
+/// A child process that is killed when dropped, so no test leaves one behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_host-server"))
+}
+
+fn client_bin() -> PathBuf {
+    let path = server_bin().with_file_name("host-client");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fedtest-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes the first `train` and `test` MNIST samples as raw IDX files into `dir`.
+fn mnist_subset(dir: &Path, train: usize, test: usize) {
+    let full = fedhost::dataset::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist"))
+        .unwrap();
+    for (set, n, prefix) in [(&full.train, train, "train"), (&full.test, test, "t10k")] {
+        let mut images = vec![0, 0, 8, 3];
+        for d in [n as u32, 28, 28] {
+            images.extend_from_slice(&d.to_be_bytes());
+        }
+        let mut labels = vec![0, 0, 8, 1];
+        labels.extend_from_slice(&(n as u32).to_be_bytes());
+        for i in 0..n {
+            let s = set.sample(i);
+            images.extend_from_slice(s.pixels);
+            labels.push(s.label);
+        }
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+}
+
+/// Starts the server on an ephemeral port; returns it and its address.
+fn start_server(out: &Path, args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(server_bin())
+        .args(["--bind", "127.0.0.1:0", "--out"])
+        .arg(out)
+        .arg("--log-file")
+        .arg(out.join("server.log"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("the server announces its address")
+        .to_string();
+    (Proc(child), addr)
+}
+
+fn start_client(addr: &str, data: &Path, index: usize, clients: usize) -> Proc {
+    let child = Command::new(client_bin())
+        .args([
+            "--server",
+            addr,
+            "--num-clients",
+            &clients.to_string(),
+            "--client-index",
+            &index.to_string(),
+        ])
+        .args(["--connect-timeout", "20", "--data-dir"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// Waits for the server to exit by itself (bounded), returning its success.
+fn wait(server: &mut Proc, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the server did not finish within {limit:?}");
+}
+
+#[test]
+fn a_federation_runs_and_its_history_adds_up() {
+    let (out, data) = (temp_dir("run-out"), temp_dir("run-data"));
+    mnist_subset(&data, 6000, 600);
+    let data_arg = data.to_str().unwrap();
+    let (mut server, addr) = start_server(
+        &out,
+        &[
+            "--rounds",
+            "3",
+            "--model",
+            "mlp:784-32-10",
+            "--min-available-clients",
+            "3",
+            "--min-fit-clients",
+            "3",
+            "--min-evaluate-clients",
+            "3",
+            "--server-eval",
+            data_arg,
+        ],
+    );
+    let _clients: Vec<Proc> = (0..3).map(|i| start_client(&addr, &data, i, 3)).collect();
+    assert!(wait(&mut server, Duration::from_secs(120)));
+
+    let history = History::read(&out.join("history_3.json")).unwrap();
+    assert_eq!(history.rounds.len(), 3);
+    assert!(out.join("history_3.csv").exists() && out.join("model_final.bin").exists());
+    for f in ["accuracy.png", "accuracy.svg", "loss.png", "loss.svg"] {
+        assert!(std::fs::metadata(out.join(f)).unwrap().len() > 1000, "{f}");
+    }
+    for r in &history.rounds {
+        assert!(
+            r.aggregated && r.failures.is_empty(),
+            "round {}: {:?}",
+            r.round,
+            r.failures
+        );
+        assert_eq!(r.participants.len(), 3);
+        // The weighted average, recomputed from the participants' own numbers.
+        let (n, sum) =
+            r.participants
+                .iter()
+                .filter_map(|p| p.evaluate)
+                .fold((0u64, 0.0f64), |(n, s), e| {
+                    (
+                        n + u64::from(e.examples),
+                        s + f64::from(e.examples) * f64::from(e.accuracy),
+                    )
+                });
+        assert_eq!(n, 600);
+        let recomputed = sum / n as f64;
+        let reported = f64::from(r.accuracy_distributed.unwrap());
+        assert!(
+            (recomputed - reported).abs() < 1e-6,
+            "round {}: {recomputed} vs {reported}",
+            r.round
+        );
+        assert_eq!(r.participants.iter().map(|p| p.examples).sum::<u32>(), 6000);
+        assert!(
+            r.bytes > 0
+                && r.participants
+                    .iter()
+                    .all(|p| p.bytes_sent > 0 && p.bytes_received > 0)
+        );
+    }
+    let last = history.rounds.last().unwrap();
+    // About 0.85 after three rounds on 6,000 samples; client ids (which seed local
+    // shuffles) follow connection order, so the figure varies a little run to run.
+    assert!(
+        last.accuracy_distributed.unwrap() > 0.75,
+        "accuracy {:?}",
+        last.accuracy_distributed
+    );
+    assert!(
+        last.accuracy_centralized.unwrap() > 0.75,
+        "centralised accuracy {:?}",
+        last.accuracy_centralized
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
+fn a_client_killed_mid_run_is_a_failure_not_the_end() {
+    let (out, data) = (temp_dir("kill-out"), temp_dir("kill-data"));
+    mnist_subset(&data, 6000, 600);
+    let (mut server, addr) = start_server(
+        &out,
+        &[
+            "--rounds",
+            "30",
+            "--model",
+            "mlp:784-32-10",
+            "--min-available-clients",
+            "2",
+            "--min-fit-clients",
+            "2",
+            "--min-evaluate-clients",
+            "2",
+            "--round-timeout",
+            "20",
+        ],
+    );
+    let mut clients: Vec<Proc> = (0..3).map(|i| start_client(&addr, &data, i, 3)).collect();
+    // Let all three join before round 1 (the server only waits for two).
+    std::thread::sleep(Duration::from_millis(500));
+    // Kill one client once round 1 is on record: round 2 is then under way.
+    let history = out.join("history_30.json");
+    let start = Instant::now();
+    while !history.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "round 1 never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(clients.remove(2));
+    assert!(wait(&mut server, Duration::from_secs(120)));
+    let h = History::read(&history).unwrap();
+    assert_eq!(h.rounds.len(), 30, "the run went on to the end");
+    let failures: Vec<_> = h
+        .rounds
+        .iter()
+        .flat_map(|r| r.failures.iter().map(move |f| (r.round, f)))
+        .collect();
+    assert!(
+        !failures.is_empty(),
+        "the killed client is recorded as a failure"
+    );
+    assert!(
+        failures
+            .iter()
+            .all(|(round, f)| *round >= 2 && f.name == "client-2"),
+        "{failures:?}"
+    );
+    assert_eq!(
+        h.rounds[0].participants.len(),
+        3,
+        "all three took part in round 1"
+    );
+    assert_eq!(
+        h.rounds.last().unwrap().participants.len(),
+        2,
+        "the run goes on with the two left"
+    );
+    assert!(
+        h.rounds.iter().all(|r| r.aggregated),
+        "two answers meet --min-fit-clients 2"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
+fn bad_flags_are_one_clear_error() {
+    for args in [
+        &["--rounds", "0"][..],
+        &["--model", "resnet"],
+        &["--strategy", "fedsgd"],
+        &["--fraction-fit", "2"],
+        &["--bind", "nowhere"],
+    ] {
+        let out = Command::new(server_bin()).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error:") || first.starts_with("host-server:"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = Command::new(server_bin())
+        .args(["plot", "/nonexistent.json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("host-server: /nonexistent.json"));
+}
