@@ -113,17 +113,19 @@ pub struct Splits {
 /// Loads the four IDX files from `dir`, verifying SHA256SUMS where present.
 pub fn load(dir: &Path) -> Result<Splits, DatasetError> {
     let sums = read_sums(dir)?;
-    let read = |name: &'static str| read_file(dir, name, &sums);
     let pair = |images: &'static str, labels: &'static str| -> Result<ImageData, DatasetError> {
-        let (img, lab) = (read(images)?, read(labels)?);
+        let (img, lab) = (
+            decompress(dir, images, &sums)?,
+            decompress(dir, labels, &sums)?,
+        );
         ImageData::new(img, lab).map_err(|source| DatasetError::Idx {
             path: dir.join(images),
             source,
         })
     };
     Ok(Splits {
-        train: pair("train-images-idx3-ubyte", "train-labels-idx1-ubyte")?,
-        test: pair("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?,
+        train: pair(TRAIN_IMAGES, TRAIN_LABELS)?,
+        test: pair(TEST_IMAGES, TEST_LABELS)?,
     })
 }
 
@@ -131,13 +133,142 @@ pub fn load(dir: &Path) -> Result<Splits, DatasetError> {
 pub fn load_test(dir: &Path) -> Result<ImageData, DatasetError> {
     let sums = read_sums(dir)?;
     let (img, lab) = (
-        read_file(dir, "t10k-images-idx3-ubyte", &sums)?,
-        read_file(dir, "t10k-labels-idx1-ubyte", &sums)?,
+        decompress(dir, TEST_IMAGES, &sums)?,
+        decompress(dir, TEST_LABELS, &sums)?,
     );
     ImageData::new(img, lab).map_err(|source| DatasetError::Idx {
-        path: dir.join("t10k-images-idx3-ubyte"),
+        path: dir.join(TEST_IMAGES),
         source,
     })
+}
+
+const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
+const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
+const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+
+/// The labels of every sample: what partitions are computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    /// Training labels, by training index.
+    pub train: Vec<u8>,
+    /// Test labels, by test index.
+    pub test: Vec<u8>,
+}
+
+impl Labels {
+    /// Pool size: training samples, then test samples.
+    pub fn pool_len(&self) -> usize {
+        self.train.len() + self.test.len()
+    }
+}
+
+/// Loads just the two label files (70 KB for MNIST).
+pub fn load_labels(dir: &Path) -> Result<Labels, DatasetError> {
+    let sums = read_sums(dir)?;
+    let labels = |name: &'static str| -> Result<Vec<u8>, DatasetError> {
+        let bytes = decompress(dir, name, &sums)?;
+        let idx = Idx::parse(&bytes).map_err(|source| DatasetError::Idx {
+            path: dir.join(name),
+            source,
+        })?;
+        Ok(idx.data().to_vec())
+    };
+    Ok(Labels {
+        train: labels(TRAIN_LABELS)?,
+        test: labels(TEST_LABELS)?,
+    })
+}
+
+/// The samples one process needs, addressed by pool index (training samples
+/// first, then test samples), loaded without ever holding the whole dataset:
+/// images are decompressed as a stream and only wanted ones are kept. A client
+/// with an IID fifth of MNIST keeps 11 MB instead of 55 MB.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pixels: usize,
+    images: Vec<u8>,
+    labels: Vec<u8>,
+    /// Pool index -> position in `images`/`labels`, `u32::MAX` when not loaded.
+    slot: Vec<u32>,
+}
+
+impl Pool {
+    /// The loaded sample at pool index `index` (which must have been wanted).
+    pub fn sample(&self, index: u32) -> Sample<'_> {
+        let k = self.slot[index as usize] as usize;
+        Sample {
+            pixels: &self.images[k * self.pixels..(k + 1) * self.pixels],
+            label: self.labels[k],
+        }
+    }
+
+    /// Number of samples held.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when no sample is held.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Loads the samples of `wanted` pool indices from `dir`.
+pub fn load_pool(
+    dir: &Path,
+    labels: &Labels,
+    wanted: impl IntoIterator<Item = u32>,
+) -> Result<Pool, DatasetError> {
+    let sums = read_sums(dir)?;
+    let mut slot = vec![u32::MAX; labels.pool_len()];
+    for i in wanted {
+        if let Some(s) = slot.get_mut(i as usize) {
+            *s = 0;
+        }
+    }
+    let mut pool = Pool {
+        pixels: 0,
+        images: Vec::new(),
+        labels: Vec::new(),
+        slot,
+    };
+    let n_train = labels.train.len();
+    for (name, offset, set_labels) in [
+        (TRAIN_IMAGES, 0, &labels.train),
+        (TEST_IMAGES, n_train, &labels.test),
+    ] {
+        let path = dir.join(name);
+        let compressed = read_checked(dir, name, &sums)?;
+        let mut reader = open_stream(&compressed);
+        let io = |source| DatasetError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut header = [0u8; 16];
+        reader.read_exact(&mut header).map_err(io)?;
+        let count = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if header[..4] != [0, 0, 8, 3] || count != set_labels.len() {
+            let source =
+                fedcore::Error::BadIdx("images file is not rank-3 bytes matching its labels");
+            return Err(DatasetError::Idx { path, source });
+        }
+        let dim = |k: usize| {
+            u32::from_be_bytes([header[k], header[k + 1], header[k + 2], header[k + 3]]) as usize
+        };
+        pool.pixels = dim(8) * dim(12);
+        let mut image = vec![0u8; pool.pixels];
+        for (i, &label) in set_labels.iter().enumerate() {
+            reader.read_exact(&mut image).map_err(io)?;
+            let s = &mut pool.slot[offset + i];
+            if *s != u32::MAX {
+                *s = pool.labels.len() as u32;
+                pool.images.extend_from_slice(&image);
+                pool.labels.push(label);
+            }
+        }
+    }
+    Ok(pool)
 }
 
 /// `(hash, file name)` pairs from `dir/SHA256SUMS`, empty when there is none.
@@ -159,14 +290,21 @@ fn read_sums(dir: &Path) -> Result<Vec<(String, String)>, DatasetError> {
     }
 }
 
-fn read_file(
+/// A file as stored (gzipped or raw), checked against SHA256SUMS.
+struct Stored {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    gzipped: bool,
+}
+
+fn read_checked(
     dir: &Path,
     name: &'static str,
     sums: &[(String, String)],
-) -> Result<Vec<u8>, DatasetError> {
+) -> Result<Stored, DatasetError> {
     let gz = dir.join(format!("{name}.gz"));
     let raw = dir.join(name);
-    let (path, compressed) = if gz.is_file() {
+    let (path, gzipped) = if gz.is_file() {
         (gz, true)
     } else if raw.is_file() {
         (raw, false)
@@ -177,11 +315,10 @@ fn read_file(
             name,
         });
     };
-    let io = |source| DatasetError::Io {
+    let bytes = std::fs::read(&path).map_err(|source| DatasetError::Io {
         path: path.clone(),
         source,
-    };
-    let bytes = std::fs::read(&path).map_err(io)?;
+    })?;
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -201,28 +338,52 @@ fn read_file(
             });
         }
     }
-    if !compressed {
-        return Ok(bytes);
+    Ok(Stored {
+        path,
+        bytes,
+        gzipped,
+    })
+}
+
+fn open_stream(stored: &Stored) -> Box<dyn Read + '_> {
+    if stored.gzipped {
+        Box::new(flate2::read::GzDecoder::new(&stored.bytes[..]))
+    } else {
+        Box::new(&stored.bytes[..])
     }
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    flate2::read::GzDecoder::new(&bytes[..])
+}
+
+/// A whole file, checked and decompressed.
+fn decompress(
+    dir: &Path,
+    name: &'static str,
+    sums: &[(String, String)],
+) -> Result<Vec<u8>, DatasetError> {
+    let stored = read_checked(dir, name, sums)?;
+    if !stored.gzipped {
+        return Ok(stored.bytes);
+    }
+    let mut out = Vec::with_capacity(stored.bytes.len() * 4);
+    open_stream(&stored)
         .read_to_end(&mut out)
-        .map_err(io)?;
+        .map_err(|source| DatasetError::Io {
+            path: stored.path.clone(),
+            source,
+        })?;
     Ok(out)
 }
 
-/// A client's view of a dataset: a list of sample indices into the pool of a
-/// dataset's train samples followed by its test samples.
+/// A client's view of its samples: pool indices into a [`Pool`].
 #[derive(Debug, Clone)]
 pub struct Shard {
-    data: std::sync::Arc<Splits>,
+    pool: std::sync::Arc<Pool>,
     indices: Vec<u32>,
 }
 
 impl Shard {
-    /// A shard of `indices` into the pool (train samples first, then test).
-    pub fn new(data: std::sync::Arc<Splits>, indices: Vec<u32>) -> Self {
-        Shard { data, indices }
+    /// A shard of `indices` (pool indices, all loaded in `pool`).
+    pub fn new(pool: std::sync::Arc<Pool>, indices: Vec<u32>) -> Self {
+        Shard { pool, indices }
     }
 
     /// The pool indices of the shard's samples.
@@ -237,10 +398,6 @@ impl Dataset for Shard {
     }
 
     fn sample(&self, index: usize) -> Sample<'_> {
-        let i = self.indices[index] as usize;
-        match i.checked_sub(self.data.train.len()) {
-            None => self.data.train.sample(i),
-            Some(j) => self.data.test.sample(j),
-        }
+        self.pool.sample(self.indices[index])
     }
 }

@@ -13,15 +13,13 @@
 //!   with `iid`.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
-use fedcore::data::Dataset;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand_distr::{Distribution, Gamma};
 
-use crate::dataset::{Shard, Splits};
+use crate::dataset::Labels;
 
 /// How samples are split among clients.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,53 +66,46 @@ impl std::fmt::Display for Partition {
 #[error("dirichlet alpha must be a positive number, got {0}")]
 pub struct BadAlpha(pub f64);
 
-/// A client's training and test data.
-#[derive(Debug, Clone)]
-pub struct ClientData {
+/// A client's samples, as pool indices (training samples first, then test samples).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
     /// Samples to train on.
-    pub train: Shard,
+    pub train: Vec<u32>,
     /// Samples to evaluate on.
-    pub test: Shard,
+    pub test: Vec<u32>,
 }
 
 impl Partition {
-    /// Client `client`'s share (of `clients`) of `data`, from the federation's `seed`.
-    pub fn client_data(
+    /// Client `client`'s share (of `clients`), from the labels and the federation's `seed`.
+    pub fn assign(
         &self,
-        data: &Arc<Splits>,
+        labels: &Labels,
         client: usize,
         clients: usize,
         seed: u64,
-    ) -> Result<ClientData, BadAlpha> {
+    ) -> Result<Assignment, BadAlpha> {
         let clients = clients.max(1);
-        let (n_train, n_test) = (data.train.len() as u32, data.test.len() as u32);
-        let shard = |indices| Shard::new(Arc::clone(data), indices);
+        let (n_train, n_test) = (labels.train.len() as u32, labels.test.len() as u32);
+        let mut rng = StdRng::seed_from_u64(seed);
         match *self {
             Partition::Iid => {
-                let mut rng = StdRng::seed_from_u64(seed);
-                let cut = |n: u32, offset: u32, rng: &mut StdRng| {
+                let mut cut = |n: u32, offset: u32| {
                     let mut all: Vec<u32> = (offset..offset + n).collect();
-                    all.shuffle(rng);
+                    all.shuffle(&mut rng);
                     let (start, end) = (
                         client * all.len() / clients,
                         (client + 1) * all.len() / clients,
                     );
                     all[start..end].to_vec()
                 };
-                let train = cut(n_train, 0, &mut rng);
-                let test = cut(n_test, n_train, &mut rng);
-                Ok(ClientData {
-                    train: shard(train),
-                    test: shard(test),
+                let train = cut(n_train, 0);
+                Ok(Assignment {
+                    train,
+                    test: cut(n_test, n_train),
                 })
             }
             Partition::Dirichlet(alpha) => {
-                let mut rng = StdRng::seed_from_u64(seed);
-                let classes = 1
-                    + (0..n_train as usize)
-                        .map(|i| data.train.sample(i).label)
-                        .max()
-                        .unwrap_or(0) as usize;
+                let classes = 1 + usize::from(labels.train.iter().copied().max().unwrap_or(0));
                 // Gamma(alpha, 1) draws, normalised, are a Dirichlet(alpha) draw.
                 let gamma = Gamma::new(alpha, 1.0).map_err(|_| BadAlpha(alpha))?;
                 let proportions: Vec<Vec<f64>> = (0..classes)
@@ -126,28 +117,26 @@ impl Partition {
                         g.iter().map(|x| x / sum).collect()
                     })
                     .collect();
-                let mut cut = |set: &dyn Dataset, offset: u32| {
+                let mut cut = |set: &[u8], offset: u32| {
                     let mut mine = Vec::new();
                     for (class, p) in proportions.iter().enumerate() {
-                        let mut of_class: Vec<u32> = (0..set.len())
-                            .filter(|&i| usize::from(set.sample(i).label) == class)
-                            .map(|i| offset + i as u32)
+                        let mut of_class: Vec<u32> = (0..set.len() as u32)
+                            .filter(|&i| usize::from(set[i as usize]) == class)
+                            .map(|i| offset + i)
                             .collect();
                         of_class.shuffle(&mut rng);
                         let before: f64 = p[..client].iter().sum();
-                        let (start, end) = (
-                            (before * of_class.len() as f64) as usize,
-                            ((before + p[client]) * of_class.len() as f64) as usize,
-                        );
+                        let n = of_class.len() as f64;
+                        let (start, end) =
+                            ((before * n) as usize, ((before + p[client]) * n) as usize);
                         mine.extend_from_slice(&of_class[start..end.min(of_class.len())]);
                     }
                     mine
                 };
-                let train = cut(&data.train, 0);
-                let test = cut(&data.test, n_train);
-                Ok(ClientData {
-                    train: shard(train),
-                    test: shard(test),
+                let train = cut(&labels.train, 0);
+                Ok(Assignment {
+                    train,
+                    test: cut(&labels.test, n_train),
                 })
             }
             Partition::Seed => {
@@ -157,10 +146,7 @@ impl Partition {
                 let mut all: Vec<u32> = (0..n_train + n_test).collect();
                 all.shuffle(&mut rng);
                 let test = all.split_off(all.len() * 7 / 10);
-                Ok(ClientData {
-                    train: shard(all),
-                    test: shard(test),
-                })
+                Ok(Assignment { train: all, test })
             }
         }
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fedcore::data::Dataset;
+use fedhost::dataset::Shard;
 use fedhost::dataset::{self, DatasetError};
 use fedhost::partition::Partition;
 
@@ -55,17 +56,34 @@ fn missing_and_corrupt_files_are_clear_errors() {
 }
 
 #[test]
+fn a_pool_holds_just_the_wanted_samples() {
+    let dir = mnist_dir();
+    let full = dataset::load(&dir).unwrap();
+    let labels = dataset::load_labels(&dir).unwrap();
+    assert_eq!((labels.train.len(), labels.test.len()), (60_000, 10_000));
+    let wanted = [5u32, 59_999, 60_000, 69_999, 123];
+    let pool = Arc::new(dataset::load_pool(&dir, &labels, wanted).unwrap());
+    assert_eq!(pool.len(), 5);
+    let shard = Shard::new(pool, wanted.to_vec());
+    assert_eq!(shard.sample(0), full.train.sample(5));
+    assert_eq!(shard.sample(1), full.train.sample(59_999));
+    assert_eq!(shard.sample(2), full.test.sample(0));
+    assert_eq!(shard.sample(3), full.test.sample(9_999));
+    assert_eq!(shard.sample(4).label, labels.train[123]);
+}
+
+#[test]
 fn iid_and_dirichlet_shards_are_disjoint_and_cover_everything() {
-    let data = Arc::new(dataset::load(&mnist_dir()).unwrap());
+    let labels = dataset::load_labels(&mnist_dir()).unwrap();
     for partition in [Partition::Iid, "dirichlet:0.3".parse().unwrap()] {
         let mut seen = vec![0u8; 70_000];
         for client in 0..5 {
-            let shard = partition.client_data(&data, client, 5, 42).unwrap();
-            for &i in shard.train.indices() {
+            let shard = partition.assign(&labels, client, 5, 42).unwrap();
+            for &i in &shard.train {
                 assert!(i < 60_000);
                 seen[i as usize] += 1;
             }
-            for &i in shard.test.indices() {
+            for &i in &shard.test {
                 assert!(i >= 60_000);
                 seen[i as usize] += 1;
             }
@@ -93,15 +111,15 @@ fn iid_and_dirichlet_shards_are_disjoint_and_cover_everything() {
 
 #[test]
 fn dirichlet_skews_labels_and_seed_splits_seventy_thirty() {
-    let data = Arc::new(dataset::load(&mnist_dir()).unwrap());
+    let labels = dataset::load_labels(&mnist_dir()).unwrap();
     let skewed = "dirichlet:0.1"
         .parse::<Partition>()
         .unwrap()
-        .client_data(&data, 0, 5, 7)
+        .assign(&labels, 0, 5, 7)
         .unwrap();
     let mut counts = [0usize; 10];
-    for i in 0..skewed.train.len() {
-        counts[usize::from(skewed.train.sample(i).label)] += 1;
+    for &i in &skewed.train {
+        counts[usize::from(labels.train[i as usize])] += 1;
     }
     // IID would give every class about 10%; alpha 0.1 leaves several classes nearly absent.
     let rare = counts
@@ -110,7 +128,7 @@ fn dirichlet_skews_labels_and_seed_splits_seventy_thirty() {
         .count();
     assert!(rare >= 3, "alpha 0.1 should skew the labels: {counts:?}");
 
-    let seed = Partition::Seed.client_data(&data, 3, 5, 7).unwrap();
+    let seed = Partition::Seed.assign(&labels, 3, 5, 7).unwrap();
     assert_eq!((seed.train.len(), seed.test.len()), (49_000, 21_000));
     assert!("dirichlet:-1".parse::<Partition>().is_err());
     assert!("shards".parse::<Partition>().is_err());

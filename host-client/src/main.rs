@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedcore::train::{TrainConfig, Trainer};
+use fedhost::dataset::Shard;
 use fedhost::partition::Partition;
-use host_client::participant::{self, ParticipantConfig};
+use host_client::participant::{self, ClientData, ParticipantConfig};
 use tokio::sync::Semaphore;
 
 /// A participant of the federation: trains on its share of a dataset when the server asks.
@@ -97,32 +98,44 @@ fn main() -> ExitCode {
 }
 
 async fn join(args: JoinArgs) -> anyhow::Result<()> {
-    if args.client_index + args.clients as usize > args.num_clients as usize {
+    let (first, n, total) = (
+        args.client_index,
+        args.clients as usize,
+        args.num_clients as usize,
+    );
+    if first + n > total {
         anyhow::bail!(
-            "--client-index {} with --clients {} reaches past --num-clients {}",
-            args.client_index,
-            args.clients,
-            args.num_clients
+            "--client-index {first} with --clients {n} reaches past --num-clients {total}"
         );
     }
-    let data = Arc::new(fedhost::dataset::load(&args.data_dir)?);
+    // Shares are computed from the labels alone; then only this process's samples are loaded.
+    let labels = fedhost::dataset::load_labels(&args.data_dir)?;
+    let assignments = (first..first + n)
+        .map(|i| args.partition.assign(&labels, i, total, args.seed))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wanted = assignments
+        .iter()
+        .flat_map(|a| a.train.iter().chain(&a.test).copied());
+    let pool = Arc::new(fedhost::dataset::load_pool(
+        &args.data_dir,
+        &labels,
+        wanted,
+    )?);
     let cores = Arc::new(Semaphore::new(
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    for index in args.client_index..args.client_index + args.clients as usize {
-        let shard = Arc::new(args.partition.client_data(
-            &data,
-            index,
-            args.num_clients as usize,
-            args.seed,
-        )?);
+    for (index, a) in (first..).zip(assignments) {
+        let data = Arc::new(ClientData {
+            train: Shard::new(Arc::clone(&pool), a.train),
+            test: Shard::new(Arc::clone(&pool), a.test),
+        });
         let config = ParticipantConfig {
             server: args.server.clone(),
             name: format!("{}-{index}", args.name),
             connect_timeout: Duration::from_secs(args.connect_timeout),
         };
-        tasks.spawn(participant::run(config, shard, Arc::clone(&cores)));
+        tasks.spawn(participant::run(config, data, Arc::clone(&cores)));
     }
     while let Some(done) = tasks.join_next().await {
         let ending = done.context("participant task")??;

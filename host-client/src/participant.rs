@@ -12,9 +12,17 @@ use fedcore::protocol::{
 use fedcore::train::{TrainConfig, Trainer};
 use fedhost::dataset::Shard;
 use fedhost::link::{HOST_MAX_FRAME, Link, LinkError, name};
-use fedhost::partition::ClientData;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+
+/// A participant's samples.
+#[derive(Debug, Clone)]
+pub struct ClientData {
+    /// Samples to train on.
+    pub train: Shard,
+    /// Samples to evaluate on.
+    pub test: Shard,
+}
 
 /// Settings of one participant.
 #[derive(Debug, Clone)]

@@ -37,7 +37,7 @@ fn a_missing_data_dir_is_named() {
         .unwrap();
     let err = one_line_error(&out);
     assert!(
-        err.contains("/nonexistent/mnist/train-images-idx3-ubyte not found"),
+        err.contains("/nonexistent/mnist/train-labels-idx1-ubyte not found"),
         "{err}"
     );
 }
