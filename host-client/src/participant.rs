@@ -167,72 +167,47 @@ async fn session(
         let message = link.recv().await?;
         match message {
             Message::FitIns(ins) => {
-                let Model {
-                    spec,
-                    params,
-                    trainer,
-                } = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
-                link.recv_params(ins.round, params).await?;
+                let model = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
+                link.recv_params(ins.round, &mut model.params).await?;
+                if ins.evaluate_first {
+                    // The parameters are the aggregate of the previous round: score them first.
+                    let res = evaluate(
+                        &state.cores,
+                        model,
+                        &state.data.test,
+                        ins.round.saturating_sub(1),
+                    )
+                    .await?;
+                    link.send(&Message::EvaluateRes(res)).await?;
+                }
                 let t = Instant::now();
-                let (stats, back) = compute(
+                let seed = ins.seed;
+                let stats = compute(
                     &state.cores,
-                    spec,
+                    model,
                     ins.config,
-                    trainer.take(),
-                    params,
                     &state.data.train,
-                    move |t, p, d| t.fit(p, d, ins.seed),
+                    move |t, p, d| t.fit(p, d, seed),
                 )
                 .await?;
-                *trainer = Some(back.0);
-                *params = back.1;
-                tracing::info!(
-                    round = ins.round,
-                    seconds = t.elapsed().as_secs_f32(),
-                    loss = stats.loss(),
-                    "trained"
-                );
-                link.send_params(ins.round, params, Encoding::F32, HOST_MAX_FRAME)
+                let seconds = t.elapsed().as_secs_f32();
+                tracing::info!(round = ins.round, seconds, loss = stats.loss(), "trained");
+                link.send_params(ins.round, &model.params, Encoding::F32, HOST_MAX_FRAME)
                     .await?;
-                let res = FitRes {
+                let (examples, loss, accuracy) = (stats.examples, stats.loss(), stats.accuracy());
+                link.send(&Message::FitRes(FitRes {
                     round: ins.round,
-                    examples: stats.examples,
-                    loss: stats.loss(),
-                    accuracy: stats.accuracy(),
-                };
-                link.send(&Message::FitRes(res)).await?;
+                    examples,
+                    loss,
+                    accuracy,
+                    seconds,
+                }))
+                .await?;
             }
             Message::EvaluateIns(ins) => {
-                let Model {
-                    spec,
-                    params,
-                    trainer,
-                } = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
-                link.recv_params(ins.round, params).await?;
-                // Evaluation needs no optimizer state: the training arena is reused at batch
-                // 32 (a larger batch would allocate a larger activation arena per client).
-                let cfg = TrainConfig {
-                    momentum: 0.0,
-                    ..TrainConfig::default()
-                };
-                let (stats, back) = compute(
-                    &state.cores,
-                    spec,
-                    cfg,
-                    trainer.take(),
-                    params,
-                    &state.data.test,
-                    |t, p, d| t.evaluate(p, d),
-                )
-                .await?;
-                *trainer = Some(back.0);
-                *params = back.1;
-                let res = EvaluateRes {
-                    round: ins.round,
-                    examples: stats.examples,
-                    loss: stats.loss(),
-                    accuracy: stats.accuracy(),
-                };
+                let model = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
+                link.recv_params(ins.round, &mut model.params).await?;
+                let res = evaluate(&state.cores, model, &state.data.test, ins.round).await?;
                 link.send(&Message::EvaluateRes(res)).await?;
             }
             Message::Bye(reason) => return Ok(Ending::Bye(reason.to_string())),
@@ -249,30 +224,56 @@ async fn session(
     }
 }
 
+/// Scores the held parameters on `test` as the evaluation of `round`.
+async fn evaluate(
+    cores: &Arc<Semaphore>,
+    model: &mut Model,
+    test: &Shard,
+    round: u32,
+) -> Result<EvaluateRes, SessionError> {
+    let t = Instant::now();
+    // Evaluation needs no optimizer state: the training arena is reused at batch
+    // 32 (a larger batch would allocate a larger activation arena per client).
+    let cfg = TrainConfig {
+        momentum: 0.0,
+        ..TrainConfig::default()
+    };
+    let stats = compute(cores, model, cfg, test, |t, p, d| t.evaluate(p, d)).await?;
+    let (examples, loss, accuracy) = (stats.examples, stats.loss(), stats.accuracy());
+    Ok(EvaluateRes {
+        round,
+        examples,
+        loss,
+        accuracy,
+        seconds: t.elapsed().as_secs_f32(),
+    })
+}
+
 fn fatal(what: &str) -> SessionError {
     SessionError::Fatal(anyhow::anyhow!("{what}"))
 }
 
-type Owned = (Trainer<f32, Vec<f32>>, Vec<f32>);
-
 /// Runs `work` on a blocking thread once a core is free, with a trainer for
-/// `cfg` (reused when it fits) and the parameters moved there and back.
+/// `cfg` (the held one when its arena fits) and the parameters moved there and back.
 async fn compute<R: Send + 'static>(
     cores: &Arc<Semaphore>,
-    spec: &ModelSpec,
+    model: &mut Model,
     cfg: TrainConfig,
-    trainer: Option<Trainer<f32, Vec<f32>>>,
-    params: &mut Vec<f32>,
     data: &Shard,
     work: impl FnOnce(&mut Trainer<f32, Vec<f32>>, &mut Vec<f32>, &Shard) -> Result<R, fedcore::Error>
     + Send
     + 'static,
-) -> Result<(R, Owned), SessionError> {
+) -> Result<R, SessionError> {
     let permit = Arc::clone(cores)
         .acquire_owned()
         .await
         .map_err(|e| SessionError::Fatal(e.into()))?;
-    let (spec, data, mut params) = (spec.clone(), data.clone(), std::mem::take(params));
+    let (spec, data, mut params, trainer) = (
+        model.spec.clone(),
+        data.clone(),
+        std::mem::take(&mut model.params),
+        model.trainer.take(),
+    );
     let joined = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let reused = trainer.and_then(|mut t| t.set_config(&cfg).is_ok().then_some(t));
@@ -280,12 +281,16 @@ async fn compute<R: Send + 'static>(
             Some(t) => t,
             None => Trainer::new(&spec, &cfg)?,
         };
-        let r = work(&mut trainer, &mut params, &data)?;
-        Ok::<_, fedcore::Error>((r, (trainer, params)))
+        let result = work(&mut trainer, &mut params, &data);
+        Ok::<_, fedcore::Error>((result, trainer, params))
     })
     .await
     .map_err(|e| SessionError::Fatal(e.into()))?;
-    joined
+    let (result, trainer, params) = joined
+        .context("cannot build a trainer")
+        .map_err(SessionError::Fatal)?;
+    (model.trainer, model.params) = (Some(trainer), params);
+    result
         .context("local training failed")
         .map_err(SessionError::Fatal)
 }

@@ -1,6 +1,5 @@
 //! The round loop: sample, send, collect under a deadline, aggregate, evaluate, record.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,11 +13,12 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
 
 use crate::aggregation::Aggregator;
 use crate::config::ServerConfig;
-use crate::history::{FailureRecord, History, LinkKind, ParticipantRecord, RoundRecord, Scores};
-use crate::participant::{self, Handle, Job, Registry, Shared, UPLOAD_SLOTS};
+use crate::history::{FailureRecord, History, LinkKind, RoundRecord, Scores};
+use crate::participant::{self, EvaluateDone, Handle, Job, Registry, Shared, UPLOAD_SLOTS};
 
 /// What a finished run produced.
 #[derive(Debug)]
@@ -97,60 +97,63 @@ async fn rounds(
         config: serde_json::to_value(config)?,
         rounds: Vec::new(),
     };
-    if config.min_available_clients > 0 {
-        tracing::info!(n = config.min_available_clients, "waiting for participants");
-    }
+    let write = |history: &History| {
+        history
+            .write(&json, &csv)
+            .with_context(|| format!("cannot write {}", json.display()))
+    };
+    tracing::info!(n = config.min_available_clients, "waiting for participants");
+    // The previous round's aggregate is evaluated by these participants during this round.
+    let mut evaluators: Vec<Handle> = Vec::new();
     for round in 1..=config.rounds {
         shared
             .registry
             .wait_for(config.min_available_clients.max(1))
             .await;
         let started = Instant::now();
-        let mut record = RoundRecord {
-            round,
-            loss_distributed: None,
-            accuracy_distributed: None,
-            fit_metrics: BTreeMap::new(),
-            loss_centralized: None,
-            accuracy_centralized: None,
-            aggregated: false,
-            participants: Vec::new(),
-            failures: Vec::new(),
-            seconds: 0.0,
-            bytes: 0,
-            phase_seconds: BTreeMap::new(),
-        };
-        let mut people: BTreeMap<u32, ParticipantRecord> = BTreeMap::new();
-
-        // Fit.
-        let t = Instant::now();
-        let available = shared.registry.snapshot();
+        let mut record = RoundRecord::new(round);
         let chosen = sample(
-            &available,
+            &shared.registry.snapshot(),
             config.fraction_fit,
             config.min_fit_clients,
             &mut sampler,
         );
         let snapshot = Arc::new(global.clone());
         let deadline = tokio::time::Instant::now() + config.round_timeout;
-        let mut pending = dispatch(&chosen, |h, reply| {
+        let fused = |h: &Handle| evaluators.iter().any(|e| e.id == h.id);
+        let mut fits = dispatch(&chosen, |h, reply| {
             let seed = config.seed ^ (u64::from(round) << 32) ^ u64::from(h.id);
+            let evaluate_first = fused(h);
             Job::Fit {
                 round,
                 config: config.train,
                 seed,
+                evaluate_first,
                 global: Arc::clone(&snapshot),
                 deadline,
                 reply,
             }
         })
         .await;
+        // Evaluators of the previous aggregate that do not train this round evaluate on their own.
+        let alone: Vec<Handle> = evaluators
+            .iter()
+            .filter(|e| !chosen.iter().any(|h| h.id == e.id))
+            .cloned()
+            .collect();
+        let mut evals = dispatch(&alone, |_, reply| Job::Evaluate {
+            round: round - 1,
+            global: Arc::clone(&snapshot),
+            deadline,
+            reply,
+        })
+        .await;
+        let mut previous = history.rounds.last_mut();
         let (mut fit_loss, mut fit_acc) = (WeightedMean::default(), WeightedMean::default());
-        let mut answered = 0;
-        let mut agg_seconds = 0.0;
+        let (mut answered, mut agg_seconds) = (0, 0.0);
         aggregator.begin();
         // Fold each update as it arrives: that frees its upload slot for the next.
-        while let Some(joined) = pending.join_next().await {
+        while let Some(joined) = fits.join_next().await {
             let Ok((h, result)) = joined else { continue };
             match result {
                 Ok(done) => {
@@ -159,23 +162,37 @@ async fn rounds(
                     agg_seconds += a.elapsed().as_secs_f64();
                     drop(done.slot);
                     answered += 1;
-                    fit_loss.add(u64::from(done.res.examples), done.res.loss);
-                    fit_acc.add(u64::from(done.res.examples), done.res.accuracy);
-                    let p = people.entry(h.id).or_insert_with(|| blank(&h));
-                    p.examples = done.res.examples;
+                    let r = done.res;
+                    fit_loss.add(u64::from(r.examples), r.loss);
+                    fit_acc.add(u64::from(r.examples), r.accuracy);
+                    let p = record.participant(&h);
+                    p.examples = r.examples;
                     p.fit = Some(Scores {
-                        examples: done.res.examples,
-                        loss: done.res.loss,
-                        accuracy: done.res.accuracy,
+                        examples: r.examples,
+                        loss: r.loss,
+                        accuracy: r.accuracy,
+                        seconds: r.seconds,
                     });
-                    add_exchange(p, &done.exchange);
+                    p.add(&done.exchange);
+                    if let (Some(ev), Some(prev)) = (done.evaluation, previous.as_deref_mut()) {
+                        prev.participant(&h).evaluate = Some(Scores::from(ev));
+                    }
                 }
-                Err(reason) => record.failures.push(failure(&h, "fit", reason)),
+                Err(reason) => {
+                    if let (true, Some(prev)) = (fused(&h), previous.as_deref_mut()) {
+                        prev.failures.push(failure(&h, "evaluate", reason.clone()));
+                    }
+                    record.failures.push(failure(&h, "fit", reason));
+                }
             }
         }
         record
             .phase_seconds
-            .insert("fit".into(), t.elapsed().as_secs_f64() - agg_seconds);
+            .insert("fit".into(), started.elapsed().as_secs_f64() - agg_seconds);
+        if let Some(prev) = previous {
+            collect_evaluations(prev, &mut evals).await;
+            progress.round(prev);
+        }
         let a = Instant::now();
         if answered >= config.min_fit_clients.max(1) {
             aggregator.finish(&mut global)?;
@@ -195,50 +212,6 @@ async fn rounds(
             record.fit_metrics.insert("train_loss".into(), l);
             record.fit_metrics.insert("train_accuracy".into(), acc);
         }
-
-        // Evaluate.
-        let t = Instant::now();
-        let available = shared.registry.snapshot();
-        let chosen = sample(
-            &available,
-            config.fraction_evaluate,
-            config.min_evaluate_clients,
-            &mut sampler,
-        );
-        let snapshot = Arc::new(global.clone());
-        let deadline = tokio::time::Instant::now() + config.round_timeout;
-        let mut pending = dispatch(&chosen, |_, reply| Job::Evaluate {
-            round,
-            global: Arc::clone(&snapshot),
-            deadline,
-            reply,
-        })
-        .await;
-        let (mut loss, mut acc) = (WeightedMean::default(), WeightedMean::default());
-        while let Some(joined) = pending.join_next().await {
-            let Ok((h, result)) = joined else { continue };
-            match result {
-                Ok(done) => {
-                    loss.add(u64::from(done.res.examples), done.res.loss);
-                    acc.add(u64::from(done.res.examples), done.res.accuracy);
-                    let p = people.entry(h.id).or_insert_with(|| blank(&h));
-                    p.evaluate = Some(Scores {
-                        examples: done.res.examples,
-                        loss: done.res.loss,
-                        accuracy: done.res.accuracy,
-                    });
-                    add_exchange(p, &done.exchange);
-                }
-                Err(reason) => record.failures.push(failure(&h, "evaluate", reason)),
-            }
-        }
-        record.loss_distributed = loss.mean();
-        record.accuracy_distributed = acc.mean();
-        record
-            .phase_seconds
-            .insert("evaluate".into(), t.elapsed().as_secs_f64());
-
-        // Centralised evaluation.
         if let Some(test) = &server_test {
             let t = Instant::now();
             let stats = evaluate_on_server(&config.model, &global, test).await?;
@@ -248,33 +221,84 @@ async fn rounds(
                 .phase_seconds
                 .insert("server_eval".into(), t.elapsed().as_secs_f64());
         }
-
-        record.participants = people.into_values().collect();
-        record.bytes = record
-            .participants
-            .iter()
-            .map(|p| p.bytes_sent + p.bytes_received)
-            .sum();
         record.seconds = started.elapsed().as_secs_f64();
+        record.tally();
         tracing::info!(
             round,
-            accuracy = record.accuracy_distributed,
-            loss = record.loss_distributed,
             failures = record.failures.len(),
             seconds = record.seconds,
-            "round done"
+            "round trained"
         );
-        progress.round(&record);
         history.rounds.push(record);
-        history
-            .write(&json, &csv)
-            .with_context(|| format!("cannot write {}", json.display()))?;
+        write(&history)?;
+        evaluators = sample(
+            &shared.registry.snapshot(),
+            config.fraction_evaluate,
+            config.min_evaluate_clients,
+            &mut sampler,
+        );
+    }
+    // The last aggregate has no next round to travel with: evaluate it on its own.
+    if let Some(last) = history.rounds.last_mut() {
+        let t = Instant::now();
+        let snapshot = Arc::new(global.clone());
+        let deadline = tokio::time::Instant::now() + config.round_timeout;
+        let round = last.round;
+        let mut evals = dispatch(&evaluators, |_, reply| Job::Evaluate {
+            round,
+            global: Arc::clone(&snapshot),
+            deadline,
+            reply,
+        })
+        .await;
+        collect_evaluations(last, &mut evals).await;
+        last.phase_seconds
+            .insert("evaluate".into(), t.elapsed().as_secs_f64());
+        last.seconds += t.elapsed().as_secs_f64();
+        progress.round(last);
+        write(&history)?;
     }
     let model_path = config.out.join("model_final.bin");
     fedhost::model_file::save(&model_path, &config.model, &global)?;
     let mut files = vec![json, csv, model_path];
     files.extend(crate::plot::plot_run(&history, &config.out)?);
     Ok(Outcome { history, files })
+}
+
+/// Gathers standalone evaluations of `record`'s aggregate, then sets its
+/// distributed loss and accuracy from every evaluation it received (fused or not).
+async fn collect_evaluations(
+    record: &mut RoundRecord,
+    evals: &mut JoinSet<(Handle, Result<EvaluateDone, String>)>,
+) {
+    while let Some(joined) = evals.join_next().await {
+        let Ok((h, result)) = joined else { continue };
+        match result {
+            Ok(done) => {
+                let p = record.participant(&h);
+                p.evaluate = Some(Scores::from(done.res));
+                p.add(&done.exchange);
+            }
+            Err(reason) => record.failures.push(failure(&h, "evaluate", reason)),
+        }
+    }
+    let evaluated = record.participants.iter().filter_map(|p| p.evaluate);
+    let loss: WeightedMean = evaluated
+        .clone()
+        .map(|e| (u64::from(e.examples), e.loss))
+        .collect();
+    let acc: WeightedMean = evaluated
+        .map(|e| (u64::from(e.examples), e.accuracy))
+        .collect();
+    record.loss_distributed = loss.mean();
+    record.accuracy_distributed = acc.mean();
+    record.tally();
+    tracing::info!(
+        round = record.round,
+        accuracy = record.accuracy_distributed,
+        loss = record.loss_distributed,
+        "round evaluated"
+    );
 }
 
 /// Flower's sampling: `max(available · fraction, min)` clients, at random.
@@ -290,8 +314,8 @@ fn sample(available: &[Handle], fraction: f64, min: usize, rng: &mut StdRng) -> 
 async fn dispatch<T: Send + 'static>(
     chosen: &[Handle],
     make: impl Fn(&Handle, oneshot::Sender<Result<T, String>>) -> Job,
-) -> tokio::task::JoinSet<(Handle, Result<T, String>)> {
-    let mut pending = tokio::task::JoinSet::new();
+) -> JoinSet<(Handle, Result<T, String>)> {
+    let mut pending = JoinSet::new();
     for h in chosen {
         let (reply, rx) = oneshot::channel();
         let delivered = h.send(make(h, reply)).await;
@@ -307,26 +331,6 @@ async fn dispatch<T: Send + 'static>(
         });
     }
     pending
-}
-
-fn blank(h: &Handle) -> ParticipantRecord {
-    ParticipantRecord {
-        id: h.id,
-        name: h.name.clone(),
-        kind: h.kind,
-        examples: 0,
-        bytes_sent: 0,
-        bytes_received: 0,
-        seconds: 0.0,
-        fit: None,
-        evaluate: None,
-    }
-}
-
-fn add_exchange(p: &mut ParticipantRecord, e: &participant::Exchange) {
-    p.bytes_sent += e.bytes_sent;
-    p.bytes_received += e.bytes_received;
-    p.seconds += e.seconds;
 }
 
 fn failure(h: &Handle, phase: &str, reason: String) -> FailureRecord {

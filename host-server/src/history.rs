@@ -30,6 +30,19 @@ pub struct Scores {
     pub loss: f32,
     /// Accuracy.
     pub accuracy: f32,
+    /// Seconds the participant computed (training or evaluating).
+    pub seconds: f32,
+}
+
+impl From<fedcore::protocol::EvaluateRes> for Scores {
+    fn from(r: fedcore::protocol::EvaluateRes) -> Self {
+        Scores {
+            examples: r.examples,
+            loss: r.loss,
+            accuracy: r.accuracy,
+            seconds: r.seconds,
+        }
+    }
 }
 
 /// One participant's part in a round.
@@ -47,7 +60,7 @@ pub struct ParticipantRecord {
     pub bytes_sent: u64,
     /// Bytes the server received from it this round.
     pub bytes_received: u64,
-    /// Seconds its fit and evaluate exchanges took, from instruction to answer.
+    /// Seconds its exchanges took this round, from instruction to answer.
     pub seconds: f64,
     /// Its training report.
     pub fit: Option<Scores>,
@@ -95,6 +108,67 @@ pub struct RoundRecord {
     pub bytes: u64,
     /// Where the round's time went: "fit", "aggregate", "evaluate", "server_eval".
     pub phase_seconds: BTreeMap<String, f64>,
+}
+
+impl ParticipantRecord {
+    /// Adds an exchange's bytes and time.
+    pub fn add(&mut self, e: &crate::participant::Exchange) {
+        self.bytes_sent += e.bytes_sent;
+        self.bytes_received += e.bytes_received;
+        self.seconds += e.seconds;
+    }
+}
+
+impl RoundRecord {
+    /// An empty record for `round`.
+    pub fn new(round: u32) -> Self {
+        RoundRecord {
+            round,
+            loss_distributed: None,
+            accuracy_distributed: None,
+            fit_metrics: BTreeMap::new(),
+            loss_centralized: None,
+            accuracy_centralized: None,
+            aggregated: false,
+            participants: Vec::new(),
+            failures: Vec::new(),
+            seconds: 0.0,
+            bytes: 0,
+            phase_seconds: BTreeMap::new(),
+        }
+    }
+
+    /// The record of participant `h`, added if new (kept in id order).
+    pub fn participant(&mut self, h: &crate::participant::Handle) -> &mut ParticipantRecord {
+        let at = match self.participants.binary_search_by_key(&h.id, |p| p.id) {
+            Ok(at) => at,
+            Err(at) => {
+                let blank = ParticipantRecord {
+                    id: h.id,
+                    name: h.name.clone(),
+                    kind: h.kind,
+                    examples: 0,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                    seconds: 0.0,
+                    fit: None,
+                    evaluate: None,
+                };
+                self.participants.insert(at, blank);
+                at
+            }
+        };
+        &mut self.participants[at]
+    }
+
+    /// Recomputes the round's byte count from its participants.
+    pub fn tally(&mut self) {
+        self.bytes = self
+            .participants
+            .iter()
+            .map(|p| p.bytes_sent + p.bytes_received)
+            .sum();
+    }
 }
 
 /// A run's history.

@@ -46,6 +46,8 @@ pub enum Job {
         config: TrainConfig,
         /// Seed for the participant's sample order.
         seed: u64,
+        /// Score `global` (the previous round's aggregate) before training on it.
+        evaluate_first: bool,
         /// The global model.
         global: Arc<Vec<f32>>,
         /// When the answer must be in.
@@ -85,6 +87,8 @@ pub struct FitDone {
     pub params: Vec<f32>,
     /// Its report.
     pub res: FitRes,
+    /// Its evaluation of the previous aggregate, when asked for.
+    pub evaluation: Option<EvaluateRes>,
     /// Bytes and time.
     pub exchange: Exchange,
     /// The upload slot, freed when this is dropped (after folding).
@@ -194,6 +198,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, kind: LinkKind, sha
                 round,
                 config,
                 seed,
+                evaluate_first,
                 global,
                 deadline,
                 reply,
@@ -201,7 +206,17 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, kind: LinkKind, sha
                 let r = tokio::time::timeout_at(
                     deadline,
                     fit(
-                        &mut link, &shared, round, config, seed, &global, encoding, max_frame,
+                        &mut link,
+                        &shared,
+                        FitJob {
+                            round,
+                            config,
+                            seed,
+                            evaluate_first,
+                        },
+                        &global,
+                        encoding,
+                        max_frame,
                     ),
                 )
                 .await;
@@ -289,29 +304,56 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
-    link: &mut Link<T>,
-    shared: &Shared,
+/// The instruction part of a fit job.
+struct FitJob {
     round: u32,
     config: TrainConfig,
     seed: u64,
+    evaluate_first: bool,
+}
+
+async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Link<T>,
+    shared: &Shared,
+    job: FitJob,
     global: &[f32],
     encoding: Encoding,
     max_frame: usize,
 ) -> Result<FitDone, String> {
+    let FitJob {
+        round,
+        config,
+        seed,
+        evaluate_first,
+    } = job;
     let (start, sent, received) = (Instant::now(), link.bytes_sent(), link.bytes_received());
     let failed = |e: LinkError| e.to_string();
     link.send(&Message::FitIns(FitIns {
         round,
         config,
         seed,
+        evaluate_first,
     }))
     .await
     .map_err(failed)?;
     link.send_params(round, global, encoding, max_frame)
         .await
         .map_err(failed)?;
+    let evaluation = if evaluate_first {
+        match link.recv().await.map_err(failed)? {
+            Message::EvaluateRes(res) if res.round + 1 == round => Some(res),
+            Message::Error(e) => return Err(format!("participant error: {}", e.text)),
+            other => {
+                return Err(format!(
+                    "expected EvaluateRes for round {}, got {}",
+                    round - 1,
+                    name(&other)
+                ));
+            }
+        }
+    } else {
+        None
+    };
     let slot = Arc::clone(&shared.uploads)
         .acquire_owned()
         .await
@@ -332,6 +374,7 @@ async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
     Ok(FitDone {
         params,
         res,
+        evaluation,
         exchange,
         slot,
     })

@@ -241,6 +241,7 @@ mod tests {
                 round: 40,
                 config: TrainConfig::default(),
                 seed: u64::MAX,
+                evaluate_first: true,
             }),
             Message::EvaluateIns(EvaluateIns { round: 1 }),
             Message::ParamChunk(ParamChunk {
@@ -269,12 +270,14 @@ mod tests {
                 examples: 12_000,
                 loss: 0.25,
                 accuracy: 0.93,
+                seconds: 1.5,
             }),
             Message::EvaluateRes(EvaluateRes {
                 round: 5,
                 examples: 2_000,
                 loss: 0.3,
                 accuracy: 0.9,
+                seconds: 0.25,
             }),
             Message::Nack(Nack {
                 round: 5,

@@ -77,6 +77,11 @@ pub struct Welcome {
 }
 
 /// Train on the global model that follows in chunks.
+///
+/// With `evaluate_first`, the participant first scores those parameters (the
+/// aggregate of round `round - 1`) on its test data and answers with an
+/// `EvaluateRes` for `round - 1`, then trains: the global model crosses the link
+/// once per round instead of twice.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FitIns {
     /// Round number, from 1.
@@ -85,6 +90,8 @@ pub struct FitIns {
     pub config: TrainConfig,
     /// Seed for this round's sample order and rounding.
     pub seed: u64,
+    /// Evaluate the received parameters before training on them.
+    pub evaluate_first: bool,
 }
 
 /// Evaluate the global model that follows in chunks.
@@ -232,6 +239,8 @@ pub struct FitRes {
     pub loss: f32,
     /// Training accuracy of the last epoch.
     pub accuracy: f32,
+    /// Seconds the participant spent training.
+    pub seconds: f32,
 }
 
 /// A participant evaluated the global model.
@@ -245,6 +254,8 @@ pub struct EvaluateRes {
     pub loss: f32,
     /// Test accuracy.
     pub accuracy: f32,
+    /// Seconds the participant spent evaluating.
+    pub seconds: f32,
 }
 
 /// Please resend the chunk of `round` that starts at `offset` (it arrived damaged or not at all).

@@ -10,14 +10,18 @@
 //! participant                                   server
 //!   Hello{version, name, kind, examples, max_frame, encoding}  ->
 //!                                   <-  Welcome{client_id, model}
-//!                                   <-  FitIns{round, config, seed}
+//!                                   <-  FitIns{round r, config, seed, evaluate_first}
 //!                                   <-  ParamChunk{round, offset, total, values} ...
+//!   EvaluateRes{round r-1, ...}  (only with evaluate_first)  ->
 //!   ParamChunk{round, offset, total, values} ...  ->
-//!   FitRes{round, examples, loss, accuracy}       ->
+//!   FitRes{round r, examples, loss, accuracy, seconds}  ->
+//!   ... next rounds; after the last one, a standalone evaluation:
 //!                                   <-  EvaluateIns{round}, ParamChunk ...
-//!   EvaluateRes{round, examples, loss, accuracy}  ->
+//!   EvaluateRes{round, examples, loss, accuracy, seconds}  ->
 //!                                   <-  Bye
 //! ```
+//! The aggregate of round r is evaluated by the participants as the first step
+//! of round r+1, so the global model crosses each link once per round.
 //! Frames never exceed the receiver's declared max frame: parameters travel in
 //! chunks sized by [`frame::chunk_capacity`], so no side needs a model-sized
 //! receive buffer. A receiver that rejects a chunk frame asks for it again with
