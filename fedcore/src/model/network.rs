@@ -122,9 +122,12 @@ pub(crate) fn backward<S: Scalar>(
                         S::gemm(dy, wt, MatMut::new(&mut next[..n_in], rows, k), false);
                     }
                 }
-                // dW = Aᵀ·dY; im2col again, as a later convolution reused the scratch.
+                // dW = Aᵀ·dY. The forward pass's im2col matrix is still in the scratch
+                // when no later convolution and no dX above overwrote it.
                 let a = if conv {
-                    im2col(st, x, &mut cols[..rows * k], batch);
+                    if st.needs_input_grad || !plan.is_last_conv(st) {
+                        im2col(st, x, &mut cols[..rows * k], batch);
+                    }
                     &cols[..rows * k]
                 } else {
                     x
@@ -278,6 +281,17 @@ fn for_each_patch_row(st: &Stage, batch: usize, mut f: impl FnMut(usize, usize, 
 // Element loops rather than copy_from_slice: runs are a few values long, and a
 // memmove call per run cost more than the copy (measured: 14% of a CNN step).
 fn im2col<S: Scalar>(st: &Stage, x: &[S], cols: &mut [S], batch: usize) {
+    if st.input.channels == 1 {
+        // Runs of exactly three values: fixed-size copies the compiler unrolls.
+        for_each_patch_row(st, batch, |col, xi, _| {
+            if let (Some(d), Some(s)) = (cols.get_mut(col..col + 3), x.get(xi..xi + 3)) {
+                d[0] = s[0];
+                d[1] = s[1];
+                d[2] = s[2];
+            }
+        });
+        return;
+    }
     for_each_patch_row(st, batch, |col, xi, n| {
         for (d, &v) in cols[col..col + n].iter_mut().zip(&x[xi..xi + n]) {
             *d = v;

@@ -173,6 +173,12 @@ impl Plan {
         self.widest
     }
 
+    /// Whether `stage` is the last convolution in forward order (whose im2col
+    /// matrix is still in the scratch when backward reaches it).
+    pub fn is_last_conv(&self, stage: &Stage) -> bool {
+        self.stages.iter().rev().find(|s| s.cols_len() > 0) == Some(stage)
+    }
+
     /// Offset of the logits slot, per sample.
     pub fn logits_slot(&self) -> usize {
         self.stages.last().map_or(0, |s| s.act_out)
