@@ -340,17 +340,12 @@ async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(failed)?;
     let evaluation = if evaluate_first {
-        match link.recv().await.map_err(failed)? {
-            Message::EvaluateRes(res) if res.round + 1 == round => Some(res),
-            Message::Error(e) => return Err(format!("participant error: {}", e.text)),
-            other => {
-                return Err(format!(
-                    "expected EvaluateRes for round {}, got {}",
-                    round - 1,
-                    name(&other)
-                ));
-            }
-        }
+        let previous = round - 1;
+        let pick = |m: &Message<'_>| match m {
+            Message::EvaluateRes(r) if r.round == previous => Some(*r),
+            _ => None,
+        };
+        Some(answer(link, &format!("EvaluateRes for round {previous}"), pick).await?)
     } else {
         None
     };
@@ -360,16 +355,11 @@ async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|e| e.to_string())?;
     let mut params = vec![0.0f32; global.len()];
     link.recv_params(round, &mut params).await.map_err(failed)?;
-    let res = match link.recv().await.map_err(failed)? {
-        Message::FitRes(res) if res.round == round => res,
-        Message::Error(e) => return Err(format!("participant error: {}", e.text)),
-        other => {
-            return Err(format!(
-                "expected FitRes for round {round}, got {}",
-                name(&other)
-            ));
-        }
+    let pick = |m: &Message<'_>| match m {
+        Message::FitRes(r) if r.round == round => Some(*r),
+        _ => None,
     };
+    let res = answer(link, &format!("FitRes for round {round}"), pick).await?;
     let exchange = exchange(link, start, sent, received);
     Ok(FitDone {
         params,
@@ -395,19 +385,31 @@ async fn evaluate<T: AsyncRead + AsyncWrite + Unpin>(
     link.send_params(round, global, encoding, max_frame)
         .await
         .map_err(failed)?;
-    let res = match link.recv().await.map_err(failed)? {
-        Message::EvaluateRes(res) if res.round == round => res,
-        Message::Error(e) => return Err(format!("participant error: {}", e.text)),
-        other => {
-            return Err(format!(
-                "expected EvaluateRes for round {round}, got {}",
-                name(&other)
-            ));
-        }
+    let pick = |m: &Message<'_>| match m {
+        Message::EvaluateRes(r) if r.round == round => Some(*r),
+        _ => None,
     };
+    let res = answer(link, &format!("EvaluateRes for round {round}"), pick).await?;
     Ok(EvaluateDone {
         res,
         exchange: exchange(link, start, sent, received),
+    })
+}
+
+/// Receives the participant's next message and picks the expected answer out
+/// of it; anything else (its error report, or a message out of turn) is the reason it failed.
+async fn answer<T: AsyncRead + AsyncWrite + Unpin, R>(
+    link: &mut Link<T>,
+    expected: &str,
+    pick: impl FnOnce(&Message<'_>) -> Option<R>,
+) -> Result<R, String> {
+    let message = link.recv().await.map_err(|e| e.to_string())?;
+    if let Some(r) = pick(&message) {
+        return Ok(r);
+    }
+    Err(match message {
+        Message::Error(e) => format!("participant error: {}", e.text),
+        other => format!("expected {expected}, got {}", name(&other)),
     })
 }
 

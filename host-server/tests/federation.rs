@@ -90,8 +90,10 @@ fn start_server(out: &Path, args: &[&str]) -> (Proc, String) {
     (Proc(child), addr)
 }
 
-fn start_client(addr: &str, data: &Path, index: usize, clients: usize) -> Proc {
+/// Starts a client process running `here` virtual clients from `index` on, of `clients`.
+fn start_clients(addr: &str, data: &Path, index: usize, here: usize, clients: usize) -> Proc {
     let child = Command::new(client_bin())
+        .args(["--clients", &here.to_string()])
         .args([
             "--server",
             addr,
@@ -142,7 +144,11 @@ fn a_federation_runs_and_its_history_adds_up() {
             data_arg,
         ],
     );
-    let _clients: Vec<Proc> = (0..3).map(|i| start_client(&addr, &data, i, 3)).collect();
+    // Two virtual clients in one process and a third in its own.
+    let _clients = [
+        start_clients(&addr, &data, 0, 2, 3),
+        start_clients(&addr, &data, 2, 1, 3),
+    ];
     assert!(wait(&mut server, Duration::from_secs(120)));
 
     let history = History::read(&out.join("history_3.json")).unwrap();
@@ -224,7 +230,9 @@ fn a_client_killed_mid_run_is_a_failure_not_the_end() {
             "20",
         ],
     );
-    let mut clients: Vec<Proc> = (0..3).map(|i| start_client(&addr, &data, i, 3)).collect();
+    let mut clients: Vec<Proc> = (0..3)
+        .map(|i| start_clients(&addr, &data, i, 1, 3))
+        .collect();
     // Let all three join before round 1 (the server only waits for two).
     std::thread::sleep(Duration::from_millis(500));
     // Kill one client once round 1 is on record: round 2 is then under way.
