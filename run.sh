@@ -7,11 +7,11 @@
 #
 #   ./run.sh [--rounds N] [--clients N] [--model cnn|mlp:784-128-10] [--partition iid|dirichlet:A|seed]
 #            [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi|fedadagrad|median|trimmed-mean]
-#            [--out DIR] [--port P]
+#            [--out DIR] [--port P] [--data-dir DIR]
 set -euo pipefail
 cd "$(dirname "$0")"
 
-rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000
+rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
@@ -21,7 +21,8 @@ while (($#)); do
     --strategy) strategy=${2:?--strategy needs a name}; shift 2 ;;
     --out) out=${2:?--out needs a directory}; shift 2 ;;
     --port) port=${2:?--port needs a number}; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --data-dir) data=${2:?--data-dir needs a directory of IDX files}; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,7 +50,7 @@ server=$!
 pids+=("$server")
 for ((i = 0; i < clients; i++)); do
   "$bin/host-client" --server "127.0.0.1:$port" --client-index "$i" --num-clients "$clients" \
-    --partition "$partition" --name "client" 2>"$out/client-$i.log" &
+    --partition "$partition" --data-dir "$data" --name "client" 2>"$out/client-$i.log" &
   pids+=("$!")
 done
 echo "server and $clients clients started: $model, $strategy, $partition, $rounds rounds (logs in $out/)"

@@ -5,7 +5,7 @@
 //! client), then apply the server optimizer. Median and trimmed mean need every
 //! vector at once and keep them for the round: the documented exception.
 
-use fedcore::aggregate::{FedAvg, ServerOptimizer, coordinate_median, trimmed_mean};
+use fedcore::aggregate::{FedAvg, ServerOpt, ServerOptimizer, coordinate_median, trimmed_mean};
 
 use crate::config::Strategy;
 
@@ -33,25 +33,23 @@ pub enum Aggregator {
 
 impl Aggregator {
     /// An aggregator for a model of `params` parameters.
-    pub fn new(strategy: Strategy, params: usize, trim: f32) -> Result<Self, fedcore::Error> {
+    pub fn new(
+        strategy: Strategy,
+        opt: ServerOpt,
+        params: usize,
+        trim: f32,
+    ) -> Result<Self, fedcore::Error> {
         Ok(match strategy {
             Strategy::Median | Strategy::TrimmedMean => Aggregator::Robust {
                 strategy,
                 trim,
                 vectors: Vec::new(),
             },
-            _ => {
-                let opt = strategy.server_opt();
-                Aggregator::Mean {
-                    sum: FedAvg::new(vec![0.0; params]),
-                    opt: ServerOptimizer::new(
-                        opt,
-                        params,
-                        vec![0.0; opt.state_vectors() * params],
-                    )?,
-                    avg: vec![0.0; params],
-                }
-            }
+            _ => Aggregator::Mean {
+                sum: FedAvg::new(vec![0.0; params]),
+                opt: ServerOptimizer::new(opt, params, vec![0.0; opt.state_vectors() * params])?,
+                avg: vec![0.0; params],
+            },
         })
     }
 
@@ -105,13 +103,13 @@ mod tests {
     #[test]
     fn mean_is_weighted_and_robust_is_not() {
         let mut g = [0.0f32; 2];
-        let mut avg = Aggregator::new(Strategy::Fedavg, 2, 0.2).unwrap();
+        let mut avg = Aggregator::new(Strategy::Fedavg, ServerOpt::FedAvg, 2, 0.2).unwrap();
         avg.begin();
         avg.add(vec![1.0, 1.0], 3).unwrap();
         avg.add(vec![5.0, 9.0], 1).unwrap();
         avg.finish(&mut g).unwrap();
         assert_eq!(g, [2.0, 3.0]);
-        let mut med = Aggregator::new(Strategy::Median, 2, 0.2).unwrap();
+        let mut med = Aggregator::new(Strategy::Median, ServerOpt::FedAvg, 2, 0.2).unwrap();
         med.begin();
         for v in [[1.0, 1.0], [5.0, 9.0], [2.0, -4.0]] {
             med.add(v.to_vec(), 1000).unwrap();

@@ -54,18 +54,67 @@ impl FromStr for Strategy {
 }
 
 impl Strategy {
-    /// The server optimizer applied after averaging (FedAvg for the plain strategies).
-    pub fn server_opt(&self) -> ServerOpt {
+    /// The server optimizer applied after averaging (FedAvg for the plain
+    /// strategies), with Flower's defaults where `tuning` leaves a value unset.
+    pub fn server_opt(&self, tuning: &ServerTuning) -> ServerOpt {
+        let pick = |v: Option<f32>, default: f32| v.unwrap_or(default);
+        let adaptive = |d: ServerOpt| match d {
+            ServerOpt::FedAdagrad { lr, beta1, tau } => ServerOpt::FedAdagrad {
+                lr: pick(tuning.lr, lr),
+                beta1,
+                tau: pick(tuning.tau, tau),
+            },
+            ServerOpt::FedAdam {
+                lr,
+                beta1,
+                beta2,
+                tau,
+            } => ServerOpt::FedAdam {
+                lr: pick(tuning.lr, lr),
+                beta1,
+                beta2,
+                tau: pick(tuning.tau, tau),
+            },
+            ServerOpt::FedYogi {
+                lr,
+                beta1,
+                beta2,
+                tau,
+            } => ServerOpt::FedYogi {
+                lr: pick(tuning.lr, lr),
+                beta1,
+                beta2,
+                tau: pick(tuning.tau, tau),
+            },
+            other => other,
+        };
         match self {
-            Strategy::Fedavgm => ServerOpt::FEDAVGM,
-            Strategy::Fedadam => ServerOpt::FEDADAM,
-            Strategy::Fedyogi => ServerOpt::FEDYOGI,
-            Strategy::Fedadagrad => ServerOpt::FEDADAGRAD,
+            Strategy::Fedavgm => match ServerOpt::FEDAVGM {
+                ServerOpt::FedAvgM { lr, momentum } => ServerOpt::FedAvgM {
+                    lr: pick(tuning.lr, lr),
+                    momentum: pick(tuning.momentum, momentum),
+                },
+                other => other,
+            },
+            Strategy::Fedadam => adaptive(ServerOpt::FEDADAM),
+            Strategy::Fedyogi => adaptive(ServerOpt::FEDYOGI),
+            Strategy::Fedadagrad => adaptive(ServerOpt::FEDADAGRAD),
             Strategy::Fedavg | Strategy::Fedprox | Strategy::Median | Strategy::TrimmedMean => {
                 ServerOpt::FedAvg
             }
         }
     }
+}
+
+/// Overrides of the server optimizer's hyperparameters (None: the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ServerTuning {
+    /// Server learning rate (FedAvgM: 1.0; adaptive: 0.1).
+    pub lr: Option<f32>,
+    /// Server momentum of FedAvgM (0.9).
+    pub momentum: Option<f32>,
+    /// Adaptivity of FedAdagrad/FedAdam/FedYogi (1e-9).
+    pub tau: Option<f32>,
 }
 
 /// Everything a run needs.
@@ -94,6 +143,10 @@ pub struct ServerConfig {
     pub train: TrainConfig,
     /// Trim fraction of the trimmed mean.
     pub trim_fraction: f32,
+    /// Server optimizer overrides.
+    pub server_tuning: ServerTuning,
+    /// The server optimizer in use, as resolved from the strategy and overrides.
+    pub server_opt: ServerOpt,
     /// Deadline of each fit and evaluate phase.
     #[serde(serialize_with = "as_seconds")]
     pub round_timeout: Duration,
@@ -133,5 +186,34 @@ mod tests {
         assert_eq!(ServerConfig::sample_size(10, 0.5, 2), 5);
         assert_eq!(ServerConfig::sample_size(10, 0.1, 2), 2);
         assert_eq!(ServerConfig::sample_size(3, 1.0, 5), 3);
+    }
+
+    #[test]
+    fn server_optimizer_defaults_and_overrides() {
+        let none = ServerTuning::default();
+        assert_eq!(Strategy::Fedadam.server_opt(&none), ServerOpt::FEDADAM);
+        assert_eq!(Strategy::Fedprox.server_opt(&none), ServerOpt::FedAvg);
+        let tuned = ServerTuning {
+            lr: Some(0.01),
+            momentum: Some(0.5),
+            tau: Some(1e-3),
+        };
+        assert_eq!(
+            Strategy::Fedadam.server_opt(&tuned),
+            ServerOpt::FedAdam {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.99,
+                tau: 1e-3
+            }
+        );
+        assert_eq!(
+            Strategy::Fedavgm.server_opt(&tuned),
+            ServerOpt::FedAvgM {
+                lr: 0.01,
+                momentum: 0.5
+            }
+        );
+        assert_eq!(Strategy::Median.server_opt(&tuned), ServerOpt::FedAvg);
     }
 }

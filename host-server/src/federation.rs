@@ -86,7 +86,12 @@ async fn rounds(
     let plan = Plan::new(&config.model);
     let mut global = vec![0.0f32; plan.param_count()];
     init_params(&plan, &mut global, &mut Rng::new(config.seed));
-    let mut aggregator = Aggregator::new(config.strategy, global.len(), config.trim_fraction)?;
+    let mut aggregator = Aggregator::new(
+        config.strategy,
+        config.server_opt,
+        global.len(),
+        config.trim_fraction,
+    )?;
     let server_test = match &config.server_eval {
         Some(dir) => Some(Arc::new(fedhost::dataset::load_test(dir)?)),
         None => None,

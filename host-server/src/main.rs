@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedcore::model::ModelSpec;
 use fedcore::train::{Rounding, TrainConfig};
-use host_server::config::{ServerConfig, Strategy};
+use host_server::config::{ServerConfig, ServerTuning, Strategy};
 use host_server::federation::{self, Progress};
 use host_server::history::{History, RoundRecord};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -81,6 +81,15 @@ struct RunArgs {
     /// FedProx proximal coefficient (with --strategy fedprox).
     #[arg(long, default_value_t = 0.01)]
     proximal_mu: f32,
+    /// Server learning rate of fedavgm (default 1.0) or fedadam/fedyogi/fedadagrad (default 0.1).
+    #[arg(long)]
+    server_lr: Option<f32>,
+    /// Server momentum of fedavgm (default 0.9).
+    #[arg(long)]
+    server_momentum: Option<f32>,
+    /// Adaptivity tau of fedadam/fedyogi/fedadagrad (default 1e-9, as Flower; Reddi et al. suggest 1e-3).
+    #[arg(long)]
+    tau: Option<f32>,
     /// Fraction cut from each end by --strategy trimmed-mean.
     #[arg(long, default_value_t = 0.2)]
     trim_fraction: f32,
@@ -131,6 +140,18 @@ impl RunArgs {
                 self.trim_fraction
             );
         }
+        let tuning = ServerTuning {
+            lr: self.server_lr,
+            momentum: self.server_momentum,
+            tau: self.tau,
+        };
+        if [tuning.lr, tuning.momentum, tuning.tau]
+            .into_iter()
+            .flatten()
+            .any(|v| !(v >= 0.0 && v.is_finite()))
+        {
+            anyhow::bail!("--server-lr, --server-momentum and --tau must be finite numbers >= 0");
+        }
         Ok(ServerConfig {
             bind: self.bind,
             rounds: self.rounds,
@@ -143,6 +164,8 @@ impl RunArgs {
             min_available_clients: self.min_available_clients,
             train,
             trim_fraction: self.trim_fraction,
+            server_tuning: tuning,
+            server_opt: self.strategy.server_opt(&tuning),
             round_timeout: Duration::from_secs(self.round_timeout),
             server_eval: self.server_eval,
             out: self.out,
