@@ -51,10 +51,16 @@ pub async fn run(
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
     let result = rounds(&config, &shared, progress).await;
+    accept.abort();
     for handle in shared.registry.snapshot() {
         handle.send(Job::Bye("the federation is done".into())).await;
     }
-    accept.abort();
+    // Each connection task leaves the registry once its goodbye is written: wait for
+    // that, so clients hear it before the process exits, instead of a dropped link.
+    shared
+        .registry
+        .wait_empty(std::time::Duration::from_secs(5))
+        .await;
     result
 }
 

@@ -149,6 +149,20 @@ impl Registry {
         }
     }
 
+    /// Waits until every participant has left, for at most `limit`.
+    pub async fn wait_empty(&self, limit: Duration) {
+        let all_gone = async {
+            loop {
+                let notified = self.changed.notified();
+                if self.lock().is_empty() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all_gone).await;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Handle>> {
         // A panic while holding this lock cannot leave the map half-updated
         // (insert and remove are single calls), so a poisoned lock is still sound.

@@ -110,7 +110,7 @@ fn start_clients(addr: &str, data: &Path, index: usize, here: usize, clients: us
     Proc(child)
 }
 
-/// Waits for the server to exit by itself (bounded), returning its success.
+/// Waits for a process to exit by itself (bounded), returning its success.
 fn wait(server: &mut Proc, limit: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -145,11 +145,17 @@ fn a_federation_runs_and_its_history_adds_up() {
         ],
     );
     // Two virtual clients in one process and a third in its own.
-    let _clients = [
+    let mut clients = [
         start_clients(&addr, &data, 0, 2, 3),
         start_clients(&addr, &data, 2, 1, 3),
     ];
     assert!(wait(&mut server, Duration::from_secs(120)));
+    for client in &mut clients {
+        assert!(
+            wait(client, Duration::from_secs(10)),
+            "a client heard goodbye and exited cleanly"
+        );
+    }
 
     let history = History::read(&out.join("history_3.json")).unwrap();
     assert_eq!(history.rounds.len(), 3);
