@@ -113,31 +113,29 @@ pub struct Splits {
 /// Loads the four IDX files from `dir`, verifying SHA256SUMS where present.
 pub fn load(dir: &Path) -> Result<Splits, DatasetError> {
     let sums = read_sums(dir)?;
-    let pair = |images: &'static str, labels: &'static str| -> Result<ImageData, DatasetError> {
-        let (img, lab) = (
-            decompress(dir, images, &sums)?,
-            decompress(dir, labels, &sums)?,
-        );
-        ImageData::new(img, lab).map_err(|source| DatasetError::Idx {
-            path: dir.join(images),
-            source,
-        })
-    };
     Ok(Splits {
-        train: pair(TRAIN_IMAGES, TRAIN_LABELS)?,
-        test: pair(TEST_IMAGES, TEST_LABELS)?,
+        train: load_pair(dir, &sums, TRAIN_IMAGES, TRAIN_LABELS)?,
+        test: load_pair(dir, &sums, TEST_IMAGES, TEST_LABELS)?,
     })
 }
 
 /// Loads only the test split (for evaluating a saved model, or server-side evaluation).
 pub fn load_test(dir: &Path) -> Result<ImageData, DatasetError> {
-    let sums = read_sums(dir)?;
+    load_pair(dir, &read_sums(dir)?, TEST_IMAGES, TEST_LABELS)
+}
+
+fn load_pair(
+    dir: &Path,
+    sums: &[(String, String)],
+    images: &'static str,
+    labels: &'static str,
+) -> Result<ImageData, DatasetError> {
     let (img, lab) = (
-        decompress(dir, TEST_IMAGES, &sums)?,
-        decompress(dir, TEST_LABELS, &sums)?,
+        decompress(dir, images, sums)?,
+        decompress(dir, labels, sums)?,
     );
     ImageData::new(img, lab).map_err(|source| DatasetError::Idx {
-        path: dir.join(TEST_IMAGES),
+        path: dir.join(images),
         source,
     })
 }

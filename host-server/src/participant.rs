@@ -217,27 +217,14 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, kind: LinkKind, sha
                 deadline,
                 reply,
             } => {
-                let r = tokio::time::timeout_at(
-                    deadline,
-                    fit(
-                        &mut link,
-                        &shared,
-                        FitJob {
-                            round,
-                            config,
-                            seed,
-                            evaluate_first,
-                        },
-                        &global,
-                        encoding,
-                        max_frame,
-                    ),
-                )
-                .await;
-                let r = r.unwrap_or_else(|_| Err("missed the round deadline".into()));
-                let failed = r.is_err();
-                let _ = reply.send(r);
-                failed
+                let job = FitJob {
+                    round,
+                    config,
+                    seed,
+                    evaluate_first,
+                };
+                let work = fit(&mut link, &shared, job, &global, encoding, max_frame);
+                answer_by(deadline, work, reply).await
             }
             Job::Evaluate {
                 round,
@@ -245,27 +232,47 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, kind: LinkKind, sha
                 deadline,
                 reply,
             } => {
-                let r = tokio::time::timeout_at(
-                    deadline,
-                    evaluate(&mut link, round, &global, encoding, max_frame),
-                )
-                .await;
-                let r = r.unwrap_or_else(|_| Err("missed the round deadline".into()));
-                let failed = r.is_err();
-                let _ = reply.send(r);
-                failed
+                let work = evaluate(&mut link, round, &global, encoding, max_frame);
+                answer_by(deadline, work, reply).await
             }
             Job::Bye(reason) => {
                 let _ = link.send(&Message::Bye(&reason)).await;
-                true
+                Connection::Close
             }
         };
-        if outcome {
+        if outcome == Connection::Close {
             break;
         }
     }
     shared.registry.remove(id);
     tracing::info!(id, "participant left");
+}
+
+/// What to do with a connection after a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// Wait for the next job.
+    Keep,
+    /// Close it: the job failed (leaving the link in an unknown state) or said goodbye.
+    Close,
+}
+
+/// Runs `work` until `deadline` and sends its outcome to `reply`.
+async fn answer_by<T>(
+    deadline: Instant,
+    work: impl Future<Output = Result<T, String>>,
+    reply: oneshot::Sender<Result<T, String>>,
+) -> Connection {
+    let outcome = tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or_else(|_| Err("missed the round deadline".into()));
+    let failed = outcome.is_err();
+    let _ = reply.send(outcome);
+    if failed {
+        Connection::Close
+    } else {
+        Connection::Keep
+    }
 }
 
 async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
