@@ -7,7 +7,7 @@
 #
 #   ./run.sh [--rounds N] [--clients N] [--model cnn|mlp:784-128-10] [--partition iid|dirichlet:A|seed]
 #            [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi|fedadagrad|median|trimmed-mean]
-#            [--out DIR] [--port P] [--data-dir DIR]
+#            [--out DIR] [--port P (0: any free port)] [--data-dir DIR]
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -43,13 +43,27 @@ trap cleanup EXIT
 trap 'echo; echo "run.sh: interrupted"; exit 130' INT TERM
 
 start=$(date +%s.%N)
+: > "$out/server.out"
 "$bin/host-server" --bind "127.0.0.1:$port" --rounds "$rounds" --model "$model" --strategy "$strategy" \
   --min-available-clients "$clients" --min-fit-clients "$clients" --min-evaluate-clients "$clients" \
-  --out "$out" --log-file "$out/server.log" &
+  --out "$out" --log-file "$out/server.log" > >(tee "$out/server.out") &
 server=$!
 pids+=("$server")
+# The server's first line is its real address (--port 0 picks a free port).
+addr=""
+for ((tries = 0; tries < 200; tries++)); do
+  addr=$(sed -n 's/^listening on //p' "$out/server.out")
+  if [[ -n $addr ]] || ! kill -0 "$server" 2>/dev/null; then
+    break
+  fi
+  sleep 0.05
+done
+if [[ -z $addr ]]; then
+  echo "run.sh: the server did not start (see its message above and $out/server.log)" >&2
+  exit 1
+fi
 for ((i = 0; i < clients; i++)); do
-  "$bin/host-client" --server "127.0.0.1:$port" --client-index "$i" --num-clients "$clients" \
+  "$bin/host-client" --server "$addr" --client-index "$i" --num-clients "$clients" \
     --partition "$partition" --data-dir "$data" --name "client" 2>"$out/client-$i.log" &
   pids+=("$!")
 done
