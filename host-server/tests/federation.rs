@@ -313,3 +313,52 @@ fn bad_flags_are_one_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("host-server: /nonexistent.json"));
 }
+
+#[test]
+fn every_strategy_runs_end_to_end() {
+    let data = temp_dir("strategies-data");
+    mnist_subset(&data, 2000, 400);
+    for strategy in [
+        "fedavg",
+        "fedavgm",
+        "fedprox",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "median",
+        "trimmed-mean",
+    ] {
+        let out = temp_dir(&format!("strategy-{strategy}"));
+        let (mut server, addr) = start_server(
+            &out,
+            &[
+                "--rounds",
+                "2",
+                "--model",
+                "mlp:784-16-10",
+                "--strategy",
+                strategy,
+                "--min-available-clients",
+                "3",
+            ],
+        );
+        let mut clients = [start_clients(&addr, &data, 0, 3, 3)];
+        assert!(wait(&mut server, Duration::from_secs(60)), "{strategy}");
+        assert!(
+            wait(&mut clients[0], Duration::from_secs(10)),
+            "{strategy}: clients exit cleanly"
+        );
+        let h = History::read(&out.join("history_2.json")).unwrap();
+        assert_eq!(h.config["strategy"], strategy);
+        assert!(
+            h.rounds
+                .iter()
+                .all(|r| r.aggregated && r.failures.is_empty()),
+            "{strategy}"
+        );
+        let acc = h.rounds[1].accuracy_distributed.unwrap();
+        assert!(acc > 0.3, "{strategy}: accuracy {acc} after two rounds");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    std::fs::remove_dir_all(&data).unwrap();
+}
