@@ -179,6 +179,12 @@ impl Stats {
     pub fn accuracy(&self) -> f32 {
         self.correct as f32 / self.examples.max(1) as f32
     }
+
+    fn add(&mut self, n: usize, loss_q16: i64, correct: u32) {
+        self.examples += n as u32;
+        self.loss_q16 += loss_q16;
+        self.correct += correct;
+    }
 }
 
 /// Trains and evaluates a model held in the caller's parameter buffer.
@@ -301,14 +307,10 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
                 let mut dither = || if dithered { rng.next_u32() } else { 1 << 31 };
                 let deltas = (&mut *delta.0, &mut *delta.1);
                 if cfg.in_place() {
+                    // The same update as a mini-batch step without momentum, one row at a time.
                     let mut rule = |w: &mut [S], at: usize, g: &[S]| {
-                        for (k, (w, &g)) in w.iter_mut().zip(g).enumerate() {
-                            let mut upd = step.mul_dither(g, dither());
-                            if let Some(&a) = anchor.get(at + k) {
-                                upd = upd.add(prox.mul(w.sub(a)));
-                            }
-                            *w = w.sub(upd);
-                        }
+                        let anchor = anchor.get(at..at + w.len()).unwrap_or(&[]);
+                        sgd_step(w, g, &mut [], anchor, [step, momentum, prox], &mut dither);
                     };
                     backward(
                         plan,
@@ -405,16 +407,9 @@ impl<S: Scalar> Trainer<S, alloc::vec::Vec<S>> {
     }
 }
 
-impl Stats {
-    fn add(&mut self, n: usize, loss_q16: i64, correct: u32) {
-        self.examples += n as u32;
-        self.loss_q16 += loss_q16;
-        self.correct += correct;
-    }
-}
-
-/// One SGD step over all parameters, from summed gradients `grads`: `velocity`
-/// and `anchor` are empty when momentum and FedProx are off. Each case is its
+/// One SGD step over `params` (all of them, or one weight row when training in
+/// place), from summed gradients `grads`: `velocity` and `anchor` are empty when
+/// momentum and FedProx are off. Each case is its
 /// own loop so that the common ones vectorise.
 fn sgd_step<S: Scalar>(
     params: &mut [S],
@@ -501,7 +496,23 @@ fn load<S: Scalar>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Sample;
     use crate::scalar::Fixed;
+
+    /// Four-pixel samples: `(pixels, label)` pairs.
+    struct Samples(std::vec::Vec<([u8; 4], u8)>);
+
+    impl Dataset for Samples {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn sample(&self, i: usize) -> Sample<'_> {
+            Sample {
+                pixels: &self.0[i].0,
+                label: self.0[i].1,
+            }
+        }
+    }
 
     #[test]
     fn device_mlp_memory_is_exact() {
@@ -560,28 +571,17 @@ mod tests {
             Err(Error::BadConfig(_))
         ));
         let mut t = Trainer::<f32, _>::new(&spec, &cfg).unwrap();
-        struct Bad;
-        impl Dataset for Bad {
-            fn len(&self) -> usize {
-                1
-            }
-            fn sample(&self, _: usize) -> crate::data::Sample<'_> {
-                crate::data::Sample {
-                    pixels: &[1, 2, 3, 4],
-                    label: 7,
-                }
-            }
-        }
+        let mislabelled = Samples(std::vec![([1, 2, 3, 4], 7)]);
         let mut params = std::vec![0.0f32; spec.param_count()];
         assert_eq!(
-            t.fit(&mut params, &Bad, 0),
+            t.fit(&mut params, &mislabelled, 0),
             Err(Error::LabelOutOfRange {
                 label: 7,
                 classes: 2
             })
         );
         assert!(matches!(
-            t.evaluate(&params[1..], &Bad),
+            t.evaluate(&params[1..], &mislabelled),
             Err(Error::BufferLength { .. })
         ));
     }
@@ -589,19 +589,16 @@ mod tests {
     #[test]
     fn training_is_deterministic_given_a_seed() {
         let spec = ModelSpec::mlp(&[4, 3, 2]).unwrap();
-        struct Tiny;
-        impl Dataset for Tiny {
-            fn len(&self) -> usize {
-                8
-            }
-            fn sample(&self, i: usize) -> crate::data::Sample<'_> {
-                const PIX: [[u8; 4]; 2] = [[255, 0, 0, 255], [0, 255, 255, 0]];
-                crate::data::Sample {
-                    pixels: &PIX[i % 2],
-                    label: (i % 2) as u8,
+        let tiny: std::vec::Vec<_> = (0..8u8)
+            .map(|i| {
+                if i % 2 == 0 {
+                    ([255, 0, 0, 255], 0)
+                } else {
+                    ([0, 255, 255, 0], 1)
                 }
-            }
-        }
+            })
+            .collect();
+        let tiny = Samples(tiny);
         let cfg = TrainConfig {
             batch_size: 3,
             epochs: 20,
@@ -613,7 +610,7 @@ mod tests {
             crate::model::init_params(&Plan::new(&spec), &mut params, &mut Rng::new(1));
             let stats = Trainer::<f32, _>::new(&spec, &cfg)
                 .unwrap()
-                .fit(&mut params, &Tiny, seed)
+                .fit(&mut params, &tiny, seed)
                 .unwrap();
             (params, stats)
         };
@@ -626,18 +623,7 @@ mod tests {
     #[test]
     fn fedprox_holds_the_model_near_the_global_one() {
         let spec = ModelSpec::mlp(&[4, 3, 2]).unwrap();
-        struct One;
-        impl Dataset for One {
-            fn len(&self) -> usize {
-                4
-            }
-            fn sample(&self, _: usize) -> crate::data::Sample<'_> {
-                crate::data::Sample {
-                    pixels: &[255, 0, 255, 0],
-                    label: 1,
-                }
-            }
-        }
+        let one = Samples(std::vec![([255, 0, 255, 0], 1); 4]);
         let drift = |mu: f32, batch: u32, momentum: f32| {
             let cfg = TrainConfig {
                 batch_size: batch,
@@ -650,7 +636,7 @@ mod tests {
             let mut params = std::vec![0.1f32; spec.param_count()];
             Trainer::<f32, _>::new(&spec, &cfg)
                 .unwrap()
-                .fit(&mut params, &One, 1)
+                .fit(&mut params, &one, 1)
                 .unwrap();
             params.iter().map(|p| (p - 0.1).abs()).sum::<f32>()
         };

@@ -130,7 +130,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
             let Message::ParamChunk(chunk) = message else {
                 return Err(LinkError::Protocol(format!(
                     "expected parameters, got {}",
-                    name(&message)
+                    message.name()
                 )));
             };
             let (offset, len) = (chunk.offset as usize, chunk.values.len());
@@ -161,22 +161,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
     /// Bytes read so far.
     pub fn bytes_received(&self) -> u64 {
         self.received
-    }
-}
-
-/// A message's name, for error texts.
-pub fn name(message: &Message<'_>) -> &'static str {
-    match message {
-        Message::Hello(_) => "Hello",
-        Message::Welcome(_) => "Welcome",
-        Message::FitIns(_) => "FitIns",
-        Message::EvaluateIns(_) => "EvaluateIns",
-        Message::ParamChunk(_) => "ParamChunk",
-        Message::FitRes(_) => "FitRes",
-        Message::EvaluateRes(_) => "EvaluateRes",
-        Message::Nack(_) => "Nack",
-        Message::Error(_) => "Error",
-        Message::Bye(_) => "Bye",
     }
 }
 

@@ -11,7 +11,7 @@ use fedcore::protocol::{
 };
 use fedcore::train::{TrainConfig, Trainer};
 use fedhost::dataset::Shard;
-use fedhost::link::{HOST_MAX_FRAME, Link, LinkError, name};
+use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -151,7 +151,7 @@ async fn session(
         other => {
             return Err(SessionError::Fatal(anyhow::anyhow!(
                 "expected Welcome, got {}",
-                name(&other)
+                other.name()
             )));
         }
     };
@@ -217,7 +217,7 @@ async fn session(
             other => {
                 return Err(fatal(&format!(
                     "unexpected {} from the server",
-                    name(&other)
+                    other.name()
                 )));
             }
         }

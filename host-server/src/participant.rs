@@ -23,7 +23,7 @@ use fedcore::protocol::{
     PROTOCOL_VERSION, Welcome,
 };
 use fedcore::train::TrainConfig;
-use fedhost::link::{HOST_MAX_FRAME, Link, LinkError, name};
+use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -285,7 +285,7 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| "no hello in time".to_string())?;
     let hello = match hello.map_err(|e| e.to_string())? {
         Message::Hello(h) => h,
-        other => return Err(format!("expected Hello, got {}", name(&other))),
+        other => return Err(format!("expected Hello, got {}", other.name())),
     };
     if hello.version != PROTOCOL_VERSION {
         let text = format!(
@@ -430,7 +430,7 @@ async fn answer<T: AsyncRead + AsyncWrite + Unpin, R>(
     }
     Err(match message {
         Message::Error(e) => format!("participant error: {}", e.text),
-        other => format!("expected {expected}, got {}", name(&other)),
+        other => format!("expected {expected}, got {}", other.name()),
     })
 }
 

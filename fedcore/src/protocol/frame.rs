@@ -447,7 +447,8 @@ mod tests {
         for enc in [Encoding::F32, Encoding::Int8, Encoding::Q16] {
             let mut buf = [0u8; 12];
             let values = Values::encode(&src, enc, &mut buf).unwrap();
-            let as_f32: Vec<f32> = values.iter_f32().collect();
+            let mut as_f32 = [0.0f32; 3];
+            values.decode(&mut as_f32).unwrap();
             let mut fx = [crate::scalar::Fixed::ZERO; 3];
             values.decode(&mut fx).unwrap();
             for ((a, b), c) in src.iter().zip(&as_f32).zip(&fx) {

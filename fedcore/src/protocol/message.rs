@@ -174,21 +174,6 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// The values as f32, for folding into an aggregator.
-    pub fn iter_f32(&self) -> impl ExactSizeIterator<Item = f32> + 'a {
-        let this = *self;
-        (0..this.len()).map(move |i| match this {
-            Values::F32(b) => {
-                f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-            }
-            Values::Q16(b) => {
-                let q = i32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
-                f32::from_q16(i64::from(q))
-            }
-            Values::Int8 { scale, values } => f32::from(values[i] as i8) * scale,
-        })
-    }
-
     /// Decodes into `out` (exactly `len()` long) in the receiver's scalar type.
     pub fn decode<S: Scalar>(&self, out: &mut [S]) -> Result<(), Error> {
         if out.len() != self.len() {
@@ -317,4 +302,22 @@ pub enum Message<'a> {
     Error(ErrorMsg<'a>),
     /// Either way: the conversation ends, with a reason for a human.
     Bye(&'a str),
+}
+
+impl Message<'_> {
+    /// The message's name, for error texts and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::FitIns(_) => "FitIns",
+            Message::EvaluateIns(_) => "EvaluateIns",
+            Message::ParamChunk(_) => "ParamChunk",
+            Message::FitRes(_) => "FitRes",
+            Message::EvaluateRes(_) => "EvaluateRes",
+            Message::Nack(_) => "Nack",
+            Message::Error(_) => "Error",
+            Message::Bye(_) => "Bye",
+        }
+    }
 }
