@@ -3,9 +3,11 @@
 //! - [`dataset`]: IDX datasets from a directory, checksums verified;
 //! - [`partition`]: splitting them among clients (IID, Dirichlet, the reference's per-client split);
 //! - [`link`]: fedcore frames over any async byte stream, with chunked parameter transfer;
-//! - [`model_file`]: saved models (spec and parameters).
+//! - [`model_file`]: saved models (spec and parameters);
+//! - [`output`]: writing result files whole or not at all.
 
 pub mod dataset;
 pub mod link;
 pub mod model_file;
+pub mod output;
 pub mod partition;

@@ -50,9 +50,7 @@ pub fn save(path: &Path, spec: &ModelSpec, params: &[f32]) -> Result<(), ModelFi
     for p in params {
         out.extend_from_slice(&p.to_le_bytes());
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &out).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::output::write_atomic(path, &out).map_err(io)
 }
 
 /// Reads a model file.

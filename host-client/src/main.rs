@@ -138,8 +138,8 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
         tasks.spawn(participant::run(config, data, Arc::clone(&cores)));
     }
     while let Some(done) = tasks.join_next().await {
-        let ending = done.context("participant task")??;
-        tracing::info!("session ended: {ending:?}");
+        let reason = done.context("participant task")??;
+        tracing::info!("the server said goodbye: {reason}");
     }
     Ok(())
 }

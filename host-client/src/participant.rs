@@ -35,21 +35,14 @@ pub struct ParticipantConfig {
     pub connect_timeout: Duration,
 }
 
-/// How a participant's session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
-    /// The server said goodbye, with its reason.
-    Bye(String),
-}
-
-/// Runs one participant until the server says goodbye. A lost connection is
+/// Runs one participant until the server says goodbye, returning its reason. A lost connection is
 /// re-established (the server drops a participant that misses a deadline); the
 /// participant gives up when the server stays unreachable for the connect timeout.
 pub async fn run(
     config: ParticipantConfig,
     data: Arc<ClientData>,
     cores: Arc<Semaphore>,
-) -> anyhow::Result<Ending> {
+) -> anyhow::Result<String> {
     let mut state = State {
         data,
         cores,
@@ -127,7 +120,7 @@ async fn session(
     config: &ParticipantConfig,
     state: &mut State,
     socket: TcpStream,
-) -> Result<Ending, SessionError> {
+) -> Result<String, SessionError> {
     let mut link = Link::new(socket);
     let hello = Hello {
         version: PROTOCOL_VERSION,
@@ -210,7 +203,7 @@ async fn session(
                 let res = evaluate(&state.cores, model, &state.data.test, ins.round).await?;
                 link.send(&Message::EvaluateRes(res)).await?;
             }
-            Message::Bye(reason) => return Ok(Ending::Bye(reason.to_string())),
+            Message::Bye(reason) => return Ok(reason.to_string()),
             Message::Error(e) => {
                 return Err(fatal(&format!("the server reported an error: {}", e.text)));
             }

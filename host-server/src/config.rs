@@ -107,7 +107,7 @@ impl Strategy {
 }
 
 /// Overrides of the server optimizer's hyperparameters (None: the default).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ServerTuning {
     /// Server learning rate (FedAvgM: 1.0; adaptive: 0.1).
     pub lr: Option<f32>,
@@ -143,9 +143,7 @@ pub struct ServerConfig {
     pub train: TrainConfig,
     /// Trim fraction of the trimmed mean.
     pub trim_fraction: f32,
-    /// Server optimizer overrides.
-    pub server_tuning: ServerTuning,
-    /// The server optimizer in use, as resolved from the strategy and overrides.
+    /// The server optimizer in use, resolved from the strategy and its overrides.
     pub server_opt: ServerOpt,
     /// Deadline of each fit and evaluate phase.
     #[serde(serialize_with = "as_seconds")]

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use fedhost::output::write_atomic;
 use serde::{Deserialize, Serialize};
 
 /// How a participant is connected.
@@ -229,11 +230,4 @@ impl History {
         }
         out
     }
-}
-
-/// Writes through a temporary file and a rename, so readers never see half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }

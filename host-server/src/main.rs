@@ -164,7 +164,6 @@ impl RunArgs {
             min_available_clients: self.min_available_clients,
             train,
             trim_fraction: self.trim_fraction,
-            server_tuning: tuning,
             server_opt: self.strategy.server_opt(&tuning),
             round_timeout: Duration::from_secs(self.round_timeout),
             server_eval: self.server_eval,

@@ -112,8 +112,6 @@ pub struct Handle {
     pub name: String,
     /// Link kind.
     pub kind: LinkKind,
-    /// Its training examples.
-    pub train_examples: u32,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -300,8 +298,7 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
             .await;
         return Err(text);
     }
-    let (name, train_examples, encoding) =
-        (hello.name.to_string(), hello.train_examples, hello.encoding);
+    let (name, encoding) = (hello.name.to_string(), hello.encoding);
     let max_frame = (hello.max_frame as usize).min(HOST_MAX_FRAME);
     let id = shared.registry.next_id.fetch_add(1, Ordering::Relaxed);
     link.send(&Message::Welcome(Welcome {
@@ -316,7 +313,6 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
             id,
             name,
             kind,
-            train_examples,
             jobs: tx,
         },
         rx,
