@@ -33,6 +33,17 @@ pub trait Dataset {
     }
 }
 
+/// A borrowed dataset is a dataset (a device borrows its data from the board).
+impl<T: Dataset + ?Sized> Dataset for &T {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    fn sample(&self, index: usize) -> Sample<'_> {
+        (**self).sample(index)
+    }
+}
+
 /// A parsed IDX file: its dimensions and its unsigned-byte payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Idx<'a> {

@@ -78,6 +78,13 @@ pub enum Error {
     FrameTooLarge,
     /// A message could not be encoded with postcard.
     Encode,
+    /// A device's memory does not fit its RAM budget.
+    OverBudget {
+        /// Bytes the device needs.
+        needed: usize,
+        /// Bytes of RAM it has.
+        budget: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -145,6 +152,11 @@ impl fmt::Display for Error {
                 "message does not fit in the frame buffer: send smaller chunks or raise the max frame"
             ),
             Error::Encode => write!(f, "message could not be encoded"),
+            Error::OverBudget { needed, budget } => write!(
+                f,
+                "the device needs {needed} bytes of RAM but its budget is {budget} bytes ({} short): raise the RAM budget or pick a smaller model",
+                needed - budget
+            ),
         }
     }
 }

@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod aggregate;
 pub mod compress;
 pub mod data;
+pub mod device;
 mod error;
 pub mod linalg;
 pub mod model;

@@ -105,14 +105,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
     ) -> Result<(), LinkError> {
         let per_chunk =
             frame::chunk_capacity(max_frame.min(HOST_MAX_FRAME), encoding.value_bytes()).max(1);
+        self.send_chunks(round, params, 0..params.len(), encoding, per_chunk)
+            .await
+    }
+
+    /// Sends the chunks of `per_chunk` values (counted from the start of `params`)
+    /// that hold any of the values in `range`: the whole model, or what a peer asked for again.
+    pub async fn send_chunks(
+        &mut self,
+        round: u32,
+        params: &[f32],
+        range: std::ops::Range<usize>,
+        encoding: Encoding,
+        per_chunk: usize,
+    ) -> Result<(), LinkError> {
+        let per_chunk = per_chunk.max(1);
         let mut buf = vec![0u8; per_chunk * encoding.value_bytes()];
         let total = params.len() as u32;
-        for (i, chunk) in params.chunks(per_chunk).enumerate() {
+        let first = range.start / per_chunk * per_chunk;
+        let end = range.end.min(params.len());
+        for offset in (first..end).step_by(per_chunk) {
+            let chunk = &params[offset..(offset + per_chunk).min(params.len())];
             let values = Values::encode(chunk, encoding, &mut buf)?;
-            let offset = (i * per_chunk) as u32;
             self.send(&Message::ParamChunk(ParamChunk {
                 round,
-                offset,
+                offset: offset as u32,
                 total,
                 values,
             }))

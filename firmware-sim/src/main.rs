@@ -1,14 +1,153 @@
-//! firmware-sim: a simulated microcontroller participant: fixed point, static memory, a serial link.
+//! firmware-sim: a microcontroller-class participant over a pty or a serial port.
 //!
-//! Not built yet: this binary only says so. Meanwhile `./run.sh` runs an
-//! in-process FedAvg simulation on fedcore.
+//! Boots like firmware (checks its memory against `--ram-kb` and prints the
+//! breakdown), loads its data shard, opens its line (printing the path a
+//! server should open as the first line on stdout), and runs fedcore's device
+//! loop until the server says goodbye.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "firmware-sim {}: not built yet; ./run.sh runs an in-process simulation meanwhile",
-        env!("CARGO_PKG_VERSION")
+use clap::Parser;
+use fedcore::model::ModelSpec;
+use fedcore::protocol::Encoding;
+use fedhost::partition::Partition;
+use firmware_sim::board::{self, Build, DataShare, LineChoice, Numeric};
+use firmware_sim::uart::SimUart;
+
+/// A simulated microcontroller that joins a federation over a serial line.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Create a pseudo-terminal pair and serve on it (its path is the first line printed).
+    #[arg(long, conflicts_with = "port", required_unless_present = "port")]
+    pty: bool,
+    /// With --pty: also make this symlink to the pty's path (a stable name across restarts).
+    #[arg(long, requires = "pty")]
+    pty_link: Option<PathBuf>,
+    /// Serve on this serial port instead (e.g. /dev/ttyUSB0).
+    #[arg(long)]
+    port: Option<PathBuf>,
+    /// Line speed: the link moves bytes no faster than this baud rate allows (10 bits a byte).
+    /// 0 means unthrottled (only with --pty).
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
+    /// RAM budget in KiB: boot is refused if the firmware's memory does not fit.
+    #[arg(long, default_value_t = 128)]
+    ram_kb: usize,
+    /// The model the firmware is built for.
+    #[arg(long, default_value = "mlp:784-32-10")]
+    model: ModelSpec,
+    /// Number type of training.
+    #[arg(long, value_enum, default_value_t = Numeric::Fixed)]
+    numeric: Numeric,
+    /// Parameter encoding on the wire: int8 (a quarter of the bytes), q16 or f32.
+    #[arg(long, value_parser = parse_encoding, default_value = "int8")]
+    encoding: Encoding,
+    /// Largest frame the device receives, in bytes: 256, 512 or 1024.
+    #[arg(long, default_value_t = 256)]
+    max_frame: usize,
+    /// Directory of the IDX files (gzip or raw), checked against its SHA256SUMS.
+    #[arg(long, default_value = "data/mnist")]
+    data_dir: PathBuf,
+    /// This device's share of the data: index/count, e.g. 4/6.
+    #[arg(long, value_parser = parse_shard, default_value = "0/1")]
+    shard: (usize, usize),
+    /// How to split the data: iid, dirichlet:<alpha>, or seed.
+    #[arg(long, default_value = "iid")]
+    partition: Partition,
+    /// Seed of the partition (the same for every participant of a federation) and of the line noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Bit error rate injected on the line, both ways (e.g. 1e-5).
+    #[arg(long, default_value_t = 0.0)]
+    link_ber: f64,
+    /// Name in the server's history.
+    #[arg(long, default_value = "device")]
+    name: String,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("expected index/count with index < count, e.g. 4/6, got {s:?}");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (
+        i.trim().parse::<usize>().map_err(|_| bad())?,
+        n.trim().parse::<usize>().map_err(|_| bad())?,
     );
-    ExitCode::from(2)
+    if i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn parse_encoding(s: &str) -> Result<Encoding, String> {
+    match s {
+        "int8" => Ok(Encoding::Int8),
+        "q16" => Ok(Encoding::Q16),
+        "f32" => Ok(Encoding::F32),
+        _ => Err(format!("expected int8, q16 or f32, got {s:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("firmware-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&cli.link_ber) {
+        anyhow::bail!(
+            "--link-ber must be a probability in [0, 1], got {}",
+            cli.link_ber
+        );
+    }
+    let build = Build {
+        name: cli.name,
+        model: cli.model,
+        numeric: cli.numeric,
+        encoding: cli.encoding,
+        max_frame: cli.max_frame,
+        ram: cli.ram_kb * 1024,
+    };
+    let footprint = build.footprint()?;
+    let (index, count) = cli.shard;
+    let data = board::load_data(&DataShare {
+        dir: cli.data_dir,
+        index,
+        count,
+        partition: cli.partition,
+        seed: cli.seed,
+    })?;
+    let choice = match cli.port {
+        Some(path) => LineChoice::Port {
+            path,
+            baud: cli.baud,
+        },
+        None => LineChoice::Pty { link: cli.pty_link },
+    };
+    let line = board::open_line(&choice)?;
+    board::say(line.name().display());
+    board::say(footprint);
+    board::say(format_args!(
+        "  {:<16} {:>9} bytes ({} KiB)",
+        "budget", build.ram, cli.ram_kb
+    ));
+    board::say(format_args!(
+        "data: {} training and {} test samples (flash, not RAM)",
+        data.train.indices().len(),
+        data.test.indices().len()
+    ));
+    let port = line.device.try_clone()?;
+    let baud = (cli.baud > 0).then_some(cli.baud);
+    let uart = SimUart::new(port, baud, cli.link_ber, cli.seed ^ index as u64);
+    let report = board::run(&build, &data, uart)?;
+    board::say(format_args!("the server said goodbye; {report}"));
+    drop(line);
+    Ok(())
 }

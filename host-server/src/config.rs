@@ -1,5 +1,6 @@
 //! The server's settings: what the CLI gives and what the history records.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -154,6 +155,51 @@ pub struct ServerConfig {
     pub out: PathBuf,
     /// Seed of client sampling and initialisation.
     pub seed: u64,
+    /// Serial lines with a device on them.
+    pub serial: Vec<SerialLine>,
+}
+
+/// A serial line to attach a device on: `PATH` or `PATH@BAUD`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SerialLine {
+    /// The port (a tty, a pty's slave side, or a stable link to one).
+    pub path: PathBuf,
+    /// Its speed.
+    pub baud: u32,
+}
+
+impl SerialLine {
+    /// Baud rate when none is given.
+    pub const DEFAULT_BAUD: u32 = 115_200;
+}
+
+impl FromStr for SerialLine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, baud) = match s.rsplit_once('@') {
+            Some((path, baud)) => {
+                let baud = baud.parse::<u32>().ok().filter(|b| *b > 0).ok_or_else(|| {
+                    format!("bad baud rate {baud:?} in {s:?}: expected PATH or PATH@BAUD, e.g. /dev/ttyACM0@115200")
+                })?;
+                (path, baud)
+            }
+            None => (s, Self::DEFAULT_BAUD),
+        };
+        if path.is_empty() {
+            return Err(format!("no path in {s:?}: expected PATH or PATH@BAUD"));
+        }
+        Ok(SerialLine {
+            path: PathBuf::from(path),
+            baud,
+        })
+    }
+}
+
+impl fmt::Display for SerialLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.path.display(), self.baud)
+    }
 }
 
 fn as_display<S: serde::Serializer>(v: &ModelSpec, s: S) -> Result<S::Ok, S::Error> {
@@ -176,6 +222,21 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serial_lines_parse_with_or_without_a_baud_rate() {
+        let line: SerialLine = "/dev/pts/7".parse().unwrap();
+        assert_eq!(line.path, PathBuf::from("/dev/pts/7"));
+        assert_eq!(line.baud, SerialLine::DEFAULT_BAUD);
+        let line: SerialLine = "/dev/ttyACM0@1000000".parse().unwrap();
+        assert_eq!(
+            (line.path.to_str(), line.baud),
+            (Some("/dev/ttyACM0"), 1_000_000)
+        );
+        assert!("/dev/ttyACM0@fast".parse::<SerialLine>().is_err());
+        assert!("/dev/ttyACM0@0".parse::<SerialLine>().is_err());
+        assert!("@9600".parse::<SerialLine>().is_err());
+    }
 
     #[test]
     fn strategies_parse_and_sampling_follows_flower() {

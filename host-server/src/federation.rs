@@ -1,4 +1,7 @@
 //! The round loop: sample, send, collect under a deadline, aggregate, evaluate, record.
+//!
+//! Participants come from the TCP listener and from the serial lines named in
+//! the config (one task each, for the whole run); the loop treats them alike.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::aggregation::Aggregator;
 use crate::config::ServerConfig;
 use crate::history::{FailureRecord, History, LinkKind, RoundRecord, Scores};
-use crate::participant::{self, EvaluateDone, Handle, Job, Registry, Shared, UPLOAD_SLOTS};
+use crate::participant::{self, EvaluateDone, FitJob, Handle, Job, Registry, Shared, UPLOAD_SLOTS};
 
 /// What a finished run produced.
 #[derive(Debug)]
@@ -50,6 +53,16 @@ pub async fn run(
         uploads: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+    let lines: Vec<_> = config
+        .serial
+        .iter()
+        .map(|line| {
+            tokio::spawn(participant::attach_serial(
+                line.clone(),
+                Arc::clone(&shared),
+            ))
+        })
+        .collect();
     let result = rounds(&config, &shared, progress).await;
     accept.abort();
     for handle in shared.registry.snapshot() {
@@ -61,6 +74,9 @@ pub async fn run(
         .registry
         .wait_empty(std::time::Duration::from_secs(5))
         .await;
+    for line in lines {
+        line.abort();
+    }
     result
 }
 
@@ -136,10 +152,12 @@ async fn rounds(
             let seed = config.seed ^ (u64::from(round) << 32) ^ u64::from(h.id);
             let evaluate_first = fused(h);
             Job::Fit {
-                round,
-                config: config.train,
-                seed,
-                evaluate_first,
+                job: FitJob {
+                    round,
+                    config: config.train,
+                    seed,
+                    evaluate_first,
+                },
                 global: Arc::clone(&snapshot),
                 deadline,
                 reply,

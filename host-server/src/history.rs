@@ -63,6 +63,13 @@ pub struct ParticipantRecord {
     pub bytes_received: u64,
     /// Seconds its exchanges took this round, from instruction to answer.
     pub seconds: f64,
+    /// Of those, seconds not spent computing: the link moving the model both
+    /// ways, and waiting on it (what a serial line costs).
+    #[serde(default)]
+    pub link_seconds: f64,
+    /// Resend requests this round, both ways (a lossy line's repairs).
+    #[serde(default)]
+    pub resends: u32,
     /// Its training report.
     pub fit: Option<Scores>,
     /// Its evaluation report.
@@ -113,10 +120,12 @@ pub struct RoundRecord {
 
 impl ParticipantRecord {
     /// Adds an exchange's bytes and time.
-    pub fn add(&mut self, e: &crate::participant::Exchange) {
+    pub fn add(&mut self, e: &crate::exchange::Exchange) {
         self.bytes_sent += e.bytes_sent;
         self.bytes_received += e.bytes_received;
         self.seconds += e.seconds;
+        self.link_seconds += e.link_seconds;
+        self.resends += e.resends;
     }
 }
 
@@ -152,6 +161,8 @@ impl RoundRecord {
                     bytes_sent: 0,
                     bytes_received: 0,
                     seconds: 0.0,
+                    link_seconds: 0.0,
+                    resends: 0,
                     fit: None,
                     evaluate: None,
                 };

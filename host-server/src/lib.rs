@@ -9,6 +9,7 @@
 
 pub mod aggregation;
 pub mod config;
+pub mod exchange;
 pub mod federation;
 pub mod history;
 pub mod participant;

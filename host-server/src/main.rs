@@ -1,4 +1,4 @@
-//! host-server: runs a federation over TCP, or overlays the histories of several runs.
+//! host-server: runs a federation over TCP and serial lines, or overlays the histories of several runs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedcore::model::ModelSpec;
 use fedcore::train::{Rounding, TrainConfig};
-use host_server::config::{ServerConfig, ServerTuning, Strategy};
+use host_server::config::{SerialLine, ServerConfig, ServerTuning, Strategy};
 use host_server::federation::{self, Progress};
 use host_server::history::{History, RoundRecord};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -105,6 +105,10 @@ struct RunArgs {
     /// Seed of initialisation and client sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Attach a device on this serial line: PATH or PATH@BAUD (repeatable; a
+    /// firmware-sim prints its pty path). Devices count as clients.
+    #[arg(long = "serial", value_name = "PATH[@BAUD]")]
+    serial: Vec<SerialLine>,
     /// Write logs to this file instead of standard error.
     #[arg(long)]
     log_file: Option<PathBuf>,
@@ -169,6 +173,7 @@ impl RunArgs {
             server_eval: self.server_eval,
             out: self.out,
             seed: self.seed,
+            serial: self.serial,
         })
     }
 }

@@ -1,11 +1,17 @@
-//! Participants as the server sees them: one task per connection.
+//! Participants as the server sees them: one task per link.
 //!
-//! A connection says hello, gets a client id and the model, and is entered in
+//! A participant says hello, gets a client id and the model, and is entered in
 //! the [`Registry`]. From then on its task owns the link and carries out the
 //! [`Job`]s the round loop sends it (fit, evaluate, goodbye), each under a
-//! deadline. Any failure (a broken link, a missed deadline, an error from the
-//! participant) is reported to the round loop and ends the connection; the
-//! participant may connect again and rejoin later rounds.
+//! deadline, through [`crate::exchange`]. Any failure (a broken link, a missed
+//! deadline, an error from the participant) is reported to the round loop and
+//! ends the session; the participant may come back and rejoin later rounds.
+//!
+//! A TCP connection is one session ([`serve`]). A serial line is attached for
+//! the whole run ([`attach_serial`]): its task opens the port (again and again
+//! if the device goes away, e.g. a pty whose simulator was restarted behind a
+//! stable link), waits for the device's hello, and serves it; a device that
+//! failed a job is told so and is welcomed back when it says hello again.
 //!
 //! Uploads are staged whole before they are folded into the aggregator, so a
 //! participant that drops mid-upload leaves no trace in the model. Staging is
@@ -18,16 +24,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedcore::model::ModelSpec;
-use fedcore::protocol::{
-    Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes, FitIns, FitRes, Message,
-    PROTOCOL_VERSION, Welcome,
-};
-use fedcore::train::TrainConfig;
+use fedcore::protocol::{Encoding, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_VERSION, Welcome};
 use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
+use crate::config::SerialLine;
+use crate::exchange::{self, Peer};
+pub use crate::exchange::{EvaluateDone, Exchange, FitDone, FitJob};
 use crate::history::LinkKind;
 
 /// Updates held in memory at once, at most.
@@ -35,19 +41,15 @@ pub const UPLOAD_SLOTS: usize = 8;
 
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a serial line that cannot be opened is tried again.
+const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What the round loop can ask of a participant.
 pub enum Job {
     /// Train from `global`.
     Fit {
-        /// Round number.
-        round: u32,
-        /// Local training settings.
-        config: TrainConfig,
-        /// Seed for the participant's sample order.
-        seed: u64,
-        /// Score `global` (the previous round's aggregate) before training on it.
-        evaluate_first: bool,
+        /// The instruction.
+        job: FitJob,
         /// The global model.
         global: Arc<Vec<f32>>,
         /// When the answer must be in.
@@ -68,39 +70,6 @@ pub enum Job {
     },
     /// Say goodbye and close.
     Bye(String),
-}
-
-/// Bytes and time of one exchange.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Exchange {
-    /// Bytes the server sent.
-    pub bytes_sent: u64,
-    /// Bytes the server received.
-    pub bytes_received: u64,
-    /// Seconds from instruction to answer.
-    pub seconds: f64,
-}
-
-/// A finished fit: the participant's parameters, staged in an upload slot.
-pub struct FitDone {
-    /// The trained parameters.
-    pub params: Vec<f32>,
-    /// Its report.
-    pub res: FitRes,
-    /// Its evaluation of the previous aggregate, when asked for.
-    pub evaluation: Option<EvaluateRes>,
-    /// Bytes and time.
-    pub exchange: Exchange,
-    /// The upload slot, freed when this is dropped (after folding).
-    pub slot: OwnedSemaphorePermit,
-}
-
-/// A finished evaluation.
-pub struct EvaluateDone {
-    /// Its report.
-    pub res: EvaluateRes,
-    /// Bytes and time.
-    pub exchange: Exchange,
 }
 
 /// A connected participant, as the round loop addresses it.
@@ -191,37 +160,156 @@ pub struct Shared {
     pub uploads: Arc<Semaphore>,
 }
 
-/// Serves one connection until it fails or is told goodbye.
+/// Serves one TCP connection until it fails or is told goodbye.
 pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, kind: LinkKind, shared: Arc<Shared>) {
     let mut link = Link::new(io);
-    let (handle, mut jobs, encoding, max_frame) = match handshake(&mut link, kind, &shared).await {
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, await_hello(&mut link, false))
+        .await
+        .unwrap_or_else(|_| Err("no hello in time".into()));
+    match hello {
+        Ok(hello) => {
+            session(&mut link, hello, kind, &shared).await;
+        }
+        Err(e) => tracing::warn!("a connection failed its hello: {e}"),
+    }
+}
+
+/// Serves the device on a serial line for the whole run: opens the port
+/// (retrying while it is absent), waits for the device's hello, serves it, and
+/// starts over whenever the device fails, restarts or goes away.
+pub async fn attach_serial(line: SerialLine, shared: Arc<Shared>) {
+    let mut reported = false;
+    loop {
+        let port = match open_serial(&line) {
+            Ok(port) => port,
+            Err(e) => {
+                if !reported {
+                    tracing::warn!(line = %line, "cannot open the serial line (trying again): {e}");
+                    reported = true;
+                }
+                tokio::time::sleep(REOPEN_INTERVAL).await;
+                continue;
+            }
+        };
+        reported = false;
+        tracing::info!(line = %line, "serial line open; waiting for its device");
+        let mut link = Link::new(port);
+        let mut hello = None;
+        loop {
+            let greeting = match hello.take() {
+                Some(greeting) => greeting,
+                None => match await_hello(&mut link, true).await {
+                    Ok(greeting) => greeting,
+                    Err(e) => {
+                        tracing::warn!(line = %line, "serial line lost: {e}");
+                        break;
+                    }
+                },
+            };
+            match session(&mut link, greeting, LinkKind::Serial, &shared).await {
+                Ended::Bye => return,
+                Ended::Failed => {}
+                Ended::Restarted(greeting) => hello = Some(greeting),
+            }
+        }
+        tokio::time::sleep(REOPEN_INTERVAL).await;
+    }
+}
+
+fn open_serial(line: &SerialLine) -> Result<SerialStream, tokio_serial::Error> {
+    let port = tokio_serial::new(line.path.to_string_lossy(), line.baud).open_native_async()?;
+    // Drop what the device said before anyone listened (old hellos): its next one is fresh.
+    port.clear(tokio_serial::ClearBuffer::Input)?;
+    Ok(port)
+}
+
+/// A hello, copied out of the link's buffer.
+struct Greeting {
+    version: u16,
+    name: String,
+    encoding: Encoding,
+    max_frame: usize,
+}
+
+impl From<&Hello<'_>> for Greeting {
+    fn from(h: &Hello<'_>) -> Self {
+        Greeting {
+            version: h.version,
+            name: h.name.to_string(),
+            encoding: h.encoding,
+            max_frame: (h.max_frame as usize).min(HOST_MAX_FRAME),
+        }
+    }
+}
+
+/// Reads until a hello. On a lossy link, damaged frames and anything else are
+/// skipped (a device may be mid-conversation from an earlier session).
+async fn await_hello<T: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Link<T>,
+    lossy: bool,
+) -> Result<Greeting, String> {
+    loop {
+        match link.recv().await {
+            Ok(Message::Hello(h)) => return Ok(Greeting::from(&h)),
+            Ok(_) | Err(LinkError::Frame(_)) if lossy => {}
+            Ok(other) => return Err(format!("expected Hello, got {}", other.name())),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    /// The federation is done.
+    Bye,
+    /// A job failed or the link broke.
+    Failed,
+    /// The device said hello again while idle (it restarted).
+    Restarted(Greeting),
+}
+
+/// Welcomes a participant and carries out its jobs until one fails or it is told goodbye.
+async fn session<T: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Link<T>,
+    hello: Greeting,
+    kind: LinkKind,
+    shared: &Shared,
+) -> Ended {
+    let (handle, mut jobs, peer) = match welcome(link, hello, kind, shared).await {
         Ok(joined) => joined,
         Err(e) => {
-            tracing::warn!("a connection failed its hello: {e}");
-            return;
+            tracing::warn!("a participant was not admitted: {e}");
+            return Ended::Failed;
         }
     };
     let id = handle.id;
-    tracing::info!(id, name = %handle.name, "participant joined");
+    tracing::info!(id, name = %handle.name, ?kind, "participant joined");
     shared.registry.insert(handle);
-    while let Some(job) = jobs.recv().await {
+    let ended = loop {
+        let job = if kind == LinkKind::Serial {
+            // Between jobs, listen to the line too: a device that restarts says hello.
+            tokio::select! {
+                job = jobs.recv() => job,
+                heard = link.recv() => match heard {
+                    Ok(Message::Hello(h)) => break Ended::Restarted(Greeting::from(&h)),
+                    Ok(_) | Err(LinkError::Frame(_)) => continue,
+                    Err(_) => break Ended::Failed,
+                },
+            }
+        } else {
+            jobs.recv().await
+        };
+        let Some(job) = job else {
+            break Ended::Failed;
+        };
         let outcome = match job {
             Job::Fit {
-                round,
-                config,
-                seed,
-                evaluate_first,
+                job,
                 global,
                 deadline,
                 reply,
             } => {
-                let job = FitJob {
-                    round,
-                    config,
-                    seed,
-                    evaluate_first,
-                };
-                let work = fit(&mut link, &shared, job, &global, encoding, max_frame);
+                let work = exchange::fit(link, &shared.uploads, job, &global, peer);
                 answer_by(deadline, work, reply).await
             }
             Job::Evaluate {
@@ -230,20 +318,30 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, kind: LinkKind, sha
                 deadline,
                 reply,
             } => {
-                let work = evaluate(&mut link, round, &global, encoding, max_frame);
+                let work = exchange::evaluate(link, round, &global, peer);
                 answer_by(deadline, work, reply).await
             }
             Job::Bye(reason) => {
                 let _ = link.send(&Message::Bye(&reason)).await;
-                Connection::Close
+                break Ended::Bye;
             }
         };
         if outcome == Connection::Close {
-            break;
+            break Ended::Failed;
         }
-    }
+    };
     shared.registry.remove(id);
+    if let (Ended::Failed, LinkKind::Serial) = (&ended, kind) {
+        // Tell the device, so it says hello again instead of waiting for a job.
+        let _ = link
+            .send(&Message::Error(ErrorMsg {
+                code: ErrorCode::Unexpected,
+                text: "left out of the round; say hello to rejoin",
+            }))
+            .await;
+    }
     tracing::info!(id, "participant left");
+    ended
 }
 
 /// What to do with a connection after a job.
@@ -273,18 +371,13 @@ async fn answer_by<T>(
     }
 }
 
-async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
+/// Checks the hello's version, gives the participant an id and the model.
+async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
+    hello: Greeting,
     kind: LinkKind,
     shared: &Shared,
-) -> Result<(Handle, mpsc::Receiver<Job>, Encoding, usize), String> {
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, link.recv())
-        .await
-        .map_err(|_| "no hello in time".to_string())?;
-    let hello = match hello.map_err(|e| e.to_string())? {
-        Message::Hello(h) => h,
-        other => return Err(format!("expected Hello, got {}", other.name())),
-    };
+) -> Result<(Handle, mpsc::Receiver<Job>, Peer), String> {
     if hello.version != PROTOCOL_VERSION {
         let text = format!(
             "protocol version {} is not {PROTOCOL_VERSION}",
@@ -298,8 +391,6 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
             .await;
         return Err(text);
     }
-    let (name, encoding) = (hello.name.to_string(), hello.encoding);
-    let max_frame = (hello.max_frame as usize).min(HOST_MAX_FRAME);
     let id = shared.registry.next_id.fetch_add(1, Ordering::Relaxed);
     link.send(&Message::Welcome(Welcome {
         client_id: id,
@@ -308,137 +399,19 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     .await
     .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(4);
+    let peer = Peer {
+        kind,
+        encoding: hello.encoding,
+        max_frame: hello.max_frame,
+    };
     Ok((
         Handle {
             id,
-            name,
+            name: hello.name,
             kind,
             jobs: tx,
         },
         rx,
-        encoding,
-        max_frame,
+        peer,
     ))
-}
-
-/// The instruction part of a fit job.
-struct FitJob {
-    round: u32,
-    config: TrainConfig,
-    seed: u64,
-    evaluate_first: bool,
-}
-
-async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
-    link: &mut Link<T>,
-    shared: &Shared,
-    job: FitJob,
-    global: &[f32],
-    encoding: Encoding,
-    max_frame: usize,
-) -> Result<FitDone, String> {
-    let FitJob {
-        round,
-        config,
-        seed,
-        evaluate_first,
-    } = job;
-    let (start, sent, received) = (Instant::now(), link.bytes_sent(), link.bytes_received());
-    let failed = |e: LinkError| e.to_string();
-    link.send(&Message::FitIns(FitIns {
-        round,
-        config,
-        seed,
-        evaluate_first,
-    }))
-    .await
-    .map_err(failed)?;
-    link.send_params(round, global, encoding, max_frame)
-        .await
-        .map_err(failed)?;
-    let evaluation = if evaluate_first {
-        let previous = round - 1;
-        let pick = |m: &Message<'_>| match m {
-            Message::EvaluateRes(r) if r.round == previous => Some(*r),
-            _ => None,
-        };
-        Some(answer(link, &format!("EvaluateRes for round {previous}"), pick).await?)
-    } else {
-        None
-    };
-    let slot = Arc::clone(&shared.uploads)
-        .acquire_owned()
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut params = vec![0.0f32; global.len()];
-    link.recv_params(round, &mut params).await.map_err(failed)?;
-    let pick = |m: &Message<'_>| match m {
-        Message::FitRes(r) if r.round == round => Some(*r),
-        _ => None,
-    };
-    let res = answer(link, &format!("FitRes for round {round}"), pick).await?;
-    let exchange = exchange(link, start, sent, received);
-    Ok(FitDone {
-        params,
-        res,
-        evaluation,
-        exchange,
-        slot,
-    })
-}
-
-async fn evaluate<T: AsyncRead + AsyncWrite + Unpin>(
-    link: &mut Link<T>,
-    round: u32,
-    global: &[f32],
-    encoding: Encoding,
-    max_frame: usize,
-) -> Result<EvaluateDone, String> {
-    let (start, sent, received) = (Instant::now(), link.bytes_sent(), link.bytes_received());
-    let failed = |e: LinkError| e.to_string();
-    link.send(&Message::EvaluateIns(EvaluateIns { round }))
-        .await
-        .map_err(failed)?;
-    link.send_params(round, global, encoding, max_frame)
-        .await
-        .map_err(failed)?;
-    let pick = |m: &Message<'_>| match m {
-        Message::EvaluateRes(r) if r.round == round => Some(*r),
-        _ => None,
-    };
-    let res = answer(link, &format!("EvaluateRes for round {round}"), pick).await?;
-    Ok(EvaluateDone {
-        res,
-        exchange: exchange(link, start, sent, received),
-    })
-}
-
-/// Receives the participant's next message and picks the expected answer out
-/// of it; anything else (its error report, or a message out of turn) is the reason it failed.
-async fn answer<T: AsyncRead + AsyncWrite + Unpin, R>(
-    link: &mut Link<T>,
-    expected: &str,
-    pick: impl FnOnce(&Message<'_>) -> Option<R>,
-) -> Result<R, String> {
-    let message = link.recv().await.map_err(|e| e.to_string())?;
-    if let Some(r) = pick(&message) {
-        return Ok(r);
-    }
-    Err(match message {
-        Message::Error(e) => format!("participant error: {}", e.text),
-        other => format!("expected {expected}, got {}", other.name()),
-    })
-}
-
-fn exchange<T: AsyncRead + AsyncWrite + Unpin>(
-    link: &Link<T>,
-    start: Instant,
-    sent: u64,
-    received: u64,
-) -> Exchange {
-    Exchange {
-        bytes_sent: link.bytes_sent() - sent,
-        bytes_received: link.bytes_received() - received,
-        seconds: start.elapsed().as_secs_f64(),
-    }
 }

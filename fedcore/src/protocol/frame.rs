@@ -281,7 +281,14 @@ mod tests {
             }),
             Message::Nack(Nack {
                 round: 5,
-                offset: 224,
+                resend: Resend::Values {
+                    offset: 224,
+                    count: 223,
+                },
+            }),
+            Message::Nack(Nack {
+                round: 4,
+                resend: Resend::Result,
             }),
             Message::Error(ErrorMsg {
                 code: ErrorCode::Unsupported,
@@ -471,7 +478,7 @@ mod tests {
 
         #[test]
         fn garbage_before_a_frame_costs_only_that_frame(garbage in prop::collection::vec(any::<u8>(), 0..300)) {
-            let msgs = [Message::Nack(Nack { round: 1, offset: 2 })];
+            let msgs = [Message::Nack(Nack { round: 1, resend: Resend::Instruction })];
             let mut stream = garbage.clone();
             stream.push(0);
             stream.extend(frames(&msgs));

@@ -14,7 +14,7 @@ use crate::scalar::Scalar;
 use crate::train::TrainConfig;
 
 /// Version of this protocol; a server refuses a hello with another.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// What kind of participant says hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,13 +243,32 @@ pub struct EvaluateRes {
     pub seconds: f32,
 }
 
-/// Please resend the chunk of `round` that starts at `offset` (it arrived damaged or not at all).
+/// What a [`Nack`] asks the peer to send again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resend {
+    /// The round's parameter values `offset .. offset + count` (whole chunks):
+    /// they arrived damaged or not at all.
+    Values {
+        /// First value wanted.
+        offset: u32,
+        /// Number of values wanted.
+        count: u32,
+    },
+    /// The round's instruction (`FitIns` or `EvaluateIns`): its chunks came without it.
+    Instruction,
+    /// The round's result (`FitRes` or `EvaluateRes`), which never arrived.
+    Result,
+}
+
+/// Please send part of a round's exchange again: it arrived damaged or not at all.
+///
+/// Only lossy links (serial lines) use it; over TCP a damaged frame is a broken connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nack {
     /// Round number.
     pub round: u32,
-    /// Offset of the chunk wanted.
-    pub offset: u32,
+    /// What to send again.
+    pub resend: Resend,
 }
 
 /// Why a peer reports an error.
@@ -295,7 +314,7 @@ pub enum Message<'a> {
     FitRes(FitRes),
     /// Participant → server: evaluation done.
     EvaluateRes(EvaluateRes),
-    /// Either way: resend a chunk.
+    /// Either way: send part of an exchange again.
     Nack(Nack),
     /// Either way: something went wrong.
     #[serde(borrow)]

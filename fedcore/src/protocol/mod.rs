@@ -38,9 +38,10 @@
 
 pub mod frame;
 pub mod message;
+pub mod transfer;
 
 pub use frame::{Decoder, Feed, FrameError};
 pub use message::{
     Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes, FitIns, FitRes, Hello, Message, Nack,
-    PROTOCOL_VERSION, ParamChunk, ParticipantKind, Values, Welcome,
+    PROTOCOL_VERSION, ParamChunk, ParticipantKind, Resend, Values, Welcome,
 };
