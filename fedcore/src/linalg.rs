@@ -100,9 +100,12 @@ pub(crate) fn gemm_loops<S: Copy, Acc: Copy>(
 pub(crate) fn gemm_f32(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
     use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
     // Below this many multiply-adds SGEMM's packing costs more than it saves
-    // (the in-place trainer multiplies one weight row at a time).
+    // (the in-place trainer multiplies one weight row at a time). A single row
+    // (one sample) is a vector-matrix product, where packing gains nothing
+    // either; the loops also keep batch-1 training free of heap allocation
+    // (matrixmultiply allocates its packing buffers), which devices rely on.
     const SGEMM_MIN_MACS: usize = 4096;
-    if a.rows * a.cols * b.cols < SGEMM_MIN_MACS {
+    if a.rows == 1 || a.rows * a.cols * b.cols < SGEMM_MIN_MACS {
         return gemm_f32_loops(a, b, c, accumulate);
     }
     let av = ArrayView2::from_shape(
@@ -135,6 +138,22 @@ pub(crate) fn gemm_f32(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, acc
 }
 
 fn gemm_f32_loops(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
+    if a.rows == 1 && b.col_stride == 1 {
+        // One sample through a row-major weight matrix: sweep B's rows and add
+        // each, scaled, into C's one row (contiguous, so it vectorises).
+        let out = &mut c.data[..c.cols];
+        if !accumulate {
+            out.fill(0.0);
+        }
+        for p in 0..a.cols {
+            let x = a.at(0, p);
+            let row = &b.data[p * b.row_stride..p * b.row_stride + b.cols];
+            for (o, w) in out.iter_mut().zip(row) {
+                *o += x * w;
+            }
+        }
+        return;
+    }
     gemm_loops(
         a,
         b,
@@ -178,5 +197,39 @@ mod tests {
             false,
         );
         assert_eq!(d, [58.0, 64.0, 139.0, 154.0]);
+    }
+
+    #[test]
+    fn a_single_row_product_matches_the_loop_nest_with_and_without_accumulation() {
+        let x = [0.5f32, -1.0, 2.0];
+        let w = [
+            1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0,
+        ];
+        let mut fast = [1.0f32; 4];
+        gemm_f32_loops(
+            Mat::new(&x, 1, 3),
+            Mat::new(&w, 3, 4),
+            MatMut::new(&mut fast, 1, 4),
+            false,
+        );
+        let mut slow = [1.0f32; 4];
+        gemm_loops(
+            Mat::new(&x, 1, 3),
+            Mat::new(&w, 3, 4),
+            MatMut::new(&mut slow, 1, 4),
+            false,
+            0.0f32,
+            |acc, a, b| acc + a * b,
+            |acc, prev| prev.unwrap_or(0.0) + acc,
+        );
+        assert_eq!(fast, slow);
+        assert_eq!(fast, [13.5, 15.0, 16.5, 18.0]);
+        gemm_f32_loops(
+            Mat::new(&x, 1, 3),
+            Mat::new(&w, 3, 4),
+            MatMut::new(&mut fast, 1, 4),
+            true,
+        );
+        assert_eq!(fast, [27.0, 30.0, 33.0, 36.0]);
     }
 }

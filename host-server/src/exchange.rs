@@ -434,3 +434,143 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregation::Aggregator;
+    use crate::config::Strategy;
+    use fedcore::aggregate::ServerOpt;
+    use fedcore::protocol::{ParamChunk, Values};
+    use fedcore::scalar::{Fixed, Scalar};
+
+    const PER_CHUNK_FRAME: usize = 256;
+
+    /// A scripted fixed-point device on the far end of a pipe: it takes the
+    /// model, "trains" (adds `delta`), and sends its Q16.16 parameters back as
+    /// int8 chunks, leaving chunk `lose` out until the server asks for it.
+    async fn device(
+        io: tokio::io::DuplexStream,
+        delta: f32,
+        lose: usize,
+        examples: u32,
+    ) -> Vec<Fixed> {
+        let mut link = Link::new(io);
+        let Message::FitIns(ins) = link.recv().await.unwrap() else {
+            panic!("expected FitIns")
+        };
+        let mut global = vec![0.0f32; 1000];
+        link.recv_params(ins.round, &mut global).await.unwrap();
+        let trained: Vec<Fixed> = global
+            .iter()
+            .enumerate()
+            .map(|(i, g)| Fixed::from_f32(g + delta * (i % 7) as f32))
+            .collect();
+        let peer = Peer {
+            kind: LinkKind::Serial,
+            encoding: Encoding::Int8,
+            max_frame: PER_CHUNK_FRAME,
+        };
+        let per_chunk = peer.per_chunk();
+        let mut buf = vec![0u8; per_chunk];
+        let mut sent = Vec::new();
+        for (i, chunk) in trained.chunks(per_chunk).enumerate() {
+            if i == lose {
+                continue;
+            }
+            let values = Values::encode(chunk, Encoding::Int8, &mut buf).unwrap();
+            let message = Message::ParamChunk(ParamChunk {
+                round: ins.round,
+                offset: (i * per_chunk) as u32,
+                total: 1000,
+                values,
+            });
+            link.send(&message).await.unwrap();
+            sent.push(i);
+        }
+        let res = FitRes {
+            round: ins.round,
+            examples,
+            loss: 0.5,
+            accuracy: 0.9,
+            seconds: 0.1,
+        };
+        link.send(&Message::FitRes(res)).await.unwrap();
+        // Answer resend requests until the server is done with the pipe.
+        while let Ok(message) = link.recv().await {
+            let Message::Nack(Nack {
+                resend: Resend::Values { offset, count },
+                ..
+            }) = message
+            else {
+                continue;
+            };
+            assert_eq!(
+                (offset as usize, count as usize),
+                (lose * per_chunk, per_chunk)
+            );
+            let chunk = &trained[offset as usize..(offset + count) as usize];
+            let values = Values::encode(chunk, Encoding::Int8, &mut buf).unwrap();
+            let message = Message::ParamChunk(ParamChunk {
+                round: ins.round,
+                offset,
+                total: 1000,
+                values,
+            });
+            link.send(&message).await.unwrap();
+        }
+        trained
+    }
+
+    #[tokio::test]
+    async fn a_fixed_point_device_update_with_a_lost_chunk_aggregates_with_an_f32_host_update() {
+        let global: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let (server_end, device_end) = tokio::io::duplex(1 << 16);
+        let far = tokio::spawn(device(device_end, 0.01, 3, 300));
+        let mut link = Link::new(server_end);
+        let uploads = Arc::new(Semaphore::new(1));
+        let peer = Peer {
+            kind: LinkKind::Serial,
+            encoding: Encoding::Int8,
+            max_frame: PER_CHUNK_FRAME,
+        };
+        let job = FitJob {
+            round: 1,
+            config: TrainConfig::default(),
+            seed: 0,
+            evaluate_first: false,
+        };
+        let done = fit(&mut link, &uploads, job, &global, peer).await.unwrap();
+        drop(link);
+        let device_params = far.await.unwrap();
+        assert!(done.exchange.resends >= 1, "the lost chunk was asked for");
+        assert_eq!(done.res.examples, 300);
+
+        // A host's f32 update, weighted 700 to the device's 300.
+        let host: Vec<f32> = global.iter().map(|g| g - 0.02).collect();
+        let mut aggregator =
+            Aggregator::new(Strategy::Fedavg, ServerOpt::FedAvg, 1000, 0.0).unwrap();
+        aggregator.begin();
+        aggregator.add(done.params, 300).unwrap();
+        aggregator.add(host.clone(), 700).unwrap();
+        let mut aggregate = global.clone();
+        aggregator.finish(&mut aggregate).unwrap();
+
+        let per_chunk = peer.per_chunk();
+        for (i, got) in aggregate.iter().enumerate() {
+            let dev = f64::from(device_params[i].to_f32());
+            let exact = (300.0 * dev + 700.0 * f64::from(host[i])) / 1000.0;
+            // int8 error of the device's chunk (max |x| / 254), at its weight, plus f32 rounding.
+            let chunk = i / per_chunk * per_chunk;
+            let max = device_params[chunk..(chunk + per_chunk).min(1000)]
+                .iter()
+                .map(|v| v.to_f32().abs())
+                .fold(0.0f32, f32::max);
+            let bound = 0.3 * f64::from(max) / 254.0 + 1e-5;
+            assert!(
+                (f64::from(*got) - exact).abs() <= bound,
+                "parameter {i}: {got} vs {exact} (bound {bound})"
+            );
+        }
+    }
+}

@@ -1,126 +1,18 @@
 //! The real server and real client processes on 127.0.0.1, on a small MNIST subset.
 //!
-//! The client binary is found beside the server's: `cargo test --workspace`
-//! builds both before running any test.
+//! The binaries are found beside the test executable: `cargo test --workspace`
+//! builds them all before running any test.
 
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fedcore::data::Dataset;
 use host_server::history::History;
-
-/// A child process that is killed when dropped, so no test leaves one behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn server_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_host-server"))
-}
-
-fn client_bin() -> PathBuf {
-    let path = server_bin().with_file_name("host-client");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test --workspace`, which builds it",
-        path.display()
-    );
-    path
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fedtest-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes the first `train` and `test` MNIST samples as raw IDX files into `dir`.
-fn mnist_subset(dir: &Path, train: usize, test: usize) {
-    let full = fedhost::dataset::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist"))
-        .unwrap();
-    for (set, n, prefix) in [(&full.train, train, "train"), (&full.test, test, "t10k")] {
-        let mut images = vec![0, 0, 8, 3];
-        for d in [n as u32, 28, 28] {
-            images.extend_from_slice(&d.to_be_bytes());
-        }
-        let mut labels = vec![0, 0, 8, 1];
-        labels.extend_from_slice(&(n as u32).to_be_bytes());
-        for i in 0..n {
-            let s = set.sample(i);
-            images.extend_from_slice(s.pixels);
-            labels.push(s.label);
-        }
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-    }
-}
-
-/// Starts the server on an ephemeral port; returns it and its address.
-fn start_server(out: &Path, args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(server_bin())
-        .args(["--bind", "127.0.0.1:0", "--out"])
-        .arg(out)
-        .arg("--log-file")
-        .arg(out.join("server.log"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("the server announces its address")
-        .to_string();
-    (Proc(child), addr)
-}
-
-/// Starts a client process running `here` virtual clients from `index` on, of `clients`.
-fn start_clients(addr: &str, data: &Path, index: usize, here: usize, clients: usize) -> Proc {
-    let child = Command::new(client_bin())
-        .args(["--clients", &here.to_string()])
-        .args([
-            "--server",
-            addr,
-            "--num-clients",
-            &clients.to_string(),
-            "--client-index",
-            &index.to_string(),
-        ])
-        .args(["--connect-timeout", "20", "--data-dir"])
-        .arg(data)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-/// Waits for a process to exit by itself (bounded), returning its success.
-fn wait(server: &mut Proc, limit: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            return status.success();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the server did not finish within {limit:?}");
-}
+use support::*;
 
 #[test]
 fn a_federation_runs_and_its_history_adds_up() {
@@ -297,7 +189,10 @@ fn bad_flags_are_one_clear_error() {
         &["--fraction-fit", "2"],
         &["--bind", "nowhere"],
     ] {
-        let out = Command::new(server_bin()).args(args).output().unwrap();
+        let out = Command::new(bin("host-server"))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         let first = err.lines().next().unwrap_or_default();
@@ -306,7 +201,7 @@ fn bad_flags_are_one_clear_error() {
             "{args:?}: {err}"
         );
     }
-    let out = Command::new(server_bin())
+    let out = Command::new(bin("host-server"))
         .args(["plot", "/nonexistent.json"])
         .output()
         .unwrap();
