@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The main job: the reference federation on this machine. Builds in release,
-# starts host-server and N host-client processes on 127.0.0.1, shows a progress
-# bar over rounds, and ends with a summary and the paths of history and plots.
-# Logs go to files in the out folder. Every process it starts is stopped on
-# exit or Ctrl-C.
+# starts host-server and N host-client processes on 127.0.0.1 (and with
+# --devices, simulated microcontrollers on pseudo-terminals beside them), shows
+# a progress bar over rounds, and ends with a summary, one line per participant,
+# and the paths of history and plots. Logs go to files in the out folder. Every
+# process it starts is stopped on exit or Ctrl-C.
 #
 #   ./run.sh [--rounds N] [--clients N] [--model cnn|mlp:784-128-10] [--partition iid|dirichlet:A|seed]
 #            [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi|fedadagrad|median|trimmed-mean]
 #            [--out DIR] [--port P (0: any free port)] [--data-dir DIR]
+#            [--devices N] [--device-baud B (0: unthrottled)]   devices need a model that fits
+#                                                            128 KiB, e.g. --model mlp:784-32-10
 set -euo pipefail
 cd "$(dirname "$0")"
 
 rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
+devices=0 device_baud=115200
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
@@ -22,15 +26,18 @@ while (($#)); do
     --out) out=${2:?--out needs a directory}; shift 2 ;;
     --port) port=${2:?--port needs a number}; shift 2 ;;
     --data-dir) data=${2:?--data-dir needs a directory of IDX files}; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --devices) devices=${2:?--devices needs a number}; shift 2 ;;
+    --device-baud) device_baud=${2:?--device-baud needs a baud rate}; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
 
 echo "building (release)..."
-cargo build --release --quiet -p host-server -p host-client
+cargo build --release --quiet -p host-server -p host-client -p firmware-sim
 bin=target/release
 mkdir -p "$out"
+participants=$((clients + devices))
 
 pids=()
 cleanup() {
@@ -42,10 +49,47 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo; echo "run.sh: interrupted"; exit 130' INT TERM
 
+# The first line a process prints (its address or its line), waiting for it.
+first_line() { # file pid what
+  local line=""
+  for ((tries = 0; tries < 400; tries++)); do
+    line=$(head -n 1 "$1")
+    if [[ -n $line ]] || ! kill -0 "$2" 2>/dev/null; then
+      break
+    fi
+    sleep 0.05
+  done
+  if [[ -z $line ]]; then
+    echo "run.sh: $3 did not start (see $1 and its log)" >&2
+    exit 1
+  fi
+  echo "$line"
+}
+
 start=$(date +%s.%N)
+# Devices take the last shares of the data; each prints its pty path first.
+serial=()
+for ((d = 0; d < devices; d++)); do
+  i=$((clients + d))
+  : > "$out/device-$i.out"
+  "$bin/firmware-sim" --pty --baud "$device_baud" --model "$model" --shard "$i/$participants" \
+    --partition "$partition" --data-dir "$data" --name "device-$i" \
+    > "$out/device-$i.out" 2> "$out/device-$i.log" &
+  pids+=("$!")
+  dpids[d]=$!
+done
+for ((d = 0; d < devices; d++)); do
+  i=$((clients + d))
+  if ! path=$(first_line "$out/device-$i.out" "${dpids[d]}" "device $i"); then
+    cat "$out/device-$i.log" >&2
+    exit 1
+  fi
+  serial+=(--serial "$path")
+done
 : > "$out/server.out"
 "$bin/host-server" --bind "127.0.0.1:$port" --rounds "$rounds" --model "$model" --strategy "$strategy" \
-  --min-available-clients "$clients" --min-fit-clients "$clients" --min-evaluate-clients "$clients" \
+  --min-available-clients "$participants" --min-fit-clients "$participants" \
+  --min-evaluate-clients "$participants" "${serial[@]}" \
   --out "$out" --log-file "$out/server.log" > >(tee "$out/server.out") &
 server=$!
 pids+=("$server")
@@ -63,11 +107,11 @@ if [[ -z $addr ]]; then
   exit 1
 fi
 for ((i = 0; i < clients; i++)); do
-  "$bin/host-client" --server "$addr" --client-index "$i" --num-clients "$clients" \
+  "$bin/host-client" --server "$addr" --client-index "$i" --num-clients "$participants" \
     --partition "$partition" --data-dir "$data" --name "client" 2>"$out/client-$i.log" &
   pids+=("$!")
 done
-echo "server and $clients clients started: $model, $strategy, $partition, $rounds rounds (logs in $out/)"
+echo "server, $clients clients and $devices devices started: $model, $strategy, $partition, $rounds rounds (logs in $out/)"
 
 status=0
 wait "$server" || status=$?

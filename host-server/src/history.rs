@@ -192,7 +192,95 @@ pub struct History {
     pub rounds: Vec<RoundRecord>,
 }
 
+/// One participant over a whole run (by name and link kind: a participant
+/// that rejoins gets a new id but keeps its name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantSummary {
+    /// Name it gave.
+    pub name: String,
+    /// Link kind.
+    pub kind: LinkKind,
+    /// Rounds it trained in.
+    pub rounds_trained: u32,
+    /// Rounds it appears in (trained or evaluated).
+    pub rounds_present: u32,
+    /// Its training examples (its weight).
+    pub examples: u32,
+    /// Bytes both ways, per round present.
+    pub bytes_per_round: f64,
+    /// Exchange seconds per round present.
+    pub seconds_per_round: f64,
+    /// Link seconds per round present.
+    pub link_seconds_per_round: f64,
+    /// Resend requests over the run.
+    pub resends: u32,
+    /// Rounds it failed a phase in.
+    pub failures: u32,
+    /// Its last evaluation accuracy.
+    pub last_accuracy: Option<f32>,
+}
+
 impl History {
+    /// Every participant's part in the run, in order of first appearance.
+    pub fn participants(&self) -> Vec<ParticipantSummary> {
+        let mut all: Vec<ParticipantSummary> = Vec::new();
+        let mut find = |name: &str, kind: LinkKind| -> usize {
+            match all.iter().position(|s| s.name == name && s.kind == kind) {
+                Some(at) => at,
+                None => {
+                    all.push(ParticipantSummary {
+                        name: name.to_string(),
+                        kind,
+                        rounds_trained: 0,
+                        rounds_present: 0,
+                        examples: 0,
+                        bytes_per_round: 0.0,
+                        seconds_per_round: 0.0,
+                        link_seconds_per_round: 0.0,
+                        resends: 0,
+                        failures: 0,
+                        last_accuracy: None,
+                    });
+                    all.len() - 1
+                }
+            }
+        };
+        let mut at = Vec::new();
+        for r in &self.rounds {
+            for p in &r.participants {
+                at.push((find(&p.name, p.kind), p));
+            }
+        }
+        // Failures name no link kind: count them against the participant of that name.
+        let failures: Vec<&str> = self
+            .rounds
+            .iter()
+            .flat_map(|r| &r.failures)
+            .map(|f| f.name.as_str())
+            .collect();
+        for (i, p) in at {
+            let s = &mut all[i];
+            s.rounds_present += 1;
+            s.rounds_trained += u32::from(p.fit.is_some());
+            s.examples = s.examples.max(p.examples);
+            s.bytes_per_round += (p.bytes_sent + p.bytes_received) as f64;
+            s.seconds_per_round += p.seconds;
+            s.link_seconds_per_round += p.link_seconds;
+            s.resends += p.resends;
+            if let Some(e) = p.evaluate {
+                s.last_accuracy = Some(e.accuracy);
+            }
+        }
+        for s in &mut all {
+            let n = f64::from(s.rounds_present.max(1));
+            s.bytes_per_round /= n;
+            s.seconds_per_round /= n;
+            s.link_seconds_per_round /= n;
+            s.failures = failures.iter().filter(|&&f| f == s.name).count() as u32;
+        }
+        all
+    }
+
     /// Paths of the JSON and CSV files for a run of `rounds` rounds in `out`.
     pub fn paths(out: &Path, rounds: u32) -> (PathBuf, PathBuf) {
         (

@@ -11,7 +11,7 @@ use fedcore::model::ModelSpec;
 use fedcore::train::{Rounding, TrainConfig};
 use host_server::config::{SerialLine, ServerConfig, ServerTuning, Strategy};
 use host_server::federation::{self, Progress};
-use host_server::history::{History, RoundRecord};
+use host_server::history::{History, LinkKind, RoundRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The federation server: coordinates rounds of federated training and records them.
@@ -256,6 +256,31 @@ fn summary(config: &ServerConfig, outcome: &federation::Outcome, wall: Duration)
         rounds.iter().map(|r| r.seconds).sum::<f64>() / rounds.len().max(1) as f64,
         bytes as f64 / rounds.len().max(1) as f64 / 1e6,
     );
+    println!();
+    println!(
+        "| participant | kind | rounds trained | examples | bytes/round | s/round | link s/round | resends | failures | last accuracy |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for p in outcome.history.participants() {
+        let kind = match p.kind {
+            LinkKind::Tcp => "tcp",
+            LinkKind::Serial => "serial",
+        };
+        println!(
+            "| {} | {kind} | {}/{} | {} | {:.1} KB | {:.2} | {:.2} | {} | {} | {} |",
+            p.name,
+            p.rounds_trained,
+            rounds.len(),
+            p.examples,
+            p.bytes_per_round / 1e3,
+            p.seconds_per_round,
+            p.link_seconds_per_round,
+            p.resends,
+            p.failures,
+            p.last_accuracy
+                .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+        );
+    }
     println!();
     for f in &outcome.files {
         println!("wrote {}", f.display());
