@@ -3,7 +3,8 @@
 //! - [`message`]: the messages (hello, welcome, fit and evaluate instructions,
 //!   parameter chunks, results, nack, error, bye), serde types encoded with postcard;
 //! - [`frame`]: framing (postcard + CRC32, COBS, 0x00 delimiter) and the
-//!   fixed-buffer [`Decoder`].
+//!   fixed-buffer [`Decoder`];
+//! - [`transfer`]: bookkeeping of a chunked transfer over a lossy link.
 //!
 //! # A round, as bytes see it
 //! ```text
@@ -22,10 +23,19 @@
 //! ```
 //! The aggregate of round r is evaluated by the participants as the first step
 //! of round r+1, so the global model crosses each link once per round.
-//! Frames never exceed the receiver's declared max frame: parameters travel in
-//! chunks sized by [`frame::chunk_capacity`], so no side needs a model-sized
-//! receive buffer. A receiver that rejects a chunk frame asks for it again with
-//! a `Nack`.
+//! Frames never exceed the participant's declared max frame: parameters travel
+//! both ways in chunks of [`frame::chunk_capacity`]`(max_frame, value bytes)`
+//! values, so no side needs a model-sized receive buffer.
+//!
+//! Over TCP nothing is lost. On a serial line frames are lost or damaged (the
+//! CRC catches it), so the receiver of a parameter stream ticks chunks off in a
+//! [`transfer::Chunks`] bitmap, in any order, and asks for what is missing with
+//! `Nack{round, resend}`: `Values{offset, count}` after a gap in the offsets or
+//! a silence, `Instruction` when chunks came without their `FitIns`/`EvaluateIns`,
+//! `Result` when a `FitRes`/`EvaluateRes` never came. Senders keep what they
+//! sent until the next round (the device its parameter buffer and last
+//! results), so any of it can be sent again; stale messages of earlier rounds
+//! are ignored, and a run of unanswered requests means the link has stalled.
 //!
 //! The bytes are the spec; this doctest pins an `EvaluateIns` for round 3:
 //! ```
