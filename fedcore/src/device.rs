@@ -216,7 +216,6 @@ pub struct LinkCounters {
 /// The loop's own small state (counted in [`Footprint::working_set`]).
 #[derive(Debug, Default)]
 struct Session {
-    client_id: Option<u32>,
     /// Round whose trained parameters are in the buffer (what a `Nack` may ask for).
     uploaded: Option<u32>,
     last_fit: Option<FitRes>,
@@ -247,7 +246,6 @@ impl Instruction {
 #[derive(Debug, Clone, Copy)]
 enum Event {
     Welcome {
-        client_id: u32,
         same_model: bool,
     },
     Instruction(Instruction),
@@ -366,11 +364,6 @@ where
         &self.uart
     }
 
-    /// The parameters in the buffer now.
-    pub fn params(&self) -> &[S] {
-        self.params
-    }
-
     /// Runs until the server says goodbye (or the link or the firmware fails).
     pub fn run(&mut self) -> Result<(), DeviceError<U::Error>> {
         while self.join()? {
@@ -383,7 +376,6 @@ where
 
     /// Says hello every [`HELLO_INTERVAL_MS`] until welcomed (true) or told goodbye (false).
     fn join(&mut self) -> Result<bool, DeviceError<U::Error>> {
-        self.session.client_id = None;
         self.session.uploaded = None;
         self.downloading = None;
         loop {
@@ -401,11 +393,8 @@ where
             let until = self.clock.now_ms() + HELLO_INTERVAL_MS;
             while let Some(event) = self.next_event(until)? {
                 match event {
-                    Event::Welcome { same_model, .. } if !same_model => {
-                        return Err(self.refuse_model());
-                    }
-                    Event::Welcome { client_id, .. } => {
-                        self.session.client_id = Some(client_id);
+                    Event::Welcome { same_model: false } => return Err(self.refuse_model()),
+                    Event::Welcome { same_model: true } => {
                         self.session.counters.joins += 1;
                         return Ok(true);
                     }
@@ -427,13 +416,11 @@ where
                     match self.next_event(until)? {
                         None | Some(Event::ServerError) => return Ok(Ending::Rejoin),
                         Some(Event::Bye) => return Ok(Ending::Bye),
-                        Some(Event::Welcome { same_model, .. }) if !same_model => {
+                        Some(Event::Welcome { same_model: false }) => {
                             return Err(self.refuse_model());
                         }
-                        Some(Event::Welcome { client_id, .. }) => {
-                            self.session.client_id = Some(client_id);
-                            continue;
-                        }
+                        // A second welcome (the server answered a repeated hello): nothing changes.
+                        Some(Event::Welcome { same_model: true }) => continue,
                         Some(Event::Nack(nack)) => {
                             self.answer_nack(nack)?;
                             continue;
@@ -685,7 +672,6 @@ where
         };
         match message {
             Message::Welcome(w) => Event::Welcome {
-                client_id: w.client_id,
                 same_model: w.model == self.firmware.model,
             },
             Message::FitIns(f) => Event::Instruction(Instruction::Fit(f)),
