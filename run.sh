@@ -94,18 +94,8 @@ done
 server=$!
 pids+=("$server")
 # The server's first line is its real address (--port 0 picks a free port).
-addr=""
-for ((tries = 0; tries < 200; tries++)); do
-  addr=$(sed -n 's/^listening on //p' "$out/server.out")
-  if [[ -n $addr ]] || ! kill -0 "$server" 2>/dev/null; then
-    break
-  fi
-  sleep 0.05
-done
-if [[ -z $addr ]]; then
-  echo "run.sh: the server did not start (see its message above and $out/server.log)" >&2
-  exit 1
-fi
+listening=$(first_line "$out/server.out" "$server" "the server")
+addr=${listening#listening on }
 for ((i = 0; i < clients; i++)); do
   "$bin/host-client" --server "$addr" --client-index "$i" --num-clients "$participants" \
     --partition "$partition" --data-dir "$data" --name "client" 2>"$out/client-$i.log" &
