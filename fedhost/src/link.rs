@@ -11,6 +11,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Largest frame a host sends or takes over TCP, delimiter included (64 KiB).
 pub const HOST_MAX_FRAME: usize = 1 << 16;
 
+/// Values of `encoding` in each parameter chunk for a peer whose frames are at
+/// most `max_frame` bytes (capped at [`HOST_MAX_FRAME`]): the chunking of both directions.
+pub fn values_per_chunk(max_frame: usize, encoding: Encoding) -> usize {
+    frame::chunk_capacity(max_frame.min(HOST_MAX_FRAME), encoding.value_bytes()).max(1)
+}
+
 /// Why a link failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -103,8 +109,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
         encoding: Encoding,
         max_frame: usize,
     ) -> Result<(), LinkError> {
-        let per_chunk =
-            frame::chunk_capacity(max_frame.min(HOST_MAX_FRAME), encoding.value_bytes()).max(1);
+        let per_chunk = values_per_chunk(max_frame, encoding);
         self.send_chunks(round, params, 0..params.len(), encoding, per_chunk)
             .await
     }

@@ -16,7 +16,6 @@ use fedcore::scalar::{Fixed, Scalar};
 use fedhost::dataset::Shard;
 use fedhost::partition::Partition;
 
-use crate::line::Line;
 use crate::uart::{BoardClock, SimUart, UartCounters};
 
 /// The number type the device trains in.
@@ -201,29 +200,4 @@ pub fn say(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-/// Opens the line the build asks for.
-pub fn open_line(line: &LineChoice) -> Result<Line, crate::line::LineError> {
-    match line {
-        LineChoice::Pty { link } => Line::pty(link.as_deref()),
-        LineChoice::Port { path, baud } => Line::port(path, *baud),
-    }
-}
-
-/// Which line to serve on.
-#[derive(Debug, Clone)]
-pub enum LineChoice {
-    /// A new pseudo-terminal, optionally with a stable symlink to it.
-    Pty {
-        /// The symlink's path.
-        link: Option<PathBuf>,
-    },
-    /// A real serial port.
-    Port {
-        /// Its path.
-        path: PathBuf,
-        /// Its baud rate.
-        baud: u32,
-    },
 }

@@ -37,6 +37,23 @@ pub enum LineError {
     },
 }
 
+/// Which line to serve on.
+#[derive(Debug, Clone)]
+pub enum LineChoice {
+    /// A new pseudo-terminal, optionally with a stable symlink to it.
+    Pty {
+        /// The symlink's path.
+        link: Option<PathBuf>,
+    },
+    /// A real serial port.
+    Port {
+        /// Its path.
+        path: PathBuf,
+        /// Its baud rate.
+        baud: u32,
+    },
+}
+
 /// An open serial line: the device's end, and what keeps the line up.
 #[derive(Debug)]
 pub struct Line {
@@ -52,6 +69,14 @@ pub struct Line {
 }
 
 impl Line {
+    /// Opens the line `choice` names.
+    pub fn open(choice: &LineChoice) -> Result<Self, LineError> {
+        match choice {
+            LineChoice::Pty { link } => Line::pty(link.as_deref()),
+            LineChoice::Port { path, baud } => Line::port(path, *baud),
+        }
+    }
+
     /// A new pseudo-terminal pair; with `link`, a symlink at that path points at
     /// its slave side (a stable name across restarts, like /dev/serial/by-id).
     pub fn pty(link: Option<&Path>) -> Result<Self, LineError> {

@@ -12,7 +12,8 @@ use clap::Parser;
 use fedcore::model::ModelSpec;
 use fedcore::protocol::Encoding;
 use fedhost::partition::Partition;
-use firmware_sim::board::{self, Build, DataShare, LineChoice, Numeric};
+use firmware_sim::board::{self, Build, DataShare, Numeric};
+use firmware_sim::line::{Line, LineChoice};
 use firmware_sim::uart::SimUart;
 
 /// A simulated microcontroller that joins a federation over a serial line.
@@ -131,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         None => LineChoice::Pty { link: cli.pty_link },
     };
-    let line = board::open_line(&choice)?;
+    let line = Line::open(&choice)?;
     board::say(line.name().display());
     board::say(footprint);
     board::say(format_args!(

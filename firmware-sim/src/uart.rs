@@ -91,7 +91,7 @@ impl Pace {
 /// Bytes and errors the UART saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UartCounters {
-    /// Bytes written.
+    /// Bytes the other end took.
     pub sent: u64,
     /// Bytes read.
     pub received: u64,
@@ -158,7 +158,10 @@ impl Uart for SimUart {
             let mut rest: &[u8] = block;
             while !rest.is_empty() {
                 match self.port.write(rest) {
-                    Ok(n) => rest = &rest[n..],
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        self.counters.sent += n as u64;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if !self.poll(PollFlags::OUT, DRAIN_TIMEOUT)? {
                             self.counters.dropped += rest.len() as u64;
@@ -169,7 +172,6 @@ impl Uart for SimUart {
                     Err(e) => return Err(e),
                 }
             }
-            self.counters.sent += chunk.len() as u64;
         }
         Ok(())
     }

@@ -61,25 +61,12 @@ const MODEL: &str = "mlp:784-32-10";
 
 /// A server for one host client and one device on `line`.
 fn server_with_device(out: &Path, rounds: u32, line: &str) -> (Proc, String) {
-    let rounds = rounds.to_string();
-    start_server(
+    start_federation(
         out,
-        &[
-            "--rounds",
-            &rounds,
-            "--model",
-            MODEL,
-            "--min-available-clients",
-            "2",
-            "--min-fit-clients",
-            "2",
-            "--min-evaluate-clients",
-            "2",
-            "--round-timeout",
-            "60",
-            "--serial",
-            line,
-        ],
+        rounds,
+        MODEL,
+        2,
+        &["--round-timeout", "60", "--serial", line],
     )
 }
 

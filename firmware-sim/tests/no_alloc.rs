@@ -68,23 +68,7 @@ fn allocations_after_boot<S: Scalar>(name: &str) -> usize {
     mnist_subset(&data, 2000, 200);
     let line = Line::pty(None).unwrap();
     let path = line.path.to_str().unwrap().to_string();
-    let (mut server, _addr) = start_server(
-        &out,
-        &[
-            "--rounds",
-            "2",
-            "--model",
-            "mlp:784-32-10",
-            "--min-available-clients",
-            "1",
-            "--min-fit-clients",
-            "1",
-            "--min-evaluate-clients",
-            "1",
-            "--serial",
-            &path,
-        ],
-    );
+    let (mut server, _addr) = start_federation(&out, 2, "mlp:784-32-10", 1, &["--serial", &path]);
     let local = load_data(&DataShare {
         dir: data,
         index: 0,

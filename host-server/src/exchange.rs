@@ -14,13 +14,12 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedcore::protocol::frame::chunk_capacity;
 use fedcore::protocol::transfer::{Arrival, Chunks, Span};
 use fedcore::protocol::{
     Encoding, EvaluateIns, EvaluateRes, FitIns, FitRes, Message, Nack, Resend,
 };
 use fedcore::train::TrainConfig;
-use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
+use fedhost::link::{Link, LinkError, values_per_chunk};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -48,11 +47,7 @@ pub struct Peer {
 impl Peer {
     /// Values in each parameter chunk, both ways.
     pub fn per_chunk(&self) -> usize {
-        chunk_capacity(
-            self.max_frame.min(HOST_MAX_FRAME),
-            self.encoding.value_bytes(),
-        )
-        .max(1)
+        values_per_chunk(self.max_frame, self.encoding)
     }
 
     fn lossy(&self) -> bool {
@@ -74,8 +69,6 @@ pub struct Exchange {
     pub link_seconds: f64,
     /// Resend requests, both ways.
     pub resends: u32,
-    /// Damaged frames the server dropped.
-    pub damaged: u32,
 }
 
 /// A finished fit: the participant's parameters, staged in an upload slot.
@@ -121,10 +114,8 @@ enum Heard {
     Nack(Nack),
     /// Nothing came for a while.
     Silence,
-    /// A damaged frame (lossy links only).
-    Damaged,
-    /// A message of an earlier round, or out of turn on a lossy link.
-    Stale,
+    /// On a lossy link: a damaged frame, a message of an earlier round, or one out of turn.
+    Ignored,
 }
 
 /// The update coming back, in an upload slot.
@@ -146,7 +137,6 @@ struct Conversation<'a, T> {
     sent: u64,
     received: u64,
     resends: u32,
-    damaged: u32,
     retries: u32,
 }
 
@@ -170,7 +160,7 @@ pub async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
         seed,
         evaluate_first,
     });
-    let mut talk = Conversation::open(link, peer, instruction, global).await?;
+    let mut talk = Conversation::open(link, peer, round, instruction, global).await?;
     let slot = Arc::clone(uploads)
         .acquire_owned()
         .await
@@ -220,7 +210,7 @@ pub async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
                 };
                 talk.retry(want.0, want.1).await?;
             }
-            Heard::FitRes(_) | Heard::EvaluateRes(_) | Heard::Damaged | Heard::Stale => {}
+            Heard::FitRes(_) | Heard::EvaluateRes(_) | Heard::Ignored => {}
         }
     }
     let res = res.ok_or("no training report")?;
@@ -242,7 +232,7 @@ pub async fn evaluate<T: AsyncRead + AsyncWrite + Unpin>(
     peer: Peer,
 ) -> Result<EvaluateDone, String> {
     let instruction = Message::EvaluateIns(EvaluateIns { round });
-    let mut talk = Conversation::open(link, peer, instruction, global).await?;
+    let mut talk = Conversation::open(link, peer, round, instruction, global).await?;
     let mut backoff = GAP;
     let res = loop {
         let wait = peer.lossy().then_some(backoff);
@@ -265,18 +255,14 @@ pub async fn evaluate<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
-    /// Sends the instruction and the global model.
+    /// Sends round `round`'s instruction and the global model.
     async fn open(
         link: &'a mut Link<T>,
         peer: Peer,
+        round: u32,
         instruction: Message<'static>,
         global: &'a [f32],
     ) -> Result<Self, String> {
-        let round = match instruction {
-            Message::FitIns(f) => f.round,
-            Message::EvaluateIns(e) => e.round,
-            _ => 0,
-        };
         let (sent, received) = (link.bytes_sent(), link.bytes_received());
         let mut talk = Conversation {
             link,
@@ -288,7 +274,6 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
             sent,
             received,
             resends: 0,
-            damaged: 0,
             retries: 0,
         };
         talk.link
@@ -329,15 +314,12 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
         };
         let message = match received {
             Ok(message) => message,
-            Err(LinkError::Frame(_)) if lossy => {
-                self.damaged += 1;
-                return Ok(Heard::Damaged);
-            }
+            Err(LinkError::Frame(_)) if lossy => return Ok(Heard::Ignored),
             Err(e) => return Err(e.to_string()),
         };
         let unexpected = |what: &Message<'_>| -> Result<Heard, String> {
             if lossy {
-                Ok(Heard::Stale)
+                Ok(Heard::Ignored)
             } else {
                 Err(format!("unexpected {} from the participant", what.name()))
             }
@@ -430,7 +412,6 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
             seconds,
             link_seconds: (seconds - compute).max(0.0),
             resends: self.resends,
-            damaged: self.damaged,
         }
     }
 }

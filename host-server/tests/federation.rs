@@ -19,23 +19,8 @@ fn a_federation_runs_and_its_history_adds_up() {
     let (out, data) = (temp_dir("run-out"), temp_dir("run-data"));
     mnist_subset(&data, 6000, 600);
     let data_arg = data.to_str().unwrap();
-    let (mut server, addr) = start_server(
-        &out,
-        &[
-            "--rounds",
-            "3",
-            "--model",
-            "mlp:784-32-10",
-            "--min-available-clients",
-            "3",
-            "--min-fit-clients",
-            "3",
-            "--min-evaluate-clients",
-            "3",
-            "--server-eval",
-            data_arg,
-        ],
-    );
+    let (mut server, addr) =
+        start_federation(&out, 3, "mlp:784-32-10", 3, &["--server-eval", data_arg]);
     // Two virtual clients in one process and a third in its own.
     let mut clients = [
         start_clients(&addr, &data, 0, 2, 3),
@@ -111,23 +96,8 @@ fn a_federation_runs_and_its_history_adds_up() {
 fn a_client_killed_mid_run_is_a_failure_not_the_end() {
     let (out, data) = (temp_dir("kill-out"), temp_dir("kill-data"));
     mnist_subset(&data, 6000, 600);
-    let (mut server, addr) = start_server(
-        &out,
-        &[
-            "--rounds",
-            "30",
-            "--model",
-            "mlp:784-32-10",
-            "--min-available-clients",
-            "2",
-            "--min-fit-clients",
-            "2",
-            "--min-evaluate-clients",
-            "2",
-            "--round-timeout",
-            "20",
-        ],
-    );
+    let (mut server, addr) =
+        start_federation(&out, 30, "mlp:784-32-10", 2, &["--round-timeout", "20"]);
     let mut clients: Vec<Proc> = (0..3)
         .map(|i| start_clients(&addr, &data, i, 1, 3))
         .collect();

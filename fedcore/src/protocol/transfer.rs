@@ -85,11 +85,6 @@ impl<B: AsRef<[u32]> + AsMut<[u32]>> Chunks<B> {
         Ok(())
     }
 
-    /// Values in the transfer.
-    pub fn total(&self) -> u32 {
-        self.total
-    }
-
     /// Ticks off the chunk of `len` values at `offset`; it must be one of the
     /// transfer's chunks exactly (aligned to `per_chunk`, the right length).
     pub fn arrive(&mut self, offset: u32, len: usize) -> Result<Arrival, Error> {

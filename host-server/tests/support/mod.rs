@@ -62,6 +62,28 @@ pub fn mnist_subset(dir: &Path, train: usize, test: usize) {
     }
 }
 
+/// Starts a server for `rounds` rounds of `model` that waits for, and asks,
+/// all of its `participants` every round; `extra` are further flags.
+pub fn start_federation(
+    out: &Path,
+    rounds: u32,
+    model: &str,
+    participants: usize,
+    extra: &[&str],
+) -> (Proc, String) {
+    let (rounds, n) = (rounds.to_string(), participants.to_string());
+    let mut args = vec!["--rounds", &rounds, "--model", model];
+    for min in [
+        "--min-available-clients",
+        "--min-fit-clients",
+        "--min-evaluate-clients",
+    ] {
+        args.extend([min, &n]);
+    }
+    args.extend_from_slice(extra);
+    start_server(out, &args)
+}
+
 /// Starts the server on an ephemeral port; returns it and its address.
 pub fn start_server(out: &Path, args: &[&str]) -> (Proc, String) {
     let mut child = Command::new(bin("host-server"))
