@@ -9,13 +9,14 @@
 #   ./run.sh [--rounds N] [--clients N] [--model cnn|mlp:784-128-10] [--partition iid|dirichlet:A|seed]
 #            [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi|fedadagrad|median|trimmed-mean]
 #            [--out DIR] [--port P (0: any free port)] [--data-dir DIR]
-#            [--devices N] [--device-baud B (0: unthrottled)]   devices need a model that fits
+#            [--devices N] [--device-baud B (0: unthrottled)] [--device-ber P (bit errors, e.g. 1e-4)]
+#                                                            devices need a model that fits
 #                                                            128 KiB, e.g. --model mlp:784-32-10
 set -euo pipefail
 cd "$(dirname "$0")"
 
 rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
-devices=0 device_baud=115200
+devices=0 device_baud=115200 device_ber=0
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
@@ -28,7 +29,8 @@ while (($#)); do
     --data-dir) data=${2:?--data-dir needs a directory of IDX files}; shift 2 ;;
     --devices) devices=${2:?--devices needs a number}; shift 2 ;;
     --device-baud) device_baud=${2:?--device-baud needs a baud rate}; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --device-ber) device_ber=${2:?--device-ber needs a bit error rate}; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,7 +74,7 @@ serial=()
 for ((d = 0; d < devices; d++)); do
   i=$((clients + d))
   : > "$out/device-$i.out"
-  "$bin/firmware-sim" --pty --baud "$device_baud" --model "$model" --shard "$i/$participants" \
+  "$bin/firmware-sim" --pty --baud "$device_baud" --link-ber "$device_ber" --model "$model" --shard "$i/$participants" \
     --partition "$partition" --data-dir "$data" --name "device-$i" \
     > "$out/device-$i.out" 2> "$out/device-$i.log" &
   pids+=("$!")

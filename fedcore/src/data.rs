@@ -167,6 +167,23 @@ impl Dataset for LabelledImages<'_> {
     }
 }
 
+/// Tiny in-memory datasets for unit tests: `(pixels, label)` pairs.
+#[cfg(test)]
+pub(crate) struct Samples<const P: usize>(pub std::vec::Vec<([u8; P], u8)>);
+
+#[cfg(test)]
+impl<const P: usize> Dataset for Samples<P> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn sample(&self, i: usize) -> Sample<'_> {
+        Sample {
+            pixels: &self.0[i].0,
+            label: self.0[i].1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,7 +57,8 @@ pub enum Error {
     EmptyDataset,
     /// A training setting is out of range (batch size 0, negative learning rate, ...).
     BadConfig(&'static str),
-    /// A parameter chunk reaches past the end of the model.
+    /// A parameter chunk is not one of the transfer's chunks: misaligned, of the
+    /// wrong length, or reaching past the end of the model.
     ChunkOutOfRange {
         /// First parameter index of the chunk.
         offset: usize,
@@ -65,6 +66,26 @@ pub enum Error {
         len: usize,
         /// Parameters in the model.
         total: usize,
+    },
+    /// A parameter chunk belongs to another round than the transfer in progress
+    /// (a stale resend, or one whose instruction was lost).
+    ChunkRound {
+        /// Round of the transfer in progress, if one is open.
+        expected: Option<u32>,
+        /// Round the chunk names.
+        got: u32,
+    },
+    /// A parameter chunk is of a model of another size than the one being transferred.
+    ChunkTotal {
+        /// Parameters being transferred.
+        expected: u32,
+        /// Parameters the chunk's model has.
+        got: u32,
+    },
+    /// A lossy transfer made no progress through the retry policy's requests in a row.
+    Stalled {
+        /// Requests that went unanswered.
+        requests: u32,
     },
     /// An aggregation was finished with no contribution, or with zero total weight.
     NothingToAggregate,
@@ -132,8 +153,30 @@ impl fmt::Display for Error {
             Error::BadConfig(what) => write!(f, "bad training setting: {what}"),
             Error::ChunkOutOfRange { offset, len, total } => write!(
                 f,
-                "parameter chunk [{offset}, {}) reaches past the model's {total} parameters",
+                "parameter chunk [{offset}, {}) does not fit the model's {total} parameters (past the end, misaligned, or of the wrong length)",
                 offset + len
+            ),
+            Error::ChunkRound {
+                expected: Some(expected),
+                got,
+            } => write!(
+                f,
+                "parameter chunk of round {got} during the transfer of round {expected}"
+            ),
+            Error::ChunkRound {
+                expected: None,
+                got,
+            } => write!(
+                f,
+                "parameter chunk of round {got} while no transfer is open"
+            ),
+            Error::ChunkTotal { expected, got } => write!(
+                f,
+                "parameter chunk of a {got}-parameter model during a transfer of {expected} parameters"
+            ),
+            Error::Stalled { requests } => write!(
+                f,
+                "the link stalled: {requests} requests to resend went unanswered"
             ),
             Error::NothingToAggregate => {
                 write!(

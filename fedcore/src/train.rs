@@ -65,6 +65,16 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The settings every host evaluates with: no optimizer state (momentum 0),
+    /// at the default training batch, so a client's training arena serves
+    /// evaluation too. Scores do not depend on the batch.
+    pub fn evaluation() -> Self {
+        TrainConfig {
+            momentum: 0.0,
+            ..TrainConfig::default()
+        }
+    }
+
     /// Checks every setting is in range.
     pub fn validate(&self) -> Result<(), Error> {
         if self.batch_size == 0 {
@@ -496,23 +506,9 @@ fn load<S: Scalar>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Sample;
     use crate::scalar::Fixed;
 
-    /// Four-pixel samples: `(pixels, label)` pairs.
-    struct Samples(std::vec::Vec<([u8; 4], u8)>);
-
-    impl Dataset for Samples {
-        fn len(&self) -> usize {
-            self.0.len()
-        }
-        fn sample(&self, i: usize) -> Sample<'_> {
-            Sample {
-                pixels: &self.0[i].0,
-                label: self.0[i].1,
-            }
-        }
-    }
+    use crate::data::Samples;
 
     #[test]
     fn device_mlp_memory_is_exact() {

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use fedcore::data::{Dataset, Idx, LabelledImages, Sample};
 use sha2::{Digest, Sha256};
 
+/// Where a fresh clone keeps MNIST, relative to the workspace root.
+pub const DEFAULT_DATA_DIR: &str = "data/mnist";
+
 /// Why a dataset could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {

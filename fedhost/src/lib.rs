@@ -2,6 +2,7 @@
 //!
 //! - [`dataset`]: IDX datasets from a directory, checksums verified;
 //! - [`partition`]: splitting them among clients (IID, Dirichlet, the reference's per-client split);
+//! - [`share`]: loading one participant's share (or several sharing one pool);
 //! - [`link`]: fedcore frames over any async byte stream, with chunked parameter transfer;
 //! - [`model_file`]: saved models (spec and parameters);
 //! - [`output`]: writing result files whole or not at all.
@@ -11,3 +12,4 @@ pub mod link;
 pub mod model_file;
 pub mod output;
 pub mod partition;
+pub mod share;

@@ -3,18 +3,35 @@
 //! [`Link`] is generic over `AsyncRead + AsyncWrite`, so a TCP socket, a serial
 //! port and an in-memory `tokio::io::duplex` pipe (in tests) share one
 //! implementation. It counts the bytes it moves, for the history.
+//!
+//! It is a thin driver of fedcore's protocol: frames come out of a
+//! [`FrameReader`] that the link refills from the stream, and parameters go
+//! out and come in through the transfer engine ([`Chunking`], [`Receiver`]).
+//! Over TCP nothing is lost, so the link receives strictly: a chunk skipped or
+//! repeated is a protocol error. The server's serial conversations drive the
+//! same engine leniently (host-server's `exchange`).
 
-use fedcore::protocol::frame::{self, Decoder, Feed, FrameError};
-use fedcore::protocol::{Encoding, Message, ParamChunk, Values};
+use fedcore::protocol::frame::{self, FrameError, FrameReader};
+use fedcore::protocol::transfer::{Arrival, Chunking, Receiver, Span};
+use fedcore::protocol::{Encoding, Message};
+use fedcore::scalar::Scalar;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The server's address unless told otherwise: loopback, the reference lab's port.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8000";
 
 /// Largest frame a host sends or takes over TCP, delimiter included (64 KiB).
 pub const HOST_MAX_FRAME: usize = 1 << 16;
 
-/// Values of `encoding` in each parameter chunk for a peer whose frames are at
-/// most `max_frame` bytes (capped at [`HOST_MAX_FRAME`]): the chunking of both directions.
-pub fn values_per_chunk(max_frame: usize, encoding: Encoding) -> usize {
-    frame::chunk_capacity(max_frame.min(HOST_MAX_FRAME), encoding.value_bytes()).max(1)
+/// How a host cuts a vector of `total` values for a peer whose frames are at
+/// most `max_frame` bytes (capped at [`HOST_MAX_FRAME`], what a host's buffers
+/// hold): the one chunking rule of both directions.
+pub fn chunking(
+    total: usize,
+    max_frame: usize,
+    encoding: Encoding,
+) -> Result<Chunking, fedcore::Error> {
+    Chunking::new(total, max_frame.min(HOST_MAX_FRAME), encoding)
 }
 
 /// Why a link failed.
@@ -40,11 +57,9 @@ pub enum LinkError {
 /// fedcore frames over an async byte stream.
 pub struct Link<T> {
     io: T,
-    decoder: Box<Decoder<{ HOST_MAX_FRAME - 1 }>>,
-    read_buf: Box<[u8]>,
-    read_pos: usize,
-    read_len: usize,
+    reader: Box<FrameReader<Box<[u8]>, { HOST_MAX_FRAME - 1 }>>,
     write_buf: Vec<u8>,
+    value_buf: Vec<u8>,
     sent: u64,
     received: u64,
 }
@@ -54,11 +69,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
     pub fn new(io: T) -> Self {
         Link {
             io,
-            decoder: Box::default(),
-            read_buf: vec![0; 1 << 16].into_boxed_slice(),
-            read_pos: 0,
-            read_len: 0,
+            reader: Box::new(FrameReader::new(vec![0; 1 << 16].into_boxed_slice())),
             write_buf: vec![0; HOST_MAX_FRAME],
+            value_buf: vec![0; HOST_MAX_FRAME],
             sent: 0,
             received: 0,
         }
@@ -67,87 +80,75 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
     /// Sends one message as one frame.
     pub async fn send(&mut self, message: &Message<'_>) -> Result<(), LinkError> {
         let frame = frame::encode(message, &mut self.write_buf)?;
-        let n = frame.len();
         self.io.write_all(frame).await?;
-        self.sent += n as u64;
+        self.sent += frame.len() as u64;
         Ok(())
     }
 
     /// Receives the next message (valid until the next call).
     pub async fn recv(&mut self) -> Result<Message<'_>, LinkError> {
         loop {
-            if self.read_pos == self.read_len {
-                let n = self.io.read(&mut self.read_buf).await?;
-                if n == 0 {
-                    return Err(LinkError::Closed);
-                }
-                self.received += n as u64;
-                (self.read_pos, self.read_len) = (0, n);
-            }
-            match self
-                .decoder
-                .feed(&self.read_buf[self.read_pos..self.read_len])
-            {
-                Feed::Consumed => self.read_pos = self.read_len,
-                Feed::Frame { used } => {
-                    self.read_pos += used;
-                    return Ok(self.decoder.message()?);
-                }
-                Feed::Rejected { error, used } => {
-                    self.read_pos += used;
-                    return Err(LinkError::Frame(error));
+            match self.reader.next_frame() {
+                Some(Ok(())) => return Ok(self.reader.message()?),
+                Some(Err(error)) => return Err(LinkError::Frame(error)),
+                None => {
+                    let n = self.io.read(self.reader.spare()).await?;
+                    if n == 0 {
+                        return Err(LinkError::Closed);
+                    }
+                    self.received += n as u64;
+                    self.reader.filled(n);
                 }
             }
         }
     }
 
-    /// Sends `params` as chunks of `encoding` that fit in frames of `max_frame` bytes.
-    pub async fn send_params(
+    /// Sends the chunks of `params` (round `round`, cut as `chunking` says)
+    /// that hold any value of `span`: the whole model, or what a peer asked for again.
+    pub async fn send_chunks<S: Scalar>(
         &mut self,
         round: u32,
-        params: &[f32],
-        encoding: Encoding,
-        max_frame: usize,
+        params: &[S],
+        span: Span,
+        chunking: &Chunking,
     ) -> Result<(), LinkError> {
-        let per_chunk = values_per_chunk(max_frame, encoding);
-        self.send_chunks(round, params, 0..params.len(), encoding, per_chunk)
-            .await
-    }
-
-    /// Sends the chunks of `per_chunk` values (counted from the start of `params`)
-    /// that hold any of the values in `range`: the whole model, or what a peer asked for again.
-    pub async fn send_chunks(
-        &mut self,
-        round: u32,
-        params: &[f32],
-        range: std::ops::Range<usize>,
-        encoding: Encoding,
-        per_chunk: usize,
-    ) -> Result<(), LinkError> {
-        let per_chunk = per_chunk.max(1);
-        let mut buf = vec![0u8; per_chunk * encoding.value_bytes()];
-        let total = params.len() as u32;
-        let first = range.start / per_chunk * per_chunk;
-        let end = range.end.min(params.len());
-        for offset in (first..end).step_by(per_chunk) {
-            let chunk = &params[offset..(offset + per_chunk).min(params.len())];
-            let values = Values::encode(chunk, encoding, &mut buf)?;
-            self.send(&Message::ParamChunk(ParamChunk {
+        for offset in chunking.offsets(span) {
+            let frame = chunking.encode(
                 round,
-                offset: offset as u32,
-                total,
-                values,
-            }))
-            .await?;
+                params,
+                offset,
+                &mut self.value_buf,
+                &mut self.write_buf,
+            )?;
+            self.io.write_all(frame).await?;
+            self.sent += frame.len() as u64;
         }
         Ok(())
     }
 
-    /// Receives a whole parameter vector for `round` into `out`: chunks in order,
-    /// covering it exactly.
-    pub async fn recv_params(&mut self, round: u32, out: &mut [f32]) -> Result<(), LinkError> {
-        let mut next = 0;
-        while next < out.len() {
+    /// Sends all of `params` for `round`.
+    pub async fn send_params(
+        &mut self,
+        round: u32,
+        params: &[f32],
+        chunking: &Chunking,
+    ) -> Result<(), LinkError> {
+        self.send_chunks(round, params, Span::all(chunking.total()), chunking)
+            .await
+    }
+
+    /// Receives a whole parameter vector for `round` into `out`, strictly: over
+    /// a link that loses nothing, every chunk must come once and in order.
+    pub async fn recv_params(
+        &mut self,
+        round: u32,
+        out: &mut [f32],
+        chunking: &Chunking,
+    ) -> Result<(), LinkError> {
+        let words = Receiver::<Vec<u32>>::words(chunking.total(), chunking.per_chunk());
+        let mut receiver = Receiver::new(vec![0u32; words]);
+        receiver.start(round, chunking)?;
+        while !receiver.is_complete() {
             let message = self.recv().await?;
             let Message::ParamChunk(chunk) = message else {
                 return Err(LinkError::Protocol(format!(
@@ -155,22 +156,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
                     message.name()
                 )));
             };
-            let (offset, len) = (chunk.offset as usize, chunk.values.len());
-            if chunk.round != round
-                || offset != next
-                || chunk.total as usize != out.len()
-                || len == 0
-                || offset + len > out.len()
-            {
-                return Err(LinkError::Protocol(format!(
-                    "parameter chunk (round {}, offset {offset}, {len} of {}) does not continue round {round} at {next} of {}",
-                    chunk.round,
-                    chunk.total,
-                    out.len()
-                )));
+            let (offset, len) = (chunk.offset, chunk.values.len());
+            match receiver.accept(&chunk, out) {
+                Ok(Arrival::New { skipped: None }) => {}
+                Ok(Arrival::New { skipped: Some(_) } | Arrival::Duplicate) => {
+                    return Err(LinkError::Protocol(format!(
+                        "parameter chunk at {offset} ({len} values) of round {round} came out of order"
+                    )));
+                }
+                Err(e) => return Err(LinkError::Protocol(format!("parameter chunk refused: {e}"))),
             }
-            chunk.values.decode(&mut out[offset..offset + len])?;
-            next += len;
         }
         Ok(())
     }
@@ -196,16 +191,14 @@ mod tests {
         let (a, b) = tokio::io::duplex(4096);
         let (mut a, mut b) = (Link::new(a), Link::new(b));
         let params: Vec<f32> = (0..100_000).map(|i| i as f32 * 0.001 - 7.0).collect();
+        let f32s = chunking(params.len(), HOST_MAX_FRAME, Encoding::F32).unwrap();
+        let int8s = chunking(params.len(), 256, Encoding::Int8).unwrap();
         let sender = tokio::spawn(async move {
             a.send(&Message::EvaluateIns(EvaluateIns { round: 4 }))
                 .await
                 .unwrap();
-            a.send_params(4, &params, Encoding::F32, HOST_MAX_FRAME)
-                .await
-                .unwrap();
-            a.send_params(5, &params, Encoding::Int8, 256)
-                .await
-                .unwrap();
+            a.send_params(4, &params, &f32s).await.unwrap();
+            a.send_params(5, &params, &int8s).await.unwrap();
             (a.bytes_sent(), params)
         });
         assert_eq!(
@@ -213,9 +206,9 @@ mod tests {
             Message::EvaluateIns(EvaluateIns { round: 4 })
         );
         let mut got = vec![0.0f32; 100_000];
-        b.recv_params(4, &mut got).await.unwrap();
+        b.recv_params(4, &mut got, &f32s).await.unwrap();
         let mut int8 = vec![0.0f32; 100_000];
-        b.recv_params(5, &mut int8).await.unwrap();
+        b.recv_params(5, &mut int8, &int8s).await.unwrap();
         let (sent, params) = sender.await.unwrap();
         assert_eq!(got, params);
         // int8: within half a step of each chunk's max (below 93 here) / 127.
@@ -229,15 +222,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn out_of_order_chunks_are_a_protocol_error() {
+    async fn chunks_of_another_round_or_out_of_order_are_a_protocol_error() {
         let (a, b) = tokio::io::duplex(4096);
         let (mut a, mut b) = (Link::new(a), Link::new(b));
-        a.send_params(1, &[1.0, 2.0, 3.0], Encoding::F32, 64)
-            .await
-            .unwrap();
+        let c = chunking(3, 64, Encoding::F32).unwrap();
+        a.send_params(1, &[1.0, 2.0, 3.0], &c).await.unwrap();
         let mut out = [0.0f32; 3];
         assert!(matches!(
-            b.recv_params(2, &mut out).await,
+            b.recv_params(2, &mut out, &c).await,
+            Err(LinkError::Protocol(_))
+        ));
+        // In order, but one chunk twice.
+        let c = chunking(40, 64, Encoding::F32).unwrap();
+        let params = [0.5f32; 40];
+        let first = Span {
+            offset: 0,
+            count: 1,
+        };
+        a.send_chunks(3, &params, first, &c).await.unwrap();
+        a.send_chunks(3, &params, first, &c).await.unwrap();
+        let mut out = [0.0f32; 40];
+        assert!(matches!(
+            b.recv_params(3, &mut out, &c).await,
             Err(LinkError::Protocol(_))
         ));
     }

@@ -6,15 +6,12 @@
 //! buffers live inside the device value) and hand them to the device loop.
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use fedcore::device::{Device, DeviceError, Firmware, Footprint, LinkCounters};
 use fedcore::model::ModelSpec;
 use fedcore::protocol::Encoding;
 use fedcore::scalar::{Fixed, Scalar};
-use fedhost::dataset::Shard;
-use fedhost::partition::Partition;
+use fedhost::share::Share;
 
 use crate::uart::{BoardClock, SimUart, UartCounters};
 
@@ -26,9 +23,6 @@ pub enum Numeric {
     /// IEEE f32 (a device with an FPU).
     F32,
 }
-
-/// Frame sizes a device can be built with.
-pub const FRAME_SIZES: [usize; 3] = [256, 512, 1024];
 
 /// Why a device could not boot or run.
 #[derive(Debug, thiserror::Error)]
@@ -52,44 +46,6 @@ pub enum BoardError {
     Boot(#[from] fedcore::Error),
 }
 
-/// Which share of a dataset the device holds.
-#[derive(Debug, Clone)]
-pub struct DataShare {
-    /// Directory of the IDX files.
-    pub dir: PathBuf,
-    /// This device's index among `count` participants.
-    pub index: usize,
-    /// How many participants share the data.
-    pub count: usize,
-    /// How the data is split.
-    pub partition: Partition,
-    /// The partition's seed (the same for the whole federation).
-    pub seed: u64,
-}
-
-/// The device's data, kept as bytes (its flash).
-#[derive(Debug)]
-pub struct LocalData {
-    /// Training samples.
-    pub train: Shard,
-    /// Test samples.
-    pub test: Shard,
-}
-
-/// Loads the device's share of the data: only its own samples are read.
-pub fn load_data(share: &DataShare) -> anyhow::Result<LocalData> {
-    let labels = fedhost::dataset::load_labels(&share.dir)?;
-    let a = share
-        .partition
-        .assign(&labels, share.index, share.count, share.seed)?;
-    let wanted = a.train.iter().chain(&a.test).copied();
-    let pool = Arc::new(fedhost::dataset::load_pool(&share.dir, &labels, wanted)?);
-    Ok(LocalData {
-        train: Shard::new(Arc::clone(&pool), a.train),
-        test: Shard::new(pool, a.test),
-    })
-}
-
 /// What the firmware is built as.
 #[derive(Debug, Clone)]
 pub struct Build {
@@ -105,6 +61,8 @@ pub struct Build {
     pub max_frame: usize,
     /// RAM in bytes.
     pub ram: usize,
+    /// Its UART's baud rate, `None` when the line is not paced.
+    pub baud: Option<u32>,
 }
 
 impl Build {
@@ -153,7 +111,7 @@ impl std::fmt::Display for Report {
 }
 
 /// Boots the firmware on `uart` with `data` and runs it until the server says goodbye.
-pub fn run(build: &Build, data: &LocalData, uart: SimUart) -> Result<Report, BoardError> {
+pub fn run(build: &Build, data: &Share, uart: SimUart) -> Result<Report, BoardError> {
     build.footprint()?;
     match (build.numeric, build.max_frame) {
         (Numeric::Fixed, 256) => run_as::<Fixed, 256>(build, data, uart),
@@ -168,7 +126,7 @@ pub fn run(build: &Build, data: &LocalData, uart: SimUart) -> Result<Report, Boa
 
 fn run_as<S: Scalar, const F: usize>(
     build: &Build,
-    data: &LocalData,
+    data: &Share,
     uart: SimUart,
 ) -> Result<Report, BoardError> {
     // The one allocation: parameters and trainer memory, sized at boot.
@@ -177,6 +135,7 @@ fn run_as<S: Scalar, const F: usize>(
         name: &build.name,
         model: build.model.clone(),
         encoding: build.encoding,
+        baud: build.baud,
     };
     let mut device: Device<'_, S, _, _, _, F> = Device::boot(
         firmware,

@@ -11,8 +11,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use fedcore::model::ModelSpec;
 use fedcore::protocol::Encoding;
+use fedhost::dataset::DEFAULT_DATA_DIR;
 use fedhost::partition::Partition;
-use firmware_sim::board::{self, Build, DataShare, Numeric};
+use fedhost::share::ShareSpec;
+use firmware_sim::board::{self, Build, Numeric};
 use firmware_sim::line::{Line, LineChoice};
 use firmware_sim::uart::SimUart;
 
@@ -42,14 +44,14 @@ struct Cli {
     /// Number type of training.
     #[arg(long, value_enum, default_value_t = Numeric::Fixed)]
     numeric: Numeric,
-    /// Parameter encoding on the wire: int8 (a quarter of the bytes), q16 or f32.
-    #[arg(long, value_parser = parse_encoding, default_value = "int8")]
-    encoding: Encoding,
+    /// Parameter encoding on the wire.
+    #[arg(long, value_enum, default_value_t = WireEncoding::Int8)]
+    encoding: WireEncoding,
     /// Largest frame the device receives, in bytes: 256, 512 or 1024.
     #[arg(long, default_value_t = 256)]
     max_frame: usize,
     /// Directory of the IDX files (gzip or raw), checked against its SHA256SUMS.
-    #[arg(long, default_value = "data/mnist")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// This device's share of the data: index/count, e.g. 4/6.
     #[arg(long, value_parser = parse_shard, default_value = "0/1")]
@@ -81,12 +83,24 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
-fn parse_encoding(s: &str) -> Result<Encoding, String> {
-    match s {
-        "int8" => Ok(Encoding::Int8),
-        "q16" => Ok(Encoding::Q16),
-        "f32" => Ok(Encoding::F32),
-        _ => Err(format!("expected int8, q16 or f32, got {s:?}")),
+/// fedcore's wire encodings, as the `--encoding` flag names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WireEncoding {
+    /// One byte a value and a scale per chunk: a quarter of the bytes.
+    Int8,
+    /// Q16.16, four bytes a value: exact for a fixed-point device.
+    Q16,
+    /// IEEE f32, four bytes a value.
+    F32,
+}
+
+impl From<WireEncoding> for Encoding {
+    fn from(e: WireEncoding) -> Self {
+        match e {
+            WireEncoding::Int8 => Encoding::Int8,
+            WireEncoding::Q16 => Encoding::Q16,
+            WireEncoding::F32 => Encoding::F32,
+        }
     }
 }
 
@@ -112,19 +126,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         name: cli.name,
         model: cli.model,
         numeric: cli.numeric,
-        encoding: cli.encoding,
+        encoding: cli.encoding.into(),
         max_frame: cli.max_frame,
         ram: cli.ram_kb * 1024,
+        baud: (cli.baud > 0).then_some(cli.baud),
     };
     let footprint = build.footprint()?;
     let (index, count) = cli.shard;
-    let data = board::load_data(&DataShare {
+    let spec = ShareSpec {
         dir: cli.data_dir,
-        index,
-        count,
         partition: cli.partition,
+        count,
         seed: cli.seed,
-    })?;
+    };
+    let data = spec.load(index..index + 1)?.remove(0);
     let choice = match cli.port {
         Some(path) => LineChoice::Port {
             path,
@@ -145,8 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         data.test.indices().len()
     ));
     let port = line.device.try_clone()?;
-    let baud = (cli.baud > 0).then_some(cli.baud);
-    let uart = SimUart::new(port, baud, cli.link_ber, cli.seed ^ index as u64);
+    let uart = SimUart::new(port, build.baud, cli.link_ber, cli.seed ^ index as u64);
     let report = board::run(&build, &data, uart)?;
     board::say(format_args!("the server said goodbye; {report}"));
     drop(line);

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use host_server::history::{History, LinkKind};
+use host_server::history::{History, LinkKind, Phase};
 use support::*;
 
 /// A running firmware-sim: its process, the line it serves, and the rest of its output.
@@ -206,7 +206,7 @@ fn a_device_that_vanishes_is_left_out_and_rejoins_later() {
         .find(|r| {
             r.failures
                 .iter()
-                .any(|f| f.name == "device" && f.phase == "fit")
+                .any(|f| f.name == "device" && f.phase == Phase::Fit && f.kind.is_some())
         })
         .expect("the round the device vanished in records it as failed");
     assert_eq!(lost.round, 2);

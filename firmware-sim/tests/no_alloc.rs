@@ -20,7 +20,7 @@ use fedcore::model::ModelSpec;
 use fedcore::protocol::Encoding;
 use fedcore::scalar::{Fixed, Scalar};
 use fedhost::partition::Partition;
-use firmware_sim::board::{DataShare, load_data};
+use fedhost::share::ShareSpec;
 use firmware_sim::line::Line;
 use firmware_sim::uart::{BoardClock, SimUart};
 use host_server::history::History;
@@ -69,14 +69,13 @@ fn allocations_after_boot<S: Scalar>(name: &str) -> usize {
     let line = Line::pty(None).unwrap();
     let path = line.path.to_str().unwrap().to_string();
     let (mut server, _addr) = start_federation(&out, 2, "mlp:784-32-10", 1, &["--serial", &path]);
-    let local = load_data(&DataShare {
+    let spec = ShareSpec {
         dir: data,
-        index: 0,
-        count: 1,
         partition: Partition::Iid,
+        count: 1,
         seed: 0,
-    })
-    .unwrap();
+    };
+    let local = spec.load(0..1).unwrap().remove(0);
     let port = line.device.try_clone().unwrap();
     let counted = std::thread::scope(|scope| {
         scope
@@ -87,6 +86,7 @@ fn allocations_after_boot<S: Scalar>(name: &str) -> usize {
                     name,
                     model,
                     encoding: Encoding::Int8,
+                    baud: None,
                 };
                 let uart = SimUart::new(port, None, 0.0, 0);
                 let mut device: Device<'_, S, _, _, _, 256> = Device::boot(

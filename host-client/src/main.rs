@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedcore::train::{TrainConfig, Trainer};
-use fedhost::dataset::Shard;
+use fedhost::dataset::DEFAULT_DATA_DIR;
+use fedhost::link::DEFAULT_ADDRESS;
 use fedhost::partition::Partition;
-use host_client::participant::{self, ClientData, ParticipantConfig};
+use fedhost::share::ShareSpec;
+use host_client::participant::{self, ParticipantConfig};
 use tokio::sync::Semaphore;
 
 /// A participant of the federation: trains on its share of a dataset when the server asks.
@@ -27,7 +29,7 @@ struct Cli {
 #[derive(clap::Args, Debug)]
 struct JoinArgs {
     /// Server address (host:port).
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    #[arg(long, default_value = DEFAULT_ADDRESS)]
     server: String,
     /// This client's index among --num-clients (the first one when --clients > 1).
     #[arg(long, default_value_t = 0)]
@@ -45,7 +47,7 @@ struct JoinArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Directory of the IDX files (gzip or raw), checked against its SHA256SUMS.
-    #[arg(long, default_value = "data/mnist")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// Seconds to keep trying to reach the server.
     #[arg(long, default_value_t = 60)]
@@ -63,7 +65,7 @@ enum Command {
         #[arg(long)]
         model_file: PathBuf,
         /// Directory of the IDX files.
-        #[arg(long, default_value = "data/mnist")]
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
 }
@@ -109,27 +111,19 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
         );
     }
     // Shares are computed from the labels alone; then only this process's samples are loaded.
-    let labels = fedhost::dataset::load_labels(&args.data_dir)?;
-    let assignments = (first..first + n)
-        .map(|i| args.partition.assign(&labels, i, total, args.seed))
-        .collect::<Result<Vec<_>, _>>()?;
-    let wanted = assignments
-        .iter()
-        .flat_map(|a| a.train.iter().chain(&a.test).copied());
-    let pool = Arc::new(fedhost::dataset::load_pool(
-        &args.data_dir,
-        &labels,
-        wanted,
-    )?);
+    let spec = ShareSpec {
+        dir: args.data_dir,
+        partition: args.partition,
+        count: total,
+        seed: args.seed,
+    };
+    let shares = spec.load(first..first + n)?;
     let cores = Arc::new(Semaphore::new(
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, a) in (first..).zip(assignments) {
-        let data = Arc::new(ClientData {
-            train: Shard::new(Arc::clone(&pool), a.train),
-            test: Shard::new(Arc::clone(&pool), a.test),
-        });
+    for (index, share) in (first..).zip(shares) {
+        let data = Arc::new(share);
         let config = ParticipantConfig {
             server: args.server.clone(),
             name: format!("{}-{index}", args.name),
@@ -147,12 +141,8 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
 fn evaluate(model_file: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
     let (spec, params) = fedhost::model_file::load(model_file)?;
     let test = fedhost::dataset::load_test(data_dir)?;
-    let cfg = TrainConfig {
-        batch_size: 64,
-        momentum: 0.0,
-        ..TrainConfig::default()
-    };
-    let stats = Trainer::<f32, _>::new(&spec, &cfg)?.evaluate(&params, &test)?;
+    let stats =
+        Trainer::<f32, _>::new(&spec, &TrainConfig::evaluation())?.evaluate(&params, &test)?;
     println!(
         "model {spec}: accuracy {:.2}% ({} of {}), loss {:.4}",
         100.0 * stats.accuracy(),

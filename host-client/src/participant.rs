@@ -6,23 +6,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use fedcore::data::Dataset;
 use fedcore::model::ModelSpec;
+use fedcore::protocol::transfer::Chunking;
 use fedcore::protocol::{
     Encoding, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION, ParticipantKind,
 };
 use fedcore::train::{TrainConfig, Trainer};
 use fedhost::dataset::Shard;
-use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
+use fedhost::link::{HOST_MAX_FRAME, Link, LinkError, chunking};
+use fedhost::share::Share;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-
-/// A participant's samples.
-#[derive(Debug, Clone)]
-pub struct ClientData {
-    /// Samples to train on.
-    pub train: Shard,
-    /// Samples to evaluate on.
-    pub test: Shard,
-}
 
 /// Settings of one participant.
 #[derive(Debug, Clone)]
@@ -40,7 +33,7 @@ pub struct ParticipantConfig {
 /// participant gives up when the server stays unreachable for the connect timeout.
 pub async fn run(
     config: ParticipantConfig,
-    data: Arc<ClientData>,
+    data: Arc<Share>,
     cores: Arc<Semaphore>,
 ) -> anyhow::Result<String> {
     let mut state = State {
@@ -61,7 +54,7 @@ pub async fn run(
 }
 
 struct State {
-    data: Arc<ClientData>,
+    data: Arc<Share>,
     cores: Arc<Semaphore>,
     /// The model, once the server has named it.
     model: Option<Model>,
@@ -71,6 +64,8 @@ struct State {
 struct Model {
     spec: ModelSpec,
     params: Vec<f32>,
+    /// How the parameters are cut into chunks, both ways (this client's frames, f32).
+    chunking: Chunking,
     /// Kept between rounds so its arena is allocated once.
     trainer: Option<Trainer<f32, Vec<f32>>>,
 }
@@ -149,8 +144,12 @@ async fn session(
         }
     };
     if state.model.as_ref().is_none_or(|m| m.spec != spec) {
+        let chunking = chunking(spec.param_count(), HOST_MAX_FRAME, Encoding::F32)
+            .context("the federation's model")
+            .map_err(SessionError::Fatal)?;
         state.model = Some(Model {
             params: vec![0.0; spec.param_count()],
+            chunking,
             spec: spec.clone(),
             trainer: None,
         });
@@ -161,7 +160,8 @@ async fn session(
         match message {
             Message::FitIns(ins) => {
                 let model = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
-                link.recv_params(ins.round, &mut model.params).await?;
+                link.recv_params(ins.round, &mut model.params, &model.chunking)
+                    .await?;
                 if ins.evaluate_first {
                     // The parameters are the aggregate of the previous round: score them first.
                     let res = evaluate(
@@ -185,7 +185,7 @@ async fn session(
                 .await?;
                 let seconds = t.elapsed().as_secs_f32();
                 tracing::info!(round = ins.round, seconds, loss = stats.loss(), "trained");
-                link.send_params(ins.round, &model.params, Encoding::F32, HOST_MAX_FRAME)
+                link.send_params(ins.round, &model.params, &model.chunking)
                     .await?;
                 let (examples, loss, accuracy) = (stats.examples, stats.loss(), stats.accuracy());
                 link.send(&Message::FitRes(FitRes {
@@ -199,7 +199,8 @@ async fn session(
             }
             Message::EvaluateIns(ins) => {
                 let model = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
-                link.recv_params(ins.round, &mut model.params).await?;
+                link.recv_params(ins.round, &mut model.params, &model.chunking)
+                    .await?;
                 let res = evaluate(&state.cores, model, &state.data.test, ins.round).await?;
                 link.send(&Message::EvaluateRes(res)).await?;
             }
@@ -225,13 +226,10 @@ async fn evaluate(
     round: u32,
 ) -> Result<EvaluateRes, SessionError> {
     let t = Instant::now();
-    // Evaluation needs no optimizer state: the training arena is reused at batch
-    // 32 (a larger batch would allocate a larger activation arena per client).
-    let cfg = TrainConfig {
-        momentum: 0.0,
-        ..TrainConfig::default()
-    };
-    let stats = compute(cores, model, cfg, test, |t, p, d| t.evaluate(p, d)).await?;
+    let stats = compute(cores, model, TrainConfig::evaluation(), test, |t, p, d| {
+        t.evaluate(p, d)
+    })
+    .await?;
     let (examples, loss, accuracy) = (stats.examples, stats.loss(), stats.accuracy());
     Ok(EvaluateRes {
         round,

@@ -1,4 +1,4 @@
-//! The server's settings: what the CLI gives and what the history records.
+//! The server's settings: what the CLI gives, their validation, and what the history records.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,8 +11,30 @@ use fedcore::model::ModelSpec;
 use fedcore::train::TrainConfig;
 use serde::Serialize;
 
+/// Why a configuration cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A fraction flag outside [0, 1].
+    #[error("{flag} must be between 0 and 1, got {value}")]
+    Fraction {
+        /// The flag.
+        flag: &'static str,
+        /// What it was given.
+        value: f64,
+    },
+    /// The trim fraction outside [0, 0.5).
+    #[error("--trim-fraction must be in [0, 0.5), got {0}")]
+    TrimFraction(f32),
+    /// A server-optimizer override that is negative or not a number.
+    #[error("--server-lr, --server-momentum and --tau must be finite numbers >= 0")]
+    ServerTuning,
+    /// The local training settings.
+    #[error("{0}")]
+    Train(#[from] fedcore::Error),
+}
+
 /// How client updates become the next global model.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Example-weighted mean.
@@ -33,28 +55,12 @@ pub enum Strategy {
     TrimmedMean,
 }
 
-impl FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "fedavg" => Strategy::Fedavg,
-            "fedavgm" => Strategy::Fedavgm,
-            "fedprox" => Strategy::Fedprox,
-            "fedadam" => Strategy::Fedadam,
-            "fedyogi" => Strategy::Fedyogi,
-            "fedadagrad" => Strategy::Fedadagrad,
-            "median" => Strategy::Median,
-            "trimmed-mean" => Strategy::TrimmedMean,
-            _ => {
-                return Err(format!(
-                    "unknown strategy '{s}': use fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, median or trimmed-mean"
-                ));
-            }
-        })
-    }
-}
-
 impl Strategy {
+    /// The proximal coefficient clients train with: `mu` for FedProx, 0 otherwise.
+    pub fn local_mu(&self, mu: f32) -> f32 {
+        if *self == Strategy::Fedprox { mu } else { 0.0 }
+    }
+
     /// The server optimizer applied after averaging (FedAvg for the plain
     /// strategies), with Flower's defaults where `tuning` leaves a value unset.
     pub fn server_opt(&self, tuning: &ServerTuning) -> ServerOpt {
@@ -116,6 +122,21 @@ pub struct ServerTuning {
     pub momentum: Option<f32>,
     /// Adaptivity of FedAdagrad/FedAdam/FedYogi (1e-9).
     pub tau: Option<f32>,
+}
+
+impl ServerTuning {
+    /// Checks every override given is a finite number >= 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |v: f32| !(v >= 0.0 && v.is_finite());
+        if [self.lr, self.momentum, self.tau]
+            .into_iter()
+            .flatten()
+            .any(bad)
+        {
+            return Err(ConfigError::ServerTuning);
+        }
+        Ok(())
+    }
 }
 
 /// Everything a run needs.
@@ -211,6 +232,23 @@ fn as_seconds<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Erro
 }
 
 impl ServerConfig {
+    /// Checks the settings that the CLI's types alone do not bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.train.validate()?;
+        for (flag, value) in [
+            ("--fraction-fit", self.fraction_fit),
+            ("--fraction-evaluate", self.fraction_evaluate),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ConfigError::Fraction { flag, value });
+            }
+        }
+        if !(0.0..0.5).contains(&self.trim_fraction) {
+            return Err(ConfigError::TrimFraction(self.trim_fraction));
+        }
+        Ok(())
+    }
+
     /// How many of `available` clients to sample, given a fraction and a minimum (as Flower does).
     pub fn sample_size(available: usize, fraction: f64, min: usize) -> usize {
         ((available as f64 * fraction) as usize)
@@ -240,8 +278,14 @@ mod tests {
 
     #[test]
     fn strategies_parse_and_sampling_follows_flower() {
-        assert_eq!("trimmed-mean".parse(), Ok(Strategy::TrimmedMean));
-        assert!("fedsgd".parse::<Strategy>().is_err());
+        use clap::ValueEnum;
+        assert_eq!(
+            Strategy::from_str("trimmed-mean", false),
+            Ok(Strategy::TrimmedMean)
+        );
+        assert!(Strategy::from_str("fedsgd", false).is_err());
+        assert_eq!(Strategy::Fedprox.local_mu(0.5), 0.5);
+        assert_eq!(Strategy::Fedavg.local_mu(0.5), 0.0);
         assert_eq!(ServerConfig::sample_size(10, 0.5, 2), 5);
         assert_eq!(ServerConfig::sample_size(10, 0.1, 2), 2);
         assert_eq!(ServerConfig::sample_size(3, 1.0, 5), 3);
@@ -274,5 +318,16 @@ mod tests {
             }
         );
         assert_eq!(Strategy::Median.server_opt(&tuned), ServerOpt::FedAvg);
+        assert!(tuned.validate().is_ok());
+        let negative = ServerTuning {
+            lr: Some(-1.0),
+            ..ServerTuning::default()
+        };
+        assert!(negative.validate().is_err());
+        let nan = ServerTuning {
+            tau: Some(f32::NAN),
+            ..ServerTuning::default()
+        };
+        assert!(nan.validate().is_err());
     }
 }

@@ -1,37 +1,28 @@
 //! One job's conversation with a participant: the instruction and the global
 //! model go out, results (and for a fit, the update) come back.
 //!
+//! A thin driver of fedcore's transfer engine ([`fedcore::protocol::transfer`]).
 //! Over TCP the conversation is strict: bytes arrive intact and in order, so a
 //! damaged frame or a message out of turn ends it. A serial line loses and
-//! corrupts bytes, so there the server keeps going: it ticks the update's
-//! chunks off as they come (in any order), skips damaged frames, asks with a
-//! `Nack` for exactly what is missing after a gap in the offsets or
-//! [`GAP`] of silence, resends whatever the device asks for, and ignores stale
-//! messages of earlier rounds. [`MAX_RETRIES`] unanswered requests in a row
-//! mean the link has stalled, and the job fails cleanly.
+//! corrupts bytes, so there the server keeps going: its [`Receiver`] ticks the
+//! update's chunks off as they come (in any order), damaged frames are skipped,
+//! exactly what is missing is asked for with a `Nack` after a gap in the
+//! offsets or a silence of the line's [`RetryPolicy`] gap, whatever the device
+//! asks for is resent, and stale messages of earlier rounds are ignored. A run
+//! of unanswered requests means the link has stalled, and the job fails cleanly.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedcore::protocol::transfer::{Arrival, Chunks, Span};
-use fedcore::protocol::{
-    Encoding, EvaluateIns, EvaluateRes, FitIns, FitRes, Message, Nack, Resend,
-};
-use fedcore::train::TrainConfig;
-use fedhost::link::{Link, LinkError, values_per_chunk};
+use fedcore::protocol::transfer::{Arrival, Chunking, Receiver, Retries, RetryPolicy, Span};
+use fedcore::protocol::{Encoding, EvaluateIns, FitIns, Message, Nack, Resend};
+use fedhost::link::{Link, LinkError, chunking};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::history::LinkKind;
-
-/// Silence in the middle of a transfer after which the server asks for what is missing.
-pub const GAP: Duration = Duration::from_secs(1);
-/// Resend requests in a row that may go unanswered before the link counts as stalled.
-pub const MAX_RETRIES: u32 = 8;
-/// Longest wait between two requests for an evaluation result that has not come.
-const RESULT_BACKOFF_CAP: Duration = Duration::from_secs(8);
+use crate::history::{LinkKind, Traffic};
+use crate::job::{EvaluateDone, FitDone, FitJob, JobError};
 
 /// What the server knows of a participant's link.
 #[derive(Debug, Clone, Copy)]
@@ -42,75 +33,27 @@ pub struct Peer {
     pub encoding: Encoding,
     /// Largest frame it takes (and sends).
     pub max_frame: usize,
+    /// On a lossy line, when to ask again and when to give up; `None` over TCP.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Peer {
-    /// Values in each parameter chunk, both ways.
-    pub fn per_chunk(&self) -> usize {
-        values_per_chunk(self.max_frame, self.encoding)
+    /// How a vector of `total` values is cut for this peer, both ways.
+    pub fn chunking(&self, total: usize) -> Result<Chunking, JobError> {
+        chunking(total, self.max_frame, self.encoding)
+            .map_err(|e| JobError::Protocol(format!("cannot cut the model for this peer: {e}")))
     }
 
     fn lossy(&self) -> bool {
-        self.kind == LinkKind::Serial
+        self.retry.is_some()
     }
-}
-
-/// Bytes, time and repairs of one exchange.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Exchange {
-    /// Bytes the server sent.
-    pub bytes_sent: u64,
-    /// Bytes the server received.
-    pub bytes_received: u64,
-    /// Seconds from instruction to answer.
-    pub seconds: f64,
-    /// Of those, seconds the link was busy or waited on (all but the
-    /// participant's own reported compute time).
-    pub link_seconds: f64,
-    /// Resend requests, both ways.
-    pub resends: u32,
-}
-
-/// A finished fit: the participant's parameters, staged in an upload slot.
-pub struct FitDone {
-    /// The trained parameters.
-    pub params: Vec<f32>,
-    /// Its report.
-    pub res: FitRes,
-    /// Its evaluation of the previous aggregate, when asked for.
-    pub evaluation: Option<EvaluateRes>,
-    /// Bytes and time.
-    pub exchange: Exchange,
-    /// The upload slot, freed when this is dropped (after folding).
-    pub slot: OwnedSemaphorePermit,
-}
-
-/// A finished evaluation.
-pub struct EvaluateDone {
-    /// Its report.
-    pub res: EvaluateRes,
-    /// Bytes and time.
-    pub exchange: Exchange,
-}
-
-/// The instruction part of a fit job.
-#[derive(Debug, Clone, Copy)]
-pub struct FitJob {
-    /// Round number.
-    pub round: u32,
-    /// Local training settings.
-    pub config: TrainConfig,
-    /// Seed for the participant's sample order.
-    pub seed: u64,
-    /// Score the global model before training on it.
-    pub evaluate_first: bool,
 }
 
 /// What one received frame amounted to (copied out of the link's buffer).
 enum Heard {
     Chunk(Arrival),
-    FitRes(FitRes),
-    EvaluateRes(EvaluateRes),
+    FitRes(fedcore::protocol::FitRes),
+    EvaluateRes(fedcore::protocol::EvaluateRes),
     Nack(Nack),
     /// Nothing came for a while.
     Silence,
@@ -118,12 +61,10 @@ enum Heard {
     Ignored,
 }
 
-/// The update coming back, in an upload slot.
+/// The update coming back.
 struct Upload {
     params: Vec<f32>,
-    chunks: Chunks<Vec<u32>>,
-    started: bool,
-    slot: OwnedSemaphorePermit,
+    receiver: Receiver<Vec<u32>>,
 }
 
 /// One conversation: the instruction, the model sent, and the running tallies.
@@ -133,11 +74,12 @@ struct Conversation<'a, T> {
     round: u32,
     instruction: Message<'static>,
     global: &'a [f32],
+    chunking: Chunking,
+    retries: Retries,
     start: Instant,
     sent: u64,
     received: u64,
     resends: u32,
-    retries: u32,
 }
 
 /// Runs a fit: instruction and model out; evaluation (if asked), update and report back.
@@ -147,7 +89,7 @@ pub async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
     job: FitJob,
     global: &[f32],
     peer: Peer,
-) -> Result<FitDone, String> {
+) -> Result<FitDone, JobError> {
     let FitJob {
         round,
         config,
@@ -161,66 +103,69 @@ pub async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
         evaluate_first,
     });
     let mut talk = Conversation::open(link, peer, round, instruction, global).await?;
+    // The semaphore is never closed while connection tasks run.
     let slot = Arc::clone(uploads)
         .acquire_owned()
         .await
-        .map_err(|e| e.to_string())?;
-    let total = global.len() as u32;
-    let per_chunk = peer.per_chunk() as u32;
-    let mut chunks = Chunks::new(vec![0u32; Chunks::<Vec<u32>>::words(total, per_chunk)]);
-    chunks.start(total, per_chunk).map_err(|e| e.to_string())?;
+        .map_err(|_| JobError::Gone)?;
+    let words = Receiver::<Vec<u32>>::words(talk.chunking.total(), talk.chunking.per_chunk());
     let mut upload = Upload {
         params: vec![0.0; global.len()],
-        chunks,
-        started: false,
-        slot,
+        receiver: Receiver::new(vec![0u32; words]),
     };
+    upload
+        .receiver
+        .start(round, &talk.chunking)
+        .map_err(|e| JobError::Protocol(e.to_string()))?;
     let (mut res, mut evaluation) = (None, None);
     let previous = round.saturating_sub(1);
     loop {
-        let missing = upload.chunks.first_missing();
+        let missing = upload.receiver.missing();
         if missing.is_none() && res.is_some() && (evaluation.is_some() || !evaluate_first) {
             break;
         }
         // Until the update starts, the participant is training: only the deadline limits that.
-        let wait = (peer.lossy() && (upload.started || res.is_some())).then_some(GAP);
-        match talk.hear(wait, Some(&mut upload)).await? {
+        let waiting = upload.receiver.has_started() || res.is_some();
+        let gap = talk.gap().filter(|_| waiting);
+        match talk.hear(gap, Some(&mut upload)).await? {
             Heard::Chunk(Arrival::New {
                 skipped: Some(Span { offset, count }),
-            }) => talk.nack(Resend::Values { offset, count }).await?,
-            Heard::Chunk(_) => talk.retries = 0,
+            }) => talk.nack(round, Resend::Values { offset, count }).await?,
+            Heard::Chunk(_) => talk.retries.progress(),
             Heard::FitRes(r) if r.round == round => {
                 res = Some(r);
-                if let Some(Span { offset, count }) = upload.chunks.first_missing() {
+                if let Some(Span { offset, count }) = upload.receiver.missing() {
                     if !peer.lossy() {
-                        return Err(format!(
-                            "the update ended with {count} of its {total} values missing"
-                        ));
+                        return Err(JobError::Protocol(format!(
+                            "the update ended with {count} of its {} values missing",
+                            global.len()
+                        )));
                     }
-                    talk.nack(Resend::Values { offset, count }).await?;
+                    talk.nack(round, Resend::Values { offset, count }).await?;
                 }
             }
             Heard::EvaluateRes(r) if evaluate_first && r.round == previous => evaluation = Some(r),
             Heard::Nack(nack) => talk.answer(nack).await?,
             Heard::Silence => {
-                let want = match missing {
+                talk.silence()?;
+                let (round, want) = match missing {
                     Some(Span { offset, count }) => (round, Resend::Values { offset, count }),
                     None if res.is_none() => (round, Resend::Result),
                     None => (previous, Resend::Result),
                 };
-                talk.retry(want.0, want.1).await?;
+                talk.nack(round, want).await?;
             }
             Heard::FitRes(_) | Heard::EvaluateRes(_) | Heard::Ignored => {}
         }
     }
-    let res = res.ok_or("no training report")?;
+    let res = res.ok_or_else(|| JobError::Protocol("no training report".into()))?;
     let compute = f64::from(res.seconds) + evaluation.map_or(0.0, |e| f64::from(e.seconds));
     Ok(FitDone {
         params: upload.params,
         res,
         evaluation,
-        exchange: talk.exchange(compute),
-        slot: upload.slot,
+        traffic: talk.traffic(compute),
+        slot,
     })
 }
 
@@ -230,28 +175,34 @@ pub async fn evaluate<T: AsyncRead + AsyncWrite + Unpin>(
     round: u32,
     global: &[f32],
     peer: Peer,
-) -> Result<EvaluateDone, String> {
+) -> Result<EvaluateDone, JobError> {
     let instruction = Message::EvaluateIns(EvaluateIns { round });
     let mut talk = Conversation::open(link, peer, round, instruction, global).await?;
-    let mut backoff = GAP;
+    let mut backoff = talk.gap();
     let res = loop {
-        let wait = peer.lossy().then_some(backoff);
-        match talk.hear(wait, None).await? {
+        match talk.hear(backoff, None).await? {
             Heard::EvaluateRes(r) if r.round == round => break r,
             Heard::Nack(nack) => talk.answer(nack).await?,
             Heard::Silence => {
                 // The report may have been lost, or the device is still computing:
                 // ask again, less and less often (the round deadline bounds this).
-                talk.nack(Resend::Result).await?;
-                backoff = (backoff * 2).min(RESULT_BACKOFF_CAP);
+                talk.nack(round, Resend::Result).await?;
+                backoff = peer
+                    .retry
+                    .zip(backoff)
+                    .map(|(policy, wait)| ms(policy.backoff(wait.as_millis() as u64)));
             }
             _ => {}
         }
     };
     Ok(EvaluateDone {
-        exchange: talk.exchange(f64::from(res.seconds)),
+        traffic: talk.traffic(f64::from(res.seconds)),
         res,
     })
+}
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
 }
 
 impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
@@ -262,39 +213,37 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
         round: u32,
         instruction: Message<'static>,
         global: &'a [f32],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, JobError> {
         let (sent, received) = (link.bytes_sent(), link.bytes_received());
+        let chunking = peer.chunking(global.len())?;
         let mut talk = Conversation {
             link,
             peer,
             round,
             instruction,
             global,
+            chunking,
+            retries: Retries::new(peer.retry.unwrap_or(RetryPolicy::for_line(None, 0))),
             start: Instant::now(),
             sent,
             received,
             resends: 0,
-            retries: 0,
         };
-        talk.link
-            .send(&talk.instruction)
-            .await
-            .map_err(|e| e.to_string())?;
-        talk.send_values(0..global.len()).await?;
+        talk.link.send(&talk.instruction).await?;
+        talk.send_values(Span::all(talk.chunking.total())).await?;
         Ok(talk)
     }
 
-    async fn send_values(&mut self, range: Range<usize>) -> Result<(), String> {
-        self.link
-            .send_chunks(
-                self.round,
-                self.global,
-                range,
-                self.peer.encoding,
-                self.peer.per_chunk(),
-            )
-            .await
-            .map_err(|e| e.to_string())
+    /// The silence after which to ask again, on a lossy link.
+    fn gap(&self) -> Option<Duration> {
+        self.peer.retry.map(|_| ms(self.retries.gap_ms()))
+    }
+
+    async fn send_values(&mut self, span: Span) -> Result<(), JobError> {
+        Ok(self
+            .link
+            .send_chunks(self.round, self.global, span, &self.chunking)
+            .await?)
     }
 
     /// Receives the next frame (waiting at most `wait`, when given) and makes
@@ -303,7 +252,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
         &mut self,
         wait: Option<Duration>,
         upload: Option<&mut Upload>,
-    ) -> Result<Heard, String> {
+    ) -> Result<Heard, JobError> {
         let lossy = self.peer.lossy();
         let received = match wait {
             Some(wait) => match tokio::time::timeout(wait, self.link.recv()).await {
@@ -315,98 +264,71 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
         let message = match received {
             Ok(message) => message,
             Err(LinkError::Frame(_)) if lossy => return Ok(Heard::Ignored),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
-        let unexpected = |what: &Message<'_>| -> Result<Heard, String> {
+        let unexpected = |what: &Message<'_>| -> Result<Heard, JobError> {
             if lossy {
                 Ok(Heard::Ignored)
             } else {
-                Err(format!("unexpected {} from the participant", what.name()))
+                Err(JobError::Protocol(format!(
+                    "unexpected {} from the participant",
+                    what.name()
+                )))
             }
         };
         Ok(match message {
-            Message::ParamChunk(chunk) if chunk.round == self.round => {
+            Message::ParamChunk(chunk) => {
                 let Some(upload) = upload else {
                     return unexpected(&message);
                 };
-                let (offset, len) = (chunk.offset as usize, chunk.values.len());
-                if chunk.total as usize != upload.params.len() {
-                    return Err(format!(
-                        "the update has {} parameters, the model {}",
-                        chunk.total,
-                        upload.params.len()
-                    ));
+                match upload.receiver.accept(&chunk, &mut upload.params) {
+                    Ok(arrival) => Heard::Chunk(arrival),
+                    // A stale resend of an earlier round on a noisy line.
+                    Err(fedcore::Error::ChunkRound { .. }) if lossy => Heard::Ignored,
+                    Err(e) => return Err(JobError::Protocol(format!("the update: {e}"))),
                 }
-                let arrival = upload
-                    .chunks
-                    .arrive(chunk.offset, len)
-                    .map_err(|e| e.to_string())?;
-                if arrival != Arrival::Duplicate {
-                    chunk
-                        .values
-                        .decode(&mut upload.params[offset..offset + len])
-                        .map_err(|e| e.to_string())?;
-                }
-                upload.started = true;
-                Heard::Chunk(arrival)
             }
             Message::FitRes(r) => Heard::FitRes(r),
             Message::EvaluateRes(r) => Heard::EvaluateRes(r),
             Message::Nack(n) if lossy => Heard::Nack(n),
-            Message::Error(e) => return Err(format!("participant error: {}", e.text)),
-            Message::Hello(_) => return Err("the participant restarted".into()),
+            Message::Error(e) => return Err(JobError::Participant(e.text.to_string())),
+            Message::Hello(_) => return Err(JobError::Restarted),
             other => return unexpected(&other),
         })
     }
 
     /// Resends what the participant asked for.
-    async fn answer(&mut self, nack: Nack) -> Result<(), String> {
+    async fn answer(&mut self, nack: Nack) -> Result<(), JobError> {
         if nack.round != self.round {
             return Ok(());
         }
         self.resends += 1;
         match nack.resend {
-            Resend::Values { offset, count } => {
-                let end = (offset as usize).saturating_add(count as usize);
-                self.send_values(offset as usize..end.min(self.global.len()))
-                    .await
-            }
-            Resend::Instruction => self
-                .link
-                .send(&self.instruction)
-                .await
-                .map_err(|e| e.to_string()),
+            Resend::Values { offset, count } => self.send_values(Span { offset, count }).await,
+            Resend::Instruction => Ok(self.link.send(&self.instruction).await?),
             Resend::Result => Ok(()),
         }
     }
 
-    /// Asks for `resend` of `round` after a silence; fails once the link has stalled.
-    async fn retry(&mut self, round: u32, resend: Resend) -> Result<(), String> {
-        self.retries += 1;
-        if self.retries > MAX_RETRIES {
-            return Err(format!(
-                "the link stalled: {MAX_RETRIES} requests to resend went unanswered"
-            ));
-        }
-        self.nack_round(round, resend).await
+    /// Counts a silence; fails once the link has stalled.
+    fn silence(&mut self) -> Result<(), JobError> {
+        self.retries.silence().map_err(|_| JobError::Stalled {
+            requests: self.peer.retry.map_or(0, |p| p.max_retries),
+        })
     }
 
-    async fn nack(&mut self, resend: Resend) -> Result<(), String> {
-        self.nack_round(self.round, resend).await
-    }
-
-    async fn nack_round(&mut self, round: u32, resend: Resend) -> Result<(), String> {
+    async fn nack(&mut self, round: u32, resend: Resend) -> Result<(), JobError> {
         self.resends += 1;
-        self.link
+        Ok(self
+            .link
             .send(&Message::Nack(Nack { round, resend }))
-            .await
-            .map_err(|e| e.to_string())
+            .await?)
     }
 
     /// The exchange's bytes and time; `compute` is what the participant reported computing.
-    fn exchange(&self, compute: f64) -> Exchange {
+    fn traffic(&self, compute: f64) -> Traffic {
         let seconds = self.start.elapsed().as_secs_f64();
-        Exchange {
+        Traffic {
             bytes_sent: self.link.bytes_sent() - self.sent,
             bytes_received: self.link.bytes_received() - self.received,
             seconds,
@@ -422,10 +344,18 @@ mod tests {
     use crate::aggregation::Aggregator;
     use crate::config::Strategy;
     use fedcore::aggregate::ServerOpt;
-    use fedcore::protocol::{ParamChunk, Values};
+    use fedcore::protocol::FitRes;
     use fedcore::scalar::{Fixed, Scalar};
+    use fedcore::train::TrainConfig;
 
-    const PER_CHUNK_FRAME: usize = 256;
+    fn serial_peer() -> Peer {
+        Peer {
+            kind: LinkKind::Serial,
+            encoding: Encoding::Int8,
+            max_frame: 256,
+            retry: Some(RetryPolicy::for_line(Some(115_200), 256)),
+        }
+    }
 
     /// A scripted fixed-point device on the far end of a pipe: it takes the
     /// model, "trains" (adds `delta`), and sends its Q16.16 parameters back as
@@ -433,41 +363,31 @@ mod tests {
     async fn device(
         io: tokio::io::DuplexStream,
         delta: f32,
-        lose: usize,
+        lose: u32,
         examples: u32,
     ) -> Vec<Fixed> {
         let mut link = Link::new(io);
         let Message::FitIns(ins) = link.recv().await.unwrap() else {
             panic!("expected FitIns")
         };
+        let chunking = serial_peer().chunking(1000).unwrap();
         let mut global = vec![0.0f32; 1000];
-        link.recv_params(ins.round, &mut global).await.unwrap();
+        link.recv_params(ins.round, &mut global, &chunking)
+            .await
+            .unwrap();
         let trained: Vec<Fixed> = global
             .iter()
             .enumerate()
             .map(|(i, g)| Fixed::from_f32(g + delta * (i % 7) as f32))
             .collect();
-        let peer = Peer {
-            kind: LinkKind::Serial,
-            encoding: Encoding::Int8,
-            max_frame: PER_CHUNK_FRAME,
-        };
-        let per_chunk = peer.per_chunk();
-        let mut buf = vec![0u8; per_chunk];
-        let mut sent = Vec::new();
-        for (i, chunk) in trained.chunks(per_chunk).enumerate() {
-            if i == lose {
-                continue;
+        let lost = lose * chunking.per_chunk();
+        for offset in chunking.offsets(Span::all(1000)) {
+            if offset != lost {
+                let one = Span { offset, count: 1 };
+                link.send_chunks(ins.round, &trained, one, &chunking)
+                    .await
+                    .unwrap();
             }
-            let values = Values::encode(chunk, Encoding::Int8, &mut buf).unwrap();
-            let message = Message::ParamChunk(ParamChunk {
-                round: ins.round,
-                offset: (i * per_chunk) as u32,
-                total: 1000,
-                values,
-            });
-            link.send(&message).await.unwrap();
-            sent.push(i);
         }
         let res = FitRes {
             round: ins.round,
@@ -486,19 +406,10 @@ mod tests {
             else {
                 continue;
             };
-            assert_eq!(
-                (offset as usize, count as usize),
-                (lose * per_chunk, per_chunk)
-            );
-            let chunk = &trained[offset as usize..(offset + count) as usize];
-            let values = Values::encode(chunk, Encoding::Int8, &mut buf).unwrap();
-            let message = Message::ParamChunk(ParamChunk {
-                round: ins.round,
-                offset,
-                total: 1000,
-                values,
-            });
-            link.send(&message).await.unwrap();
+            assert_eq!((offset, count), (lost, chunking.per_chunk()));
+            link.send_chunks(ins.round, &trained, Span { offset, count }, &chunking)
+                .await
+                .unwrap();
         }
         trained
     }
@@ -510,21 +421,18 @@ mod tests {
         let far = tokio::spawn(device(device_end, 0.01, 3, 300));
         let mut link = Link::new(server_end);
         let uploads = Arc::new(Semaphore::new(1));
-        let peer = Peer {
-            kind: LinkKind::Serial,
-            encoding: Encoding::Int8,
-            max_frame: PER_CHUNK_FRAME,
-        };
         let job = FitJob {
             round: 1,
             config: TrainConfig::default(),
             seed: 0,
             evaluate_first: false,
         };
-        let done = fit(&mut link, &uploads, job, &global, peer).await.unwrap();
+        let done = fit(&mut link, &uploads, job, &global, serial_peer())
+            .await
+            .unwrap();
         drop(link);
         let device_params = far.await.unwrap();
-        assert!(done.exchange.resends >= 1, "the lost chunk was asked for");
+        assert!(done.traffic.resends >= 1, "the lost chunk was asked for");
         assert_eq!(done.res.examples, 300);
 
         // A host's f32 update, weighted 700 to the device's 300.
@@ -537,7 +445,7 @@ mod tests {
         let mut aggregate = global.clone();
         aggregator.finish(&mut aggregate).unwrap();
 
-        let per_chunk = peer.per_chunk();
+        let per_chunk = serial_peer().chunking(1000).unwrap().per_chunk() as usize;
         for (i, got) in aggregate.iter().enumerate() {
             let dev = f64::from(device_params[i].to_f32());
             let exact = (300.0 * dev + 700.0 * f64::from(host[i])) / 1000.0;

@@ -1,27 +1,34 @@
 //! The round loop: sample, send, collect under a deadline, aggregate, evaluate, record.
 //!
-//! Participants come from the TCP listener and from the serial lines named in
-//! the config (one task each, for the whole run); the loop treats them alike.
+//! Participants come from a [`Listener`] (TCP in the binary, in-memory pipes
+//! in tests) and from the serial lines named in the config (one task each, for
+//! the whole run); the loop treats them alike. What each round did is written
+//! down by [`crate::round`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fedcore::aggregate::WeightedMean;
 use fedcore::model::{Plan, init_params};
 use fedcore::rng::Rng;
 use fedcore::train::{Stats, TrainConfig, Trainer};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::aggregation::Aggregator;
 use crate::config::ServerConfig;
-use crate::history::{FailureRecord, History, LinkKind, RoundRecord, Scores};
-use crate::participant::{self, EvaluateDone, FitJob, Handle, Job, Registry, Shared, UPLOAD_SLOTS};
+use crate::history::{History, Phase, RoundRecord};
+use crate::job::{EvaluateDone, FitJob, Job, JobError, Reply};
+use crate::participant::{self, Handle, Registry, Shared, UPLOAD_SLOTS};
+use crate::round::{self, RoundBook};
+
+/// How long the server waits, at the end, for every goodbye to be written.
+const GOODBYE_WAIT: Duration = Duration::from_secs(5);
 
 /// What a finished run produced.
 #[derive(Debug)]
@@ -38,11 +45,49 @@ pub trait Progress {
     fn round(&self, record: &RoundRecord);
 }
 
+/// A source of participant connections.
+pub trait Listener: Send + 'static {
+    /// One connection's byte stream.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection and a name for it in the log; `None` when no more will come.
+    fn accept(&mut self) -> impl Future<Output = Option<(Self::Io, String)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> Option<(Self::Io, String)> {
+        loop {
+            match TcpListener::accept(self).await {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    return Some((socket, peer.to_string()));
+                }
+                Err(e) => {
+                    // Out of file descriptors, say: wait, then go on accepting.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// In-memory connections, for tests: each stream sent is a participant.
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Listener for mpsc::Receiver<T> {
+    type Io = T;
+
+    async fn accept(&mut self) -> Option<(T, String)> {
+        self.recv().await.map(|io| (io, "in-memory".to_string()))
+    }
+}
+
 /// Runs the federation on `listener` until the last round; then says goodbye,
 /// saves the final model, and returns the history.
 pub async fn run(
     config: ServerConfig,
-    listener: TcpListener,
+    listener: impl Listener,
     progress: &dyn Progress,
 ) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&config.out)
@@ -70,33 +115,17 @@ pub async fn run(
     }
     // Each connection task leaves the registry once its goodbye is written: wait for
     // that, so clients hear it before the process exits, instead of a dropped link.
-    shared
-        .registry
-        .wait_empty(std::time::Duration::from_secs(5))
-        .await;
+    shared.registry.wait_empty(GOODBYE_WAIT).await;
     for line in lines {
         line.abort();
     }
     result
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((socket, peer)) => {
-                tracing::debug!(%peer, "connection");
-                let _ = socket.set_nodelay(true);
-                tokio::spawn(participant::serve(
-                    socket,
-                    LinkKind::Tcp,
-                    Arc::clone(&shared),
-                ));
-            }
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+async fn accept_loop(mut listener: impl Listener, shared: Arc<Shared>) {
+    while let Some((io, peer)) = listener.accept().await {
+        tracing::debug!(%peer, "connection");
+        tokio::spawn(participant::serve(io, peer, Arc::clone(&shared)));
     }
 }
 
@@ -137,8 +166,7 @@ async fn rounds(
             .registry
             .wait_for(config.min_available_clients.max(1))
             .await;
-        let started = Instant::now();
-        let mut record = RoundRecord::new(round);
+        let mut book = RoundBook::start(round);
         let chosen = sample(
             &shared.registry.snapshot(),
             config.fraction_fit,
@@ -147,27 +175,23 @@ async fn rounds(
         );
         let snapshot = Arc::new(global.clone());
         let deadline = tokio::time::Instant::now() + config.round_timeout;
-        let fused = |h: &Handle| evaluators.iter().any(|e| e.id == h.id);
-        let mut fits = dispatch(&chosen, |h, reply| {
-            let seed = config.seed ^ (u64::from(round) << 32) ^ u64::from(h.id);
-            let evaluate_first = fused(h);
-            Job::Fit {
-                job: FitJob {
-                    round,
-                    config: config.train,
-                    seed,
-                    evaluate_first,
-                },
-                global: Arc::clone(&snapshot),
-                deadline,
-                reply,
-            }
+        let fused = |h: &Handle| evaluators.iter().any(|e| e.who.id == h.who.id);
+        let mut fits = dispatch(&chosen, |h, reply| Job::Fit {
+            job: FitJob {
+                round,
+                config: config.train,
+                seed: config.seed ^ (u64::from(round) << 32) ^ u64::from(h.who.id),
+                evaluate_first: fused(h),
+            },
+            global: Arc::clone(&snapshot),
+            deadline,
+            reply,
         })
         .await;
         // Evaluators of the previous aggregate that do not train this round evaluate on their own.
         let alone: Vec<Handle> = evaluators
             .iter()
-            .filter(|e| !chosen.iter().any(|h| h.id == e.id))
+            .filter(|e| !chosen.iter().any(|h| h.who.id == e.who.id))
             .cloned()
             .collect();
         let mut evals = dispatch(&alone, |_, reply| Job::Evaluate {
@@ -178,87 +202,48 @@ async fn rounds(
         })
         .await;
         let mut previous = history.rounds.last_mut();
-        let (mut fit_loss, mut fit_acc) = (WeightedMean::default(), WeightedMean::default());
-        let (mut answered, mut agg_seconds) = (0, 0.0);
         aggregator.begin();
         // Fold each update as it arrives: that frees its upload slot for the next.
         while let Some(joined) = fits.join_next().await {
             let Ok((h, result)) = joined else { continue };
             match result {
                 Ok(done) => {
+                    book.trained(&h.who, &done, previous.as_deref_mut());
                     let a = Instant::now();
                     aggregator.add(done.params, u64::from(done.res.examples))?;
-                    agg_seconds += a.elapsed().as_secs_f64();
-                    drop(done.slot);
-                    answered += 1;
-                    let r = done.res;
-                    fit_loss.add(u64::from(r.examples), r.loss);
-                    fit_acc.add(u64::from(r.examples), r.accuracy);
-                    let p = record.participant(&h);
-                    p.examples = r.examples;
-                    p.fit = Some(Scores {
-                        examples: r.examples,
-                        loss: r.loss,
-                        accuracy: r.accuracy,
-                        seconds: r.seconds,
-                    });
-                    p.add(&done.exchange);
-                    if let (Some(ev), Some(prev)) = (done.evaluation, previous.as_deref_mut()) {
-                        prev.participant(&h).evaluate = Some(Scores::from(ev));
-                    }
+                    book.aggregating(a.elapsed().as_secs_f64());
                 }
-                Err(reason) => {
-                    if let (true, Some(prev)) = (fused(&h), previous.as_deref_mut()) {
-                        prev.failures.push(failure(&h, "evaluate", reason.clone()));
-                    }
-                    record.failures.push(failure(&h, "fit", reason));
+                Err(error) => {
+                    let prev = previous.as_deref_mut().filter(|_| fused(&h));
+                    book.fit_failed(&h.who, &error, prev);
                 }
             }
         }
-        record
-            .phase_seconds
-            .insert("fit".into(), started.elapsed().as_secs_f64() - agg_seconds);
+        book.fits_collected();
         if let Some(prev) = previous {
             collect_evaluations(prev, &mut evals).await;
             progress.round(prev);
         }
         let a = Instant::now();
-        if answered >= config.min_fit_clients.max(1) {
+        let trained = book.trained_count();
+        let aggregated = trained >= config.min_fit_clients.max(1);
+        if aggregated {
             aggregator.finish(&mut global)?;
-            record.aggregated = true;
         } else {
             tracing::warn!(
                 round,
-                answered,
+                trained,
                 min = config.min_fit_clients,
                 "too few participants trained; the model is unchanged"
             );
         }
-        record
-            .phase_seconds
-            .insert("aggregate".into(), agg_seconds + a.elapsed().as_secs_f64());
-        if let (Some(l), Some(acc)) = (fit_loss.mean(), fit_acc.mean()) {
-            record.fit_metrics.insert("train_loss".into(), l);
-            record.fit_metrics.insert("train_accuracy".into(), acc);
-        }
+        book.aggregating(a.elapsed().as_secs_f64());
         if let Some(test) = &server_test {
             let t = Instant::now();
             let stats = evaluate_on_server(&config.model, &global, test).await?;
-            record.loss_centralized = Some(stats.loss());
-            record.accuracy_centralized = Some(stats.accuracy());
-            record
-                .phase_seconds
-                .insert("server_eval".into(), t.elapsed().as_secs_f64());
+            book.server_evaluated(stats.loss(), stats.accuracy(), t.elapsed().as_secs_f64());
         }
-        record.seconds = started.elapsed().as_secs_f64();
-        record.tally();
-        tracing::info!(
-            round,
-            failures = record.failures.len(),
-            seconds = record.seconds,
-            "round trained"
-        );
-        history.rounds.push(record);
+        history.rounds.push(book.finish(aggregated));
         write(&history)?;
         evaluators = sample(
             &shared.registry.snapshot(),
@@ -281,9 +266,9 @@ async fn rounds(
         })
         .await;
         collect_evaluations(last, &mut evals).await;
-        last.phase_seconds
-            .insert("evaluate".into(), t.elapsed().as_secs_f64());
-        last.seconds += t.elapsed().as_secs_f64();
+        let seconds = t.elapsed().as_secs_f64();
+        last.phase_seconds.evaluate = Some(seconds);
+        last.seconds += seconds;
         progress.round(last);
         write(&history)?;
     }
@@ -294,47 +279,27 @@ async fn rounds(
     Ok(Outcome { history, files })
 }
 
-/// Gathers standalone evaluations of `record`'s aggregate, then sets its
-/// distributed loss and accuracy from every evaluation it received (fused or not).
+/// Gathers standalone evaluations of `record`'s aggregate, then settles its
+/// distributed loss and accuracy.
 async fn collect_evaluations(
     record: &mut RoundRecord,
-    evals: &mut JoinSet<(Handle, Result<EvaluateDone, String>)>,
+    evals: &mut JoinSet<(Handle, Result<EvaluateDone, JobError>)>,
 ) {
     while let Some(joined) = evals.join_next().await {
         let Ok((h, result)) = joined else { continue };
         match result {
-            Ok(done) => {
-                let p = record.participant(&h);
-                p.evaluate = Some(Scores::from(done.res));
-                p.add(&done.exchange);
-            }
-            Err(reason) => record.failures.push(failure(&h, "evaluate", reason)),
+            Ok(done) => round::evaluated(record, &h.who, &done),
+            Err(error) => round::fail(record, &h.who, Phase::Evaluate, &error),
         }
     }
-    let evaluated = record.participants.iter().filter_map(|p| p.evaluate);
-    let loss: WeightedMean = evaluated
-        .clone()
-        .map(|e| (u64::from(e.examples), e.loss))
-        .collect();
-    let acc: WeightedMean = evaluated
-        .map(|e| (u64::from(e.examples), e.accuracy))
-        .collect();
-    record.loss_distributed = loss.mean();
-    record.accuracy_distributed = acc.mean();
-    record.tally();
-    tracing::info!(
-        round = record.round,
-        accuracy = record.accuracy_distributed,
-        loss = record.loss_distributed,
-        "round evaluated"
-    );
+    round::settle_evaluations(record);
 }
 
 /// Flower's sampling: `max(available · fraction, min)` clients, at random.
 fn sample(available: &[Handle], fraction: f64, min: usize, rng: &mut StdRng) -> Vec<Handle> {
     let n = ServerConfig::sample_size(available.len(), fraction, min);
     let mut chosen: Vec<Handle> = available.choose_multiple(rng, n).cloned().collect();
-    chosen.sort_by_key(|h| h.id);
+    chosen.sort_by_key(|h| h.who.id);
     chosen
 }
 
@@ -342,34 +307,23 @@ fn sample(available: &[Handle], fraction: f64, min: usize, rng: &mut StdRng) -> 
 /// `(participant, answer)` as answers come in.
 async fn dispatch<T: Send + 'static>(
     chosen: &[Handle],
-    make: impl Fn(&Handle, oneshot::Sender<Result<T, String>>) -> Job,
-) -> JoinSet<(Handle, Result<T, String>)> {
+    make: impl Fn(&Handle, Reply<T>) -> Job,
+) -> JoinSet<(Handle, Result<T, JobError>)> {
     let mut pending = JoinSet::new();
     for h in chosen {
         let (reply, rx) = oneshot::channel();
         let delivered = h.send(make(h, reply)).await;
         let h = h.clone();
         pending.spawn(async move {
-            let lost = || Err("connection lost".to_string());
             let answer = if delivered {
-                rx.await.unwrap_or_else(|_| lost())
+                rx.await.unwrap_or(Err(JobError::Gone))
             } else {
-                lost()
+                Err(JobError::Gone)
             };
             (h, answer)
         });
     }
     pending
-}
-
-fn failure(h: &Handle, phase: &str, reason: String) -> FailureRecord {
-    tracing::warn!(id = h.id, name = %h.name, phase, "participant failed: {reason}");
-    FailureRecord {
-        id: h.id,
-        name: h.name.clone(),
-        phase: phase.into(),
-        reason,
-    }
 }
 
 async fn evaluate_on_server(
@@ -379,12 +333,7 @@ async fn evaluate_on_server(
 ) -> anyhow::Result<Stats> {
     let (spec, params, test) = (spec.clone(), global.to_vec(), Arc::clone(test));
     let stats = tokio::task::spawn_blocking(move || {
-        let cfg = TrainConfig {
-            batch_size: 64,
-            momentum: 0.0,
-            ..TrainConfig::default()
-        };
-        Trainer::<f32, _>::new(&spec, &cfg)?.evaluate(&params, &*test)
+        Trainer::<f32, _>::new(&spec, &TrainConfig::evaluation())?.evaluate(&params, &*test)
     })
     .await??;
     Ok(stats)

@@ -4,8 +4,11 @@
 //! (each through a temporary file and a rename, so a crash never leaves half a
 //! file), readable from any language. The JSON has the config and every round;
 //! the CSV has one line of headline numbers per round.
+//!
+//! This module is a leaf: it knows ids, names and link kinds, never
+//! connections, so anything that reads or writes a history (the round loop, the
+//! summary, the plots, a test) can use it alone.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +23,33 @@ pub enum LinkKind {
     Tcp,
     /// A serial line.
     Serial,
+}
+
+/// Who a record is about: the server-given id, the name it gave, its link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Server-given id (a participant that rejoins gets a new one).
+    pub id: u32,
+    /// Name it gave.
+    pub name: String,
+    /// Link kind.
+    pub kind: LinkKind,
+}
+
+/// Bytes, time and repairs of one or more exchanges with a participant.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Traffic {
+    /// Bytes the server sent.
+    pub bytes_sent: u64,
+    /// Bytes the server received.
+    pub bytes_received: u64,
+    /// Seconds from instruction to answer.
+    pub seconds: f64,
+    /// Of those, seconds the link was busy or waited on (all but the
+    /// participant's own reported compute time).
+    pub link_seconds: f64,
+    /// Resend requests, both ways.
+    pub resends: u32,
 }
 
 /// Examples, loss and accuracy a participant reported.
@@ -37,6 +67,17 @@ pub struct Scores {
 
 impl From<fedcore::protocol::EvaluateRes> for Scores {
     fn from(r: fedcore::protocol::EvaluateRes) -> Self {
+        Scores {
+            examples: r.examples,
+            loss: r.loss,
+            accuracy: r.accuracy,
+            seconds: r.seconds,
+        }
+    }
+}
+
+impl From<fedcore::protocol::FitRes> for Scores {
+    fn from(r: fedcore::protocol::FitRes) -> Self {
         Scores {
             examples: r.examples,
             loss: r.loss,
@@ -76,6 +117,37 @@ pub struct ParticipantRecord {
     pub evaluate: Option<Scores>,
 }
 
+/// The two things a participant is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Train on the global model.
+    Fit,
+    /// Score the global model.
+    Evaluate,
+}
+
+/// How a participant's job failed, for a program to tell apart (the
+/// failure's `reason` says it in words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// It did not answer before the round's deadline.
+    Deadline,
+    /// A lossy link stopped answering resend requests.
+    Stalled,
+    /// The connection broke, or a frame arrived damaged over TCP.
+    Link,
+    /// The participant reported an error of its own.
+    Participant,
+    /// It sent something the conversation does not allow.
+    Protocol,
+    /// It said hello again in the middle of a job (it restarted).
+    Restarted,
+    /// It was gone before the job reached it, or its connection task ended.
+    Gone,
+}
+
 /// A participant that failed a phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {
@@ -83,10 +155,40 @@ pub struct FailureRecord {
     pub id: u32,
     /// Name it gave.
     pub name: String,
-    /// "fit" or "evaluate".
-    pub phase: String,
-    /// What happened.
+    /// What it was asked to do.
+    pub phase: Phase,
+    /// How it failed (absent in histories written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FailureKind>,
+    /// What happened, for a human.
     pub reason: String,
+}
+
+/// Example-weighted means of the training participants' own metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FitMetrics {
+    /// Mean training loss of their last local epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f32>,
+    /// Training accuracy of their last local epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_accuracy: Option<f32>,
+}
+
+/// Where a round's wall time went, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSeconds {
+    /// Sending the model, local training and collecting the updates (and the
+    /// previous aggregate's evaluations that travel with them).
+    pub fit: f64,
+    /// Folding the updates and applying the server optimizer.
+    pub aggregate: f64,
+    /// The final standalone evaluation (last round only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluate: Option<f64>,
+    /// Scoring the global model on the server's own test set (with --server-eval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_eval: Option<f64>,
 }
 
 /// One round.
@@ -99,7 +201,7 @@ pub struct RoundRecord {
     /// Example-weighted mean of the evaluating clients' accuracies.
     pub accuracy_distributed: Option<f32>,
     /// Example-weighted means of the training clients' metrics.
-    pub fit_metrics: BTreeMap<String, f32>,
+    pub fit_metrics: FitMetrics,
     /// Loss of the global model on the server's test set.
     pub loss_centralized: Option<f32>,
     /// Accuracy of the global model on the server's test set.
@@ -114,13 +216,13 @@ pub struct RoundRecord {
     pub seconds: f64,
     /// Bytes moved in the round, both ways.
     pub bytes: u64,
-    /// Where the round's time went: "fit", "aggregate", "evaluate", "server_eval".
-    pub phase_seconds: BTreeMap<String, f64>,
+    /// Where the round's time went.
+    pub phase_seconds: PhaseSeconds,
 }
 
 impl ParticipantRecord {
     /// Adds an exchange's bytes and time.
-    pub fn add(&mut self, e: &crate::exchange::Exchange) {
+    pub fn add(&mut self, e: &Traffic) {
         self.bytes_sent += e.bytes_sent;
         self.bytes_received += e.bytes_received;
         self.seconds += e.seconds;
@@ -136,7 +238,7 @@ impl RoundRecord {
             round,
             loss_distributed: None,
             accuracy_distributed: None,
-            fit_metrics: BTreeMap::new(),
+            fit_metrics: FitMetrics::default(),
             loss_centralized: None,
             accuracy_centralized: None,
             aggregated: false,
@@ -144,19 +246,19 @@ impl RoundRecord {
             failures: Vec::new(),
             seconds: 0.0,
             bytes: 0,
-            phase_seconds: BTreeMap::new(),
+            phase_seconds: PhaseSeconds::default(),
         }
     }
 
-    /// The record of participant `h`, added if new (kept in id order).
-    pub fn participant(&mut self, h: &crate::participant::Handle) -> &mut ParticipantRecord {
-        let at = match self.participants.binary_search_by_key(&h.id, |p| p.id) {
+    /// The record of participant `who`, added if new (kept in id order).
+    pub fn participant(&mut self, who: &Identity) -> &mut ParticipantRecord {
+        let at = match self.participants.binary_search_by_key(&who.id, |p| p.id) {
             Ok(at) => at,
             Err(at) => {
                 let blank = ParticipantRecord {
-                    id: h.id,
-                    name: h.name.clone(),
-                    kind: h.kind,
+                    id: who.id,
+                    name: who.name.clone(),
+                    kind: who.kind,
                     examples: 0,
                     bytes_sent: 0,
                     bytes_received: 0,
@@ -316,8 +418,8 @@ impl History {
                 r.round,
                 opt(r.loss_distributed),
                 opt(r.accuracy_distributed),
-                opt(r.fit_metrics.get("train_loss").copied()),
-                opt(r.fit_metrics.get("train_accuracy").copied()),
+                opt(r.fit_metrics.train_loss),
+                opt(r.fit_metrics.train_accuracy),
                 opt(r.loss_centralized),
                 opt(r.accuracy_centralized),
                 r.aggregated,

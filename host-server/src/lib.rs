@@ -1,16 +1,24 @@
 //! host-server: the federation server.
 //!
-//! - [`config`]: settings and strategies;
-//! - [`participant`]: connections, their handshake, and the jobs they carry out;
-//! - [`federation`]: the round loop (sample, send, collect, aggregate, evaluate, record);
+//! Modules, each importing only those above it:
+//! - [`history`]: the history files (a leaf: ids, names and link kinds, never connections);
+//! - [`config`]: settings, strategies and their validation;
 //! - [`aggregation`]: a round's aggregation by strategy;
-//! - [`history`]: the history files;
-//! - [`plot`]: charts of one run or several.
+//! - [`job`]: what the round loop asks of a participant, and every way it can fail;
+//! - [`exchange`]: one job's conversation over a link, a driver of fedcore's transfer engine;
+//! - [`participant`]: connections, their handshake, and the jobs they carry out;
+//! - [`round`]: one round's bookkeeping;
+//! - [`federation`]: the round loop (sample, send, collect, aggregate, evaluate, record);
+//! - [`plot`]: charts of one run or several;
+//! - [`summary`]: the end-of-run tables.
 
 pub mod aggregation;
 pub mod config;
 pub mod exchange;
 pub mod federation;
 pub mod history;
+pub mod job;
 pub mod participant;
 pub mod plot;
+pub mod round;
+pub mod summary;

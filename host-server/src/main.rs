@@ -9,9 +9,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedcore::model::ModelSpec;
 use fedcore::train::{Rounding, TrainConfig};
+use fedhost::link::DEFAULT_ADDRESS;
 use host_server::config::{SerialLine, ServerConfig, ServerTuning, Strategy};
 use host_server::federation::{self, Progress};
-use host_server::history::{History, LinkKind, RoundRecord};
+use host_server::history::{History, RoundRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The federation server: coordinates rounds of federated training and records them.
@@ -40,13 +41,13 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    #[arg(long, default_value = DEFAULT_ADDRESS)]
     bind: SocketAddr,
     /// Rounds of training.
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, median or trimmed-mean.
-    #[arg(long, default_value = "fedavg")]
+    /// How updates become the next global model.
+    #[arg(long, value_enum, default_value_t = Strategy::Fedavg)]
     strategy: Strategy,
     /// The model: cnn (the reference CNN) or an MLP such as mlp:784-128-10.
     #[arg(long, default_value = "cnn")]
@@ -116,47 +117,13 @@ struct RunArgs {
 
 impl RunArgs {
     fn config(self) -> anyhow::Result<ServerConfig> {
-        let mu = if self.strategy == Strategy::Fedprox {
-            self.proximal_mu
-        } else {
-            0.0
-        };
-        let train = TrainConfig {
-            epochs: self.local_epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            momentum: self.momentum,
-            proximal_mu: mu,
-            rounding: Rounding::Stochastic,
-        };
-        train.validate()?;
-        for (name, f) in [
-            ("--fraction-fit", self.fraction_fit),
-            ("--fraction-evaluate", self.fraction_evaluate),
-        ] {
-            if !(0.0..=1.0).contains(&f) {
-                anyhow::bail!("{name} must be between 0 and 1, got {f}");
-            }
-        }
-        if !(0.0..0.5).contains(&self.trim_fraction) {
-            anyhow::bail!(
-                "--trim-fraction must be in [0, 0.5), got {}",
-                self.trim_fraction
-            );
-        }
         let tuning = ServerTuning {
             lr: self.server_lr,
             momentum: self.server_momentum,
             tau: self.tau,
         };
-        if [tuning.lr, tuning.momentum, tuning.tau]
-            .into_iter()
-            .flatten()
-            .any(|v| !(v >= 0.0 && v.is_finite()))
-        {
-            anyhow::bail!("--server-lr, --server-momentum and --tau must be finite numbers >= 0");
-        }
-        Ok(ServerConfig {
+        tuning.validate()?;
+        let config = ServerConfig {
             bind: self.bind,
             rounds: self.rounds,
             strategy: self.strategy,
@@ -166,7 +133,14 @@ impl RunArgs {
             min_fit_clients: self.min_fit_clients,
             min_evaluate_clients: self.min_evaluate_clients,
             min_available_clients: self.min_available_clients,
-            train,
+            train: TrainConfig {
+                epochs: self.local_epochs,
+                batch_size: self.batch_size,
+                lr: self.lr,
+                momentum: self.momentum,
+                proximal_mu: self.strategy.local_mu(self.proximal_mu),
+                rounding: Rounding::Stochastic,
+            },
             trim_fraction: self.trim_fraction,
             server_opt: self.strategy.server_opt(&tuning),
             round_timeout: Duration::from_secs(self.round_timeout),
@@ -174,7 +148,9 @@ impl RunArgs {
             out: self.out,
             seed: self.seed,
             serial: self.serial,
-        })
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -229,62 +205,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let progress = Bar(bar);
         let outcome = federation::run(config.clone(), listener, &progress).await?;
         progress.0.finish();
-        summary(&config, &outcome, started.elapsed());
+        println!();
+        print!(
+            "{}",
+            host_server::summary::render(&config, &outcome, started.elapsed())
+        );
         Ok(())
     })
-}
-
-fn summary(config: &ServerConfig, outcome: &federation::Outcome, wall: Duration) {
-    let rounds = &outcome.history.rounds;
-    let last = rounds.last();
-    let acc = last
-        .and_then(|r| r.accuracy_distributed)
-        .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
-    let bytes: u64 = rounds.iter().map(|r| r.bytes).sum();
-    let failures: usize = rounds.iter().map(|r| r.failures.len()).sum();
-    println!();
-    println!(
-        "| rounds | model | strategy | final accuracy | wall time | s/round | bytes/round | failures |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    println!(
-        "| {} | {} | {:?} | {acc} | {:.1} s | {:.2} | {:.1} MB | {failures} |",
-        rounds.len(),
-        config.model,
-        config.strategy,
-        wall.as_secs_f64(),
-        rounds.iter().map(|r| r.seconds).sum::<f64>() / rounds.len().max(1) as f64,
-        bytes as f64 / rounds.len().max(1) as f64 / 1e6,
-    );
-    println!();
-    println!(
-        "| participant | kind | rounds trained | examples | bytes/round | s/round | link s/round | resends | failures | last accuracy |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for p in outcome.history.participants() {
-        let kind = match p.kind {
-            LinkKind::Tcp => "tcp",
-            LinkKind::Serial => "serial",
-        };
-        println!(
-            "| {} | {kind} | {}/{} | {} | {:.1} KB | {:.2} | {:.2} | {} | {} | {} |",
-            p.name,
-            p.rounds_trained,
-            rounds.len(),
-            p.examples,
-            p.bytes_per_round / 1e3,
-            p.seconds_per_round,
-            p.link_seconds_per_round,
-            p.resends,
-            p.failures,
-            p.last_accuracy
-                .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
-        );
-    }
-    println!();
-    for f in &outcome.files {
-        println!("wrote {}", f.display());
-    }
 }
 
 fn init_logging(file: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -24,17 +24,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedcore::model::ModelSpec;
+use fedcore::protocol::transfer::RetryPolicy;
 use fedcore::protocol::{Encoding, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_VERSION, Welcome};
 use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
 use crate::config::SerialLine;
 use crate::exchange::{self, Peer};
-pub use crate::exchange::{EvaluateDone, Exchange, FitDone, FitJob};
-use crate::history::LinkKind;
+use crate::history::{Identity, LinkKind};
+use crate::job::{Job, answer_by};
 
 /// Updates held in memory at once, at most.
 pub const UPLOAD_SLOTS: usize = 8;
@@ -44,43 +44,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a serial line that cannot be opened is tried again.
 const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
 
-/// What the round loop can ask of a participant.
-pub enum Job {
-    /// Train from `global`.
-    Fit {
-        /// The instruction.
-        job: FitJob,
-        /// The global model.
-        global: Arc<Vec<f32>>,
-        /// When the answer must be in.
-        deadline: Instant,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Result<FitDone, String>>,
-    },
-    /// Evaluate `global`.
-    Evaluate {
-        /// Round number.
-        round: u32,
-        /// The global model.
-        global: Arc<Vec<f32>>,
-        /// When the answer must be in.
-        deadline: Instant,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Result<EvaluateDone, String>>,
-    },
-    /// Say goodbye and close.
-    Bye(String),
-}
-
 /// A connected participant, as the round loop addresses it.
 #[derive(Debug, Clone)]
 pub struct Handle {
-    /// Server-given id.
-    pub id: u32,
-    /// Name it gave.
-    pub name: String,
-    /// Link kind.
-    pub kind: LinkKind,
+    /// Who it is.
+    pub who: Identity,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -139,7 +107,7 @@ impl Registry {
     }
 
     fn insert(&self, handle: Handle) {
-        self.lock().insert(handle.id, handle);
+        self.lock().insert(handle.who.id, handle);
         self.changed.notify_waiters();
     }
 
@@ -160,17 +128,35 @@ pub struct Shared {
     pub uploads: Arc<Semaphore>,
 }
 
-/// Serves one TCP connection until it fails or is told goodbye.
-pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, kind: LinkKind, shared: Arc<Shared>) {
+/// Why a connection was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    /// It said nothing in time.
+    #[error("no hello within {0:?}")]
+    NoHello(Duration),
+    /// It began with something else.
+    #[error("expected Hello, got {0}")]
+    NotHello(&'static str),
+    /// It speaks another protocol version.
+    #[error("protocol version {0} is not {PROTOCOL_VERSION}")]
+    Version(u16),
+    /// The link failed.
+    #[error("{0}")]
+    Link(#[from] LinkError),
+}
+
+/// Serves one connection from a listener (TCP, or an in-memory pipe in tests)
+/// until it fails or is told goodbye; `peer` names it in the log.
+pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, peer: String, shared: Arc<Shared>) {
     let mut link = Link::new(io);
     let hello = tokio::time::timeout(HELLO_TIMEOUT, await_hello(&mut link, false))
         .await
-        .unwrap_or_else(|_| Err("no hello in time".into()));
+        .unwrap_or(Err(AdmissionError::NoHello(HELLO_TIMEOUT)));
     match hello {
         Ok(hello) => {
-            session(&mut link, hello, kind, &shared).await;
+            session(&mut link, hello, LinkKind::Tcp, None, &shared).await;
         }
-        Err(e) => tracing::warn!("a connection failed its hello: {e}"),
+        Err(e) => tracing::warn!(%peer, "a connection failed its hello: {e}"),
     }
 }
 
@@ -193,6 +179,8 @@ pub async fn attach_serial(line: SerialLine, shared: Arc<Shared>) {
         };
         reported = false;
         tracing::info!(line = %line, "serial line open; waiting for its device");
+        // Tuned for the device's frames once its hello says how large they are.
+        let baud = Some(line.baud);
         let mut link = Link::new(port);
         let mut hello = None;
         loop {
@@ -206,7 +194,8 @@ pub async fn attach_serial(line: SerialLine, shared: Arc<Shared>) {
                     }
                 },
             };
-            match session(&mut link, greeting, LinkKind::Serial, &shared).await {
+            let retry = RetryPolicy::for_line(baud, greeting.max_frame);
+            match session(&mut link, greeting, LinkKind::Serial, Some(retry), &shared).await {
                 Ended::Bye => return,
                 Ended::Failed => {}
                 Ended::Restarted(greeting) => hello = Some(greeting),
@@ -247,13 +236,13 @@ impl From<&Hello<'_>> for Greeting {
 async fn await_hello<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
     lossy: bool,
-) -> Result<Greeting, String> {
+) -> Result<Greeting, AdmissionError> {
     loop {
         match link.recv().await {
             Ok(Message::Hello(h)) => return Ok(Greeting::from(&h)),
             Ok(_) | Err(LinkError::Frame(_)) if lossy => {}
-            Ok(other) => return Err(format!("expected Hello, got {}", other.name())),
-            Err(e) => return Err(e.to_string()),
+            Ok(other) => return Err(AdmissionError::NotHello(other.name())),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -273,17 +262,18 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
     hello: Greeting,
     kind: LinkKind,
+    retry: Option<RetryPolicy>,
     shared: &Shared,
 ) -> Ended {
-    let (handle, mut jobs, peer) = match welcome(link, hello, kind, shared).await {
+    let (handle, mut jobs, peer) = match welcome(link, hello, kind, retry, shared).await {
         Ok(joined) => joined,
         Err(e) => {
             tracing::warn!("a participant was not admitted: {e}");
             return Ended::Failed;
         }
     };
-    let id = handle.id;
-    tracing::info!(id, name = %handle.name, ?kind, "participant joined");
+    let id = handle.who.id;
+    tracing::info!(id, name = %handle.who.name, ?kind, "participant joined");
     shared.registry.insert(handle);
     let ended = loop {
         let job = if kind == LinkKind::Serial {
@@ -302,7 +292,7 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
         let Some(job) = job else {
             break Ended::Failed;
         };
-        let outcome = match job {
+        let succeeded = match job {
             Job::Fit {
                 job,
                 global,
@@ -326,7 +316,8 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
                 break Ended::Bye;
             }
         };
-        if outcome == Connection::Close {
+        // A failed job leaves the link in an unknown state: close it.
+        if !succeeded {
             break Ended::Failed;
         }
     };
@@ -344,71 +335,44 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     ended
 }
 
-/// What to do with a connection after a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Connection {
-    /// Wait for the next job.
-    Keep,
-    /// Close it: the job failed (leaving the link in an unknown state) or said goodbye.
-    Close,
-}
-
-/// Runs `work` until `deadline` and sends its outcome to `reply`.
-async fn answer_by<T>(
-    deadline: Instant,
-    work: impl Future<Output = Result<T, String>>,
-    reply: oneshot::Sender<Result<T, String>>,
-) -> Connection {
-    let outcome = tokio::time::timeout_at(deadline, work)
-        .await
-        .unwrap_or_else(|_| Err("missed the round deadline".into()));
-    let failed = outcome.is_err();
-    let _ = reply.send(outcome);
-    if failed {
-        Connection::Close
-    } else {
-        Connection::Keep
-    }
-}
-
 /// Checks the hello's version, gives the participant an id and the model.
 async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
     hello: Greeting,
     kind: LinkKind,
+    retry: Option<RetryPolicy>,
     shared: &Shared,
-) -> Result<(Handle, mpsc::Receiver<Job>, Peer), String> {
+) -> Result<(Handle, mpsc::Receiver<Job>, Peer), AdmissionError> {
     if hello.version != PROTOCOL_VERSION {
-        let text = format!(
-            "protocol version {} is not {PROTOCOL_VERSION}",
-            hello.version
-        );
+        let refusal = AdmissionError::Version(hello.version);
         let _ = link
             .send(&Message::Error(ErrorMsg {
                 code: ErrorCode::Version,
-                text: &text,
+                text: &refusal.to_string(),
             }))
             .await;
-        return Err(text);
+        return Err(refusal);
     }
     let id = shared.registry.next_id.fetch_add(1, Ordering::Relaxed);
     link.send(&Message::Welcome(Welcome {
         client_id: id,
         model: shared.model.clone(),
     }))
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let (tx, rx) = mpsc::channel(4);
     let peer = Peer {
         kind,
         encoding: hello.encoding,
         max_frame: hello.max_frame,
+        retry,
     };
     Ok((
         Handle {
-            id,
-            name: hello.name,
-            kind,
+            who: Identity {
+                id,
+                name: hello.name,
+                kind,
+            },
             jobs: tx,
         },
         rx,

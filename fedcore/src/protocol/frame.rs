@@ -211,6 +211,75 @@ impl<const N: usize> Decoder<N> {
     }
 }
 
+/// Frames out of a byte stream: a [`Decoder`] and the caller's receive buffer.
+///
+/// The one read loop of every driver, without the reading: when
+/// [`FrameReader::next_frame`] says it needs bytes, the driver reads what has
+/// arrived into [`FrameReader::spare`] (a UART with a timeout, an async socket)
+/// and reports how many with [`FrameReader::filled`].
+#[derive(Debug, Clone)]
+pub struct FrameReader<B, const N: usize> {
+    decoder: Decoder<N>,
+    buf: B,
+    pos: usize,
+    len: usize,
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> FrameReader<B, N> {
+    /// A reader that receives into `buf` (any size; a frame may span many reads).
+    pub const fn new(buf: B) -> Self {
+        FrameReader {
+            decoder: Decoder::new(),
+            buf,
+            pos: 0,
+            len: 0,
+        }
+    }
+
+    /// Largest frame this reader takes, delimiter included.
+    pub const fn max_frame(&self) -> usize {
+        N + 1
+    }
+
+    /// Decodes what is buffered up to the next frame: `Some(Ok(()))` when one
+    /// arrived whole (read it with [`FrameReader::message`]), `Some(Err(_))`
+    /// when one was rejected and skipped, `None` when every buffered byte is
+    /// taken and more must be read.
+    pub fn next_frame(&mut self) -> Option<Result<(), FrameError>> {
+        while self.pos < self.len {
+            let input = &self.buf.as_ref()[self.pos..self.len];
+            match self.decoder.feed(input) {
+                Feed::Consumed => self.pos = self.len,
+                Feed::Frame { used } => {
+                    self.pos += used;
+                    return Some(Ok(()));
+                }
+                Feed::Rejected { error, used } => {
+                    self.pos += used;
+                    return Some(Err(error));
+                }
+            }
+        }
+        None
+    }
+
+    /// Where to read the next bytes (call after `next_frame` returned `None`).
+    pub fn spare(&mut self) -> &mut [u8] {
+        self.buf.as_mut()
+    }
+
+    /// `n` bytes were read into [`FrameReader::spare`].
+    pub fn filled(&mut self, n: usize) {
+        self.pos = 0;
+        self.len = n.min(self.buf.as_ref().len());
+    }
+
+    /// The message of the frame `next_frame` last returned, valid until the next call.
+    pub fn message(&self) -> Result<Message<'_>, FrameError> {
+        self.decoder.message()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +441,39 @@ mod tests {
         // Byte by byte.
         let cuts: Vec<usize> = (0..stream.len()).collect();
         assert_eq!(decode_all::<512>(&stream, &cuts).0, expected);
+    }
+
+    #[test]
+    fn a_frame_reader_reassembles_frames_across_reads_of_any_size() {
+        let payload: Vec<u8> = (0..40u8).collect();
+        let msgs = samples(&payload);
+        let mut stream = vec![0x55, 0x66, 0x00]; // garbage before the first frame
+        stream.extend(frames(&msgs));
+        let expected: Vec<Vec<u8>> = msgs
+            .iter()
+            .map(|m| postcard::to_allocvec(m).unwrap())
+            .collect();
+        for read_size in [1usize, 3, 7, 64, 4096] {
+            let mut reader = FrameReader::<_, 512>::new(vec![0u8; read_size]);
+            let (mut input, mut got, mut rejected) = (&stream[..], Vec::new(), 0);
+            loop {
+                match reader.next_frame() {
+                    Some(Ok(())) => {
+                        got.push(postcard::to_allocvec(&reader.message().unwrap()).unwrap())
+                    }
+                    Some(Err(_)) => rejected += 1,
+                    None if input.is_empty() => break,
+                    None => {
+                        let n = input.len().min(reader.spare().len());
+                        reader.spare()[..n].copy_from_slice(&input[..n]);
+                        reader.filled(n);
+                        input = &input[n..];
+                    }
+                }
+            }
+            assert_eq!(got, expected, "reads of {read_size} bytes");
+            assert_eq!(rejected, 1, "the garbage is one rejected frame");
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!   parameter chunks, results, nack, error, bye), serde types encoded with postcard;
 //! - [`frame`]: framing (postcard + CRC32, COBS, 0x00 delimiter) and the
 //!   fixed-buffer [`Decoder`];
-//! - [`transfer`]: bookkeeping of a chunked transfer over a lossy link.
+//! - [`transfer`]: the lossy-transfer engine: chunking a vector for a peer's
+//!   frames, receiving chunks in any order into the destination, what to ask
+//!   for again, and the retry policy scaled by the line's byte rate.
 //!
 //! # A round, as bytes see it
 //! ```text
@@ -28,14 +30,15 @@
 //! values, so no side needs a model-sized receive buffer.
 //!
 //! Over TCP nothing is lost. On a serial line frames are lost or damaged (the
-//! CRC catches it), so the receiver of a parameter stream ticks chunks off in a
-//! [`transfer::Chunks`] bitmap, in any order, and asks for what is missing with
+//! CRC catches it), so the receiver of a parameter stream ticks chunks off with a
+//! [`transfer::Receiver`], in any order, and asks for what is missing with
 //! `Nack{round, resend}`: `Values{offset, count}` after a gap in the offsets or
 //! a silence, `Instruction` when chunks came without their `FitIns`/`EvaluateIns`,
 //! `Result` when a `FitRes`/`EvaluateRes` never came. Senders keep what they
 //! sent until the next round (the device its parameter buffer and last
 //! results), so any of it can be sent again; stale messages of earlier rounds
-//! are ignored, and a run of unanswered requests means the link has stalled.
+//! are ignored, and a run of unanswered requests means the link has stalled
+//! ([`transfer::RetryPolicy`]).
 //!
 //! The bytes are the spec; this doctest pins an `EvaluateIns` for round 3:
 //! ```
@@ -50,7 +53,7 @@ pub mod frame;
 pub mod message;
 pub mod transfer;
 
-pub use frame::{Decoder, Feed, FrameError};
+pub use frame::{Decoder, Feed, FrameError, FrameReader};
 pub use message::{
     Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes, FitIns, FitRes, Hello, Message, Nack,
     PROTOCOL_VERSION, ParamChunk, ParticipantKind, Resend, Values, Welcome,

@@ -1,71 +1,35 @@
-//! A device's side of the federation: the firmware loop, written for bare metal.
+//! The firmware loop: join, then serve the server's instructions until goodbye.
 //!
-//! [`Device`] is what runs on a microcontroller: it says hello over its UART,
-//! receives the global model chunk by chunk straight into its parameter buffer,
-//! evaluates it, trains on it in place, streams it back, and repeats. It uses
-//! fedcore alone, holds every buffer in fixed-size fields or in the one arena it
-//! is given at boot, and never allocates: the memory it will ever use is known
-//! before the first byte moves, and [`Footprint`] lists it to the byte.
-//!
-//! The board provides three things: the byte link ([`Uart`]), a millisecond
-//! [`Clock`], and its local data (two [`Dataset`]s, kept as bytes like flash).
-//! firmware-sim is one such board, simulated on a host.
-//!
-//! A serial line loses and corrupts bytes, so transfers are selective-repeat:
-//! the receiver of a parameter stream ticks chunks off in a [`Chunks`] bitmap
-//! and asks for exactly the missing ones with a `Nack`, after a gap in the
-//! offsets or [`GAP_MS`] of silence; the sender keeps what it sent (the device
-//! its parameters and its last results) so it can answer. After
-//! [`MAX_RETRIES`] unanswered requests in a row the link counts as stalled.
+//! Each round the device downloads the global model into its parameter buffer
+//! (a [`Receiver`] ticking chunks off, asking again for what is missing),
+//! evaluates it when asked, trains on it in place, and uploads it (a
+//! [`Chunking`] cutting it into frames), keeping it there so any chunk can be
+//! sent again until the next download overwrites it.
 
 use core::fmt;
 
 use crate::Error;
 use crate::data::Dataset;
 use crate::model::ModelSpec;
-use crate::protocol::frame::{self, Decoder, Feed};
-use crate::protocol::transfer::{Arrival, Chunks, Span};
+use crate::protocol::frame::{self, FrameReader};
+use crate::protocol::transfer::{Arrival, Chunking, Receiver, Retries, RetryPolicy, Span};
 use crate::protocol::{
     Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes, FitIns, FitRes, Hello, Message, Nack,
-    PROTOCOL_VERSION, ParamChunk, ParticipantKind, Resend, Values,
+    PROTOCOL_VERSION, ParticipantKind, Resend,
 };
 use crate::scalar::Scalar;
-use crate::train::{self, Stats, TrainConfig, Trainer};
+use crate::train::{Stats, TrainConfig, Trainer};
+
+use super::board::{Clock, LinkCounters, Uart};
+use super::footprint::{
+    CHUNK_WORDS, Footprint, FrameBuffers, RX_BUFFER, WorkingSet, device_config,
+};
 
 /// How often an unjoined device says hello.
 pub const HELLO_INTERVAL_MS: u64 = 1_000;
-/// Silence in the middle of a transfer after which the receiver asks for what is missing.
-pub const GAP_MS: u64 = 500;
-/// Requests in a row that may go unanswered before the link counts as stalled.
-pub const MAX_RETRIES: u32 = 8;
 /// Silence from the server after which a joined device says hello again (the
 /// server may have restarted and forgotten it).
 pub const REJOIN_AFTER_MS: u64 = 120_000;
-/// Bytes of the UART receive buffer (what a DMA ring would hold).
-const RX_BUFFER: usize = 64;
-/// Bitmap words for incoming chunks: 2,048 chunks, enough for 456k int8 values
-/// in 256-byte frames (the device MLP has 25,450).
-const CHUNK_WORDS: usize = 64;
-
-/// The board's byte link: a UART, or a pty in simulation.
-pub trait Uart {
-    /// Why the link failed (the line is gone, not merely noisy).
-    type Error: fmt::Display;
-
-    /// Sends every byte of `bytes`.
-    fn write(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
-
-    /// Reads what has arrived into `buf`, waiting at most `timeout_ms` for the
-    /// first byte; returns 0 when nothing came in that time.
-    fn read(&mut self, buf: &mut [u8], timeout_ms: u64) -> Result<usize, Self::Error>;
-}
-
-/// The board's clock.
-pub trait Clock {
-    /// Milliseconds since some fixed point (boot, say).
-    fn now_ms(&mut self) -> u64;
-}
-
 /// What the firmware is built for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Firmware<'a> {
@@ -75,97 +39,9 @@ pub struct Firmware<'a> {
     pub model: ModelSpec,
     /// The encoding it asks parameter chunks in.
     pub encoding: Encoding,
-}
-
-/// Every byte of RAM a device needs, by purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Footprint {
-    /// Scalar type the device trains in.
-    pub numeric: &'static str,
-    /// The model's parameters.
-    pub parameters: usize,
-    /// Gradients and optimizer state (zero: training runs in place, without momentum).
-    pub optimizer_state: usize,
-    /// Activations of one sample, kept for backward.
-    pub activations: usize,
-    /// Backward deltas and the in-place gradient row.
-    pub scratch: usize,
-    /// Frame decoder, frame encoder, value encoder and the UART receive buffer.
-    pub frame_buffers: usize,
-    /// The chunk bitmap and the loop's own state.
-    pub working_set: usize,
-}
-
-impl Footprint {
-    /// The footprint of a device training `model` in `S` with frames of `F` bytes.
-    pub fn of<S: Scalar, const F: usize>(model: &ModelSpec) -> Self {
-        let memory = train::memory::<S>(model, &device_config(&TrainConfig::default()));
-        Footprint {
-            numeric: S::NAME,
-            parameters: memory.parameters,
-            optimizer_state: memory.gradients + memory.optimizer_state,
-            activations: memory.activations,
-            scratch: memory.scratch,
-            frame_buffers: core::mem::size_of::<Decoder<F>>() + 2 * F + RX_BUFFER,
-            working_set: core::mem::size_of::<Chunks<[u32; CHUNK_WORDS]>>()
-                + core::mem::size_of::<Session>(),
-        }
-    }
-
-    /// Everything together.
-    pub fn total(&self) -> usize {
-        self.parameters
-            + self.optimizer_state
-            + self.activations
-            + self.scratch
-            + self.frame_buffers
-            + self.working_set
-    }
-
-    /// Scalars of the arena given to [`Device::boot`]: parameters and trainer together.
-    pub fn arena_len<S: Scalar>(model: &ModelSpec) -> usize {
-        model.param_count()
-            + Trainer::<S, &mut [S]>::arena_len(model, &device_config(&TrainConfig::default()))
-    }
-
-    /// Checks the footprint fits in `budget` bytes of RAM.
-    pub fn check(&self, budget: usize) -> Result<(), Error> {
-        if self.total() > budget {
-            return Err(Error::OverBudget {
-                needed: self.total(),
-                budget,
-            });
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for Footprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows = [
-            ("parameters", self.parameters),
-            ("optimizer state", self.optimizer_state),
-            ("activations", self.activations),
-            ("scratch", self.scratch),
-            ("frame buffers", self.frame_buffers),
-            ("working set", self.working_set),
-        ];
-        writeln!(f, "RAM footprint ({}):", self.numeric)?;
-        for (what, bytes) in rows {
-            writeln!(f, "  {what:<16} {bytes:>9} bytes")?;
-        }
-        write!(f, "  {:<16} {:>9} bytes", "total", self.total())
-    }
-}
-
-/// The training settings a device uses for a round's `config`: in place (batch 1,
-/// no momentum), since it has no room for a gradient or velocity buffer.
-pub fn device_config(config: &TrainConfig) -> TrainConfig {
-    TrainConfig {
-        batch_size: 1,
-        momentum: 0.0,
-        ..*config
-    }
+    /// Its UART's baud rate (`None` for a line with no pacing): scales the
+    /// silence after which it asks for what is missing.
+    pub baud: Option<u32>,
 }
 
 /// Why the device stopped.
@@ -198,31 +74,6 @@ impl<E> From<Error> for DeviceError<E> {
     fn from(e: Error) -> Self {
         DeviceError::Core(e)
     }
-}
-
-/// Link events the device counted, for the board to report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LinkCounters {
-    /// Frames that arrived damaged and were dropped.
-    pub frames_rejected: u32,
-    /// Resend requests the device sent.
-    pub nacks_sent: u32,
-    /// Resend requests the device answered.
-    pub nacks_answered: u32,
-    /// Times the device (re)joined the federation.
-    pub joins: u32,
-}
-
-/// The loop's own small state (counted in [`Footprint::working_set`]).
-#[derive(Debug, Default)]
-struct Session {
-    /// Round whose trained parameters are in the buffer (what a `Nack` may ask for).
-    uploaded: Option<u32>,
-    last_fit: Option<FitRes>,
-    last_eval: Option<EvaluateRes>,
-    counters: LinkCounters,
-    rx_pos: usize,
-    rx_len: usize,
 }
 
 /// What the server asked for, copied out of the frame buffer.
@@ -290,15 +141,8 @@ pub struct Device<'m, S, U, C, D, const F: usize> {
     test: D,
     params: &'m mut [S],
     trainer: Trainer<S, &'m mut [S]>,
-    decoder: Decoder<F>,
-    tx: [u8; F],
-    values: [u8; F],
-    rx: [u8; RX_BUFFER],
-    chunks: Chunks<[u32; CHUNK_WORDS]>,
-    per_chunk: u32,
-    /// Round of the download in progress, if any.
-    downloading: Option<u32>,
-    session: Session,
+    buffers: FrameBuffers<F>,
+    state: WorkingSet,
 }
 
 impl<'m, S, U, C, D, const F: usize> Device<'m, S, U, C, D, F>
@@ -332,9 +176,12 @@ where
             &device_config(&TrainConfig::default()),
             rest,
         )?;
-        let per_chunk = frame::chunk_capacity(F, firmware.encoding.value_bytes()) as u32;
-        let mut chunks = Chunks::new([0u32; CHUNK_WORDS]);
-        chunks.start(total as u32, per_chunk)?;
+        let chunking = Chunking::new(total, F, firmware.encoding)?;
+        let mut receiver = Receiver::new([0u32; CHUNK_WORDS]);
+        // Sized for this model once: every later start of the same transfer succeeds.
+        receiver.start(0, &chunking)?;
+        receiver.close();
+        let retry = RetryPolicy::for_line(firmware.baud, F);
         Ok(Device {
             firmware,
             uart,
@@ -343,25 +190,36 @@ where
             test,
             params,
             trainer,
-            decoder: Decoder::new(),
-            tx: [0; F],
-            values: [0; F],
-            rx: [0; RX_BUFFER],
-            chunks,
-            per_chunk,
-            downloading: None,
-            session: Session::default(),
+            buffers: FrameBuffers {
+                reader: FrameReader::new([0; RX_BUFFER]),
+                tx: [0; F],
+                values: [0; F],
+            },
+            state: WorkingSet {
+                receiver,
+                chunking,
+                retry,
+                uploaded: None,
+                last_fit: None,
+                last_eval: None,
+                counters: LinkCounters::default(),
+            },
         })
     }
 
     /// What the link has seen so far.
     pub fn counters(&self) -> LinkCounters {
-        self.session.counters
+        self.state.counters
     }
 
     /// The board's UART.
     pub fn uart(&self) -> &U {
         &self.uart
+    }
+
+    /// The parameters the device holds (its last download, trained once it has fitted).
+    pub fn params(&self) -> &[S] {
+        self.params
     }
 
     /// Runs until the server says goodbye (or the link or the firmware fails).
@@ -376,8 +234,8 @@ where
 
     /// Says hello every [`HELLO_INTERVAL_MS`] until welcomed (true) or told goodbye (false).
     fn join(&mut self) -> Result<bool, DeviceError<U::Error>> {
-        self.session.uploaded = None;
-        self.downloading = None;
+        self.state.uploaded = None;
+        self.state.receiver.close();
         loop {
             let hello = Message::Hello(Hello {
                 version: PROTOCOL_VERSION,
@@ -395,7 +253,7 @@ where
                 match event {
                     Event::Welcome { same_model: false } => return Err(self.refuse_model()),
                     Event::Welcome { same_model: true } => {
-                        self.session.counters.joins += 1;
+                        self.state.counters.joins += 1;
                         return Ok(true);
                     }
                     Event::Bye => return Ok(false),
@@ -432,7 +290,7 @@ where
                     }
                 }
             };
-            self.open_download(round);
+            self.open_download(round)?;
             if instruction.is_none() {
                 self.nack(round, Resend::Instruction)?;
             }
@@ -445,12 +303,11 @@ where
         }
     }
 
-    fn open_download(&mut self, round: u32) {
+    fn open_download(&mut self, round: u32) -> Result<(), Error> {
         // The buffer is about to be overwritten: earlier uploads can no longer be resent.
-        self.session.uploaded = None;
-        self.downloading = Some(round);
-        // The bitmap was sized for this model at boot, so this cannot fail.
-        let _ = self.chunks.start(self.params.len() as u32, self.per_chunk);
+        self.state.uploaded = None;
+        let state = &mut self.state;
+        state.receiver.start(round, &state.chunking)
     }
 
     /// Receives round `round`'s parameters until every chunk and the instruction are in.
@@ -459,20 +316,19 @@ where
         round: u32,
         mut instruction: Option<Instruction>,
     ) -> Result<Download, DeviceError<U::Error>> {
-        let mut retries = 0;
+        let mut retries = Retries::new(self.state.retry);
         let outcome = loop {
-            if let (true, Some(i)) = (self.chunks.is_complete(), instruction) {
+            if let (true, Some(i)) = (self.state.receiver.is_complete(), instruction) {
                 break Download::Complete(i);
             }
-            let until = self.clock.now_ms() + GAP_MS;
+            let until = self.clock.now_ms() + retries.gap_ms();
             match self.next_event(until)? {
                 None => {
-                    retries += 1;
-                    if retries > MAX_RETRIES {
+                    if retries.silence().is_err() {
                         // The link stalled: the server will have given up on this round.
                         break Download::End(Ending::Rejoin);
                     }
-                    let want = match self.chunks.first_missing() {
+                    let want = match self.state.receiver.missing() {
                         Some(Span { offset, count }) if instruction.is_some() => {
                             Resend::Values { offset, count }
                         }
@@ -481,7 +337,7 @@ where
                     self.nack(round, want)?;
                 }
                 Some(Event::Chunk(arrival)) => {
-                    retries = 0;
+                    retries.progress();
                     if let Arrival::New {
                         skipped: Some(Span { offset, count }),
                     } = arrival
@@ -497,7 +353,7 @@ where
                 Some(_) => {}
             }
         };
-        self.downloading = None;
+        self.state.receiver.close();
         Ok(outcome)
     }
 
@@ -520,15 +376,9 @@ where
             accuracy: stats.accuracy(),
             seconds: self.seconds_since(start),
         };
-        self.session.uploaded = Some(ins.round);
-        self.session.last_fit = Some(res);
-        self.upload(
-            ins.round,
-            Span {
-                offset: 0,
-                count: self.params.len() as u32,
-            },
-        )?;
+        self.state.uploaded = Some(ins.round);
+        self.state.last_fit = Some(res);
+        self.upload(ins.round, Span::all(self.state.chunking.total()))?;
         self.send(&Message::FitRes(res))
     }
 
@@ -545,25 +395,16 @@ where
             accuracy: stats.accuracy(),
             seconds: self.seconds_since(start),
         };
-        self.session.last_eval = Some(res);
+        self.state.last_eval = Some(res);
         self.send(&Message::EvaluateRes(res))
     }
 
     /// Sends the chunks of the parameter buffer that cover `span`.
     fn upload(&mut self, round: u32, span: Span) -> Result<(), DeviceError<U::Error>> {
-        let (total, per_chunk) = (self.params.len(), self.per_chunk as usize);
-        let first = span.offset as usize / per_chunk * per_chunk;
-        let end = (span.offset as usize + span.count as usize).min(total);
-        for offset in (first..end).step_by(per_chunk) {
-            let chunk = &self.params[offset..(offset + per_chunk).min(total)];
-            let values = Values::encode(chunk, self.firmware.encoding, &mut self.values)?;
-            let message = Message::ParamChunk(ParamChunk {
-                round,
-                offset: offset as u32,
-                total: total as u32,
-                values,
-            });
-            let frame = frame::encode(&message, &mut self.tx)?;
+        let chunking = self.state.chunking;
+        let FrameBuffers { tx, values, .. } = &mut self.buffers;
+        for offset in chunking.offsets(span) {
+            let frame = chunking.encode(round, self.params, offset, values, tx)?;
             self.uart.write(frame).map_err(DeviceError::Uart)?;
         }
         Ok(())
@@ -571,16 +412,16 @@ where
 
     /// Answers the server's request to resend part of an upload or a result.
     fn answer_nack(&mut self, nack: Nack) -> Result<(), DeviceError<U::Error>> {
-        let session = &self.session;
+        let state = &self.state;
         match nack.resend {
-            Resend::Values { offset, count } if session.uploaded == Some(nack.round) => {
-                self.session.counters.nacks_answered += 1;
+            Resend::Values { offset, count } if state.uploaded == Some(nack.round) => {
+                self.state.counters.nacks_answered += 1;
                 self.upload(nack.round, Span { offset, count })
             }
             Resend::Result => {
-                let fit = session.last_fit.filter(|r| r.round == nack.round);
-                let eval = session.last_eval.filter(|r| r.round == nack.round);
-                self.session.counters.nacks_answered += 1;
+                let fit = state.last_fit.filter(|r| r.round == nack.round);
+                let eval = state.last_eval.filter(|r| r.round == nack.round);
+                self.state.counters.nacks_answered += 1;
                 if let Some(res) = fit {
                     self.send(&Message::FitRes(res))?;
                 }
@@ -595,22 +436,22 @@ where
     }
 
     fn nack(&mut self, round: u32, resend: Resend) -> Result<(), DeviceError<U::Error>> {
-        self.session.counters.nacks_sent += 1;
+        self.state.counters.nacks_sent += 1;
         self.send(&Message::Nack(Nack { round, resend }))
     }
 
     /// Tells the server this round failed on the device, and carries on.
     fn report(&mut self, code: ErrorCode, e: Error) -> Result<(), DeviceError<U::Error>> {
+        let FrameBuffers { tx, values, .. } = &mut self.buffers;
         // The text goes through the value buffer: no formatting allocation.
         let mut text = Text {
-            buf: &mut self.values,
+            buf: values,
             len: 0,
         };
         let _ = fmt::write(&mut text, format_args!("{e}"));
         let len = text.len;
-        let text = core::str::from_utf8(&self.values[..len]).unwrap_or("device error");
-        let message = Message::Error(ErrorMsg { code, text });
-        let frame = frame::encode(&message, &mut self.tx)?;
+        let text = core::str::from_utf8(&values[..len]).unwrap_or("device error");
+        let frame = frame::encode(&Message::Error(ErrorMsg { code, text }), tx)?;
         self.uart.write(frame).map_err(DeviceError::Uart)
     }
 
@@ -624,7 +465,7 @@ where
     }
 
     fn send(&mut self, message: &Message<'_>) -> Result<(), DeviceError<U::Error>> {
-        let frame = frame::encode(message, &mut self.tx)?;
+        let frame = frame::encode(message, &mut self.buffers.tx)?;
         self.uart.write(frame).map_err(DeviceError::Uart)
     }
 
@@ -636,29 +477,20 @@ where
     /// Parameter chunks of the open download are stored as they are read.
     fn next_event(&mut self, until_ms: u64) -> Result<Option<Event>, DeviceError<U::Error>> {
         loop {
-            if self.session.rx_pos == self.session.rx_len {
-                let now = self.clock.now_ms();
-                if now >= until_ms {
-                    return Ok(None);
-                }
-                let n = self
-                    .uart
-                    .read(&mut self.rx, until_ms - now)
-                    .map_err(DeviceError::Uart)?;
-                self.session.rx_pos = 0;
-                self.session.rx_len = n;
-                continue;
-            }
-            let input = &self.rx[self.session.rx_pos..self.session.rx_len];
-            match self.decoder.feed(input) {
-                Feed::Consumed => self.session.rx_pos = self.session.rx_len,
-                Feed::Rejected { used, .. } => {
-                    self.session.rx_pos += used;
-                    self.session.counters.frames_rejected += 1;
-                }
-                Feed::Frame { used } => {
-                    self.session.rx_pos += used;
-                    return Ok(Some(self.take_message()));
+            match self.buffers.reader.next_frame() {
+                Some(Ok(())) => return Ok(Some(self.take_message())),
+                Some(Err(_)) => self.state.counters.frames_rejected += 1,
+                None => {
+                    let now = self.clock.now_ms();
+                    if now >= until_ms {
+                        return Ok(None);
+                    }
+                    let reader = &mut self.buffers.reader;
+                    let n = self
+                        .uart
+                        .read(reader.spare(), until_ms - now)
+                        .map_err(DeviceError::Uart)?;
+                    reader.filled(n);
                 }
             }
         }
@@ -666,8 +498,8 @@ where
 
     /// Turns the decoded frame into an event, storing a chunk of the open download.
     fn take_message(&mut self) -> Event {
-        let Ok(message) = self.decoder.message() else {
-            self.session.counters.frames_rejected += 1;
+        let Ok(message) = self.buffers.reader.message() else {
+            self.state.counters.frames_rejected += 1;
             return Event::Other;
         };
         match message {
@@ -676,27 +508,16 @@ where
             },
             Message::FitIns(f) => Event::Instruction(Instruction::Fit(f)),
             Message::EvaluateIns(e) => Event::Instruction(Instruction::Evaluate(e)),
-            Message::ParamChunk(chunk) if Some(chunk.round) == self.downloading => {
-                let (offset, len) = (chunk.offset as usize, chunk.values.len());
-                if chunk.total as usize != self.params.len() {
-                    return Event::Other;
+            Message::ParamChunk(chunk) => match self.state.receiver.accept(&chunk, self.params) {
+                Ok(arrival) => Event::Chunk(arrival),
+                Err(Error::ChunkRound { got, .. }) => Event::StrayChunk { round: got },
+                // Of another model, misaligned, or undecodable (a NaN scale):
+                // treat it as damaged; what is missing is asked for again.
+                Err(_) => {
+                    self.state.counters.frames_rejected += 1;
+                    Event::Other
                 }
-                match self.chunks.arrive(chunk.offset, len) {
-                    Ok(Arrival::Duplicate) => Event::Chunk(Arrival::Duplicate),
-                    Ok(arrival) => {
-                        match chunk.values.decode(&mut self.params[offset..offset + len]) {
-                            Ok(()) => Event::Chunk(arrival),
-                            // Undecodable values (a NaN scale): treat the chunk as damaged.
-                            Err(_) => {
-                                self.session.counters.frames_rejected += 1;
-                                Event::Other
-                            }
-                        }
-                    }
-                    Err(_) => Event::Other,
-                }
-            }
-            Message::ParamChunk(chunk) => Event::StrayChunk { round: chunk.round },
+            },
             Message::Nack(nack) => Event::Nack(nack),
             Message::Bye(_) => Event::Bye,
             Message::Error(_) => Event::ServerError,
