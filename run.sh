@@ -86,6 +86,8 @@ for ((d = 0; d < devices; d++)); do
     cat "$out/device-$i.log" >&2
     exit 1
   fi
+  # The server paces its resend timer by the line's speed (an unthrottled pty keeps the default).
+  if ((device_baud > 0)); then path="$path@$device_baud"; fi
   serial+=(--serial "$path")
 done
 : > "$out/server.out"

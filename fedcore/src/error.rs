@@ -11,8 +11,13 @@ use core::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
-    /// The model spec has no layers, or more than [`crate::model::MAX_LAYERS`].
-    LayerCount(usize),
+    /// The model spec has no layers, or more than a model holds.
+    LayerCount {
+        /// Layers the spec has.
+        layers: usize,
+        /// Most layers a model holds (`model::MAX_LAYERS`).
+        max: usize,
+    },
     /// A Dense layer was given a non-flat input; put a Flatten before it.
     DenseNeedsFlatInput {
         /// Index of the offending layer.
@@ -111,10 +116,9 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Error::LayerCount(n) => write!(
+            Error::LayerCount { layers, max } => write!(
                 f,
-                "a model needs between 1 and {} layers, this one has {n}",
-                crate::model::MAX_LAYERS
+                "a model needs between 1 and {max} layers, this one has {layers}"
             ),
             Error::DenseNeedsFlatInput { layer } => write!(
                 f,

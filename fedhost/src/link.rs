@@ -20,6 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The server's address unless told otherwise: loopback, the reference lab's port.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8000";
 
+/// A serial line's speed unless told otherwise, on both ends (a device's UART
+/// and the server's port): the common UART rate.
+pub const DEFAULT_BAUD: u32 = 115_200;
+
 /// Largest frame a host sends or takes over TCP, delimiter included (64 KiB).
 pub const HOST_MAX_FRAME: usize = 1 << 16;
 

@@ -12,6 +12,7 @@ use clap::Parser;
 use fedcore::model::ModelSpec;
 use fedcore::protocol::Encoding;
 use fedhost::dataset::DEFAULT_DATA_DIR;
+use fedhost::link::DEFAULT_BAUD;
 use fedhost::partition::Partition;
 use fedhost::share::ShareSpec;
 use firmware_sim::board::{self, Build, Numeric};
@@ -33,7 +34,7 @@ struct Cli {
     port: Option<PathBuf>,
     /// Line speed: the link moves bytes no faster than this baud rate allows (10 bits a byte).
     /// 0 means unthrottled (only with --pty).
-    #[arg(long, default_value_t = 115_200)]
+    #[arg(long, default_value_t = DEFAULT_BAUD)]
     baud: u32,
     /// RAM budget in KiB: boot is refused if the firmware's memory does not fit.
     #[arg(long, default_value_t = 128)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use fedcore::aggregate::ServerOpt;
 use fedcore::model::ModelSpec;
 use fedcore::train::TrainConfig;
+use fedhost::link::DEFAULT_BAUD;
 use serde::Serialize;
 
 /// Why a configuration cannot run.
@@ -189,11 +190,6 @@ pub struct SerialLine {
     pub baud: u32,
 }
 
-impl SerialLine {
-    /// Baud rate when none is given.
-    pub const DEFAULT_BAUD: u32 = 115_200;
-}
-
 impl FromStr for SerialLine {
     type Err = String;
 
@@ -205,7 +201,7 @@ impl FromStr for SerialLine {
                 })?;
                 (path, baud)
             }
-            None => (s, Self::DEFAULT_BAUD),
+            None => (s, DEFAULT_BAUD),
         };
         if path.is_empty() {
             return Err(format!("no path in {s:?}: expected PATH or PATH@BAUD"));
@@ -265,7 +261,7 @@ mod tests {
     fn serial_lines_parse_with_or_without_a_baud_rate() {
         let line: SerialLine = "/dev/pts/7".parse().unwrap();
         assert_eq!(line.path, PathBuf::from("/dev/pts/7"));
-        assert_eq!(line.baud, SerialLine::DEFAULT_BAUD);
+        assert_eq!(line.baud, DEFAULT_BAUD);
         let line: SerialLine = "/dev/ttyACM0@1000000".parse().unwrap();
         assert_eq!(
             (line.path.to_str(), line.baud),

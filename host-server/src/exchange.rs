@@ -75,7 +75,8 @@ struct Conversation<'a, T> {
     instruction: Message<'static>,
     global: &'a [f32],
     chunking: Chunking,
-    retries: Retries,
+    /// On a lossy link, the unanswered requests so far.
+    retries: Option<Retries>,
     start: Instant,
     sent: u64,
     received: u64,
@@ -131,7 +132,7 @@ pub async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
             Heard::Chunk(Arrival::New {
                 skipped: Some(Span { offset, count }),
             }) => talk.nack(round, Resend::Values { offset, count }).await?,
-            Heard::Chunk(_) => talk.retries.progress(),
+            Heard::Chunk(_) => talk.progress(),
             Heard::FitRes(r) if r.round == round => {
                 res = Some(r);
                 if let Some(Span { offset, count }) = upload.receiver.missing() {
@@ -223,7 +224,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
             instruction,
             global,
             chunking,
-            retries: Retries::new(peer.retry.unwrap_or(RetryPolicy::for_line(None, 0))),
+            retries: peer.retry.map(Retries::new),
             start: Instant::now(),
             sent,
             received,
@@ -236,7 +237,14 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
 
     /// The silence after which to ask again, on a lossy link.
     fn gap(&self) -> Option<Duration> {
-        self.peer.retry.map(|_| ms(self.retries.gap_ms()))
+        self.retries.map(|r| ms(r.gap_ms()))
+    }
+
+    /// The participant was heard from: the count of unanswered requests starts over.
+    fn progress(&mut self) {
+        if let Some(retries) = &mut self.retries {
+            retries.progress();
+        }
     }
 
     async fn send_values(&mut self, span: Span) -> Result<(), JobError> {
@@ -312,9 +320,13 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
 
     /// Counts a silence; fails once the link has stalled.
     fn silence(&mut self) -> Result<(), JobError> {
-        self.retries.silence().map_err(|_| JobError::Stalled {
-            requests: self.peer.retry.map_or(0, |p| p.max_retries),
-        })
+        match &mut self.retries {
+            Some(retries) => retries.silence().map_err(|e| match e {
+                fedcore::Error::Stalled { requests } => JobError::Stalled { requests },
+                other => JobError::Protocol(other.to_string()),
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn nack(&mut self, round: u32, resend: Resend) -> Result<(), JobError> {

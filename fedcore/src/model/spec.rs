@@ -149,10 +149,15 @@ impl TryFrom<UncheckedSpec> for ModelSpec {
 impl ModelSpec {
     /// A spec from an input shape and layers, after checking that every shape fits.
     pub fn new(input: Shape, layers: &[Layer]) -> Result<Self, Error> {
-        let layers =
-            heapless::Vec::from_slice(layers).map_err(|_| Error::LayerCount(layers.len()))?;
+        let layers = heapless::Vec::from_slice(layers).map_err(|_| Error::LayerCount {
+            layers: layers.len(),
+            max: MAX_LAYERS,
+        })?;
         if layers.is_empty() {
-            return Err(Error::LayerCount(0));
+            return Err(Error::LayerCount {
+                layers: 0,
+                max: MAX_LAYERS,
+            });
         }
         if input.is_empty() {
             return Err(Error::EmptyOutput { layer: 0 });
@@ -177,13 +182,17 @@ impl ModelSpec {
         let mut layers: heapless::Vec<Layer, MAX_LAYERS> = heapless::Vec::new();
         for (i, &units) in rest.iter().enumerate() {
             if i > 0 {
-                layers
-                    .push(Layer::Relu)
-                    .map_err(|_| Error::LayerCount(2 * rest.len() - 1))?;
+                layers.push(Layer::Relu).map_err(|_| Error::LayerCount {
+                    layers: 2 * rest.len() - 1,
+                    max: MAX_LAYERS,
+                })?;
             }
             layers
                 .push(Layer::Dense { units })
-                .map_err(|_| Error::LayerCount(2 * rest.len() - 1))?;
+                .map_err(|_| Error::LayerCount {
+                    layers: 2 * rest.len() - 1,
+                    max: MAX_LAYERS,
+                })?;
         }
         ModelSpec::new(Shape::flat(input), &layers)
     }
@@ -252,9 +261,10 @@ impl FromStr for ModelSpec {
         let mut parsed: heapless::Vec<u32, MAX_LAYERS> = heapless::Vec::new();
         for w in widths.split('-') {
             let w = w.parse().map_err(|_| Error::BadModelSpec)?;
-            parsed
-                .push(w)
-                .map_err(|_| Error::LayerCount(MAX_LAYERS + 1))?;
+            parsed.push(w).map_err(|_| Error::LayerCount {
+                layers: MAX_LAYERS + 1,
+                max: MAX_LAYERS,
+            })?;
         }
         ModelSpec::mlp(&parsed)
     }
@@ -355,7 +365,13 @@ mod tests {
             ModelSpec::new(img, &[Layer::Relu]),
             Err(Error::OutputNotFlat)
         );
-        assert_eq!(ModelSpec::new(img, &[]), Err(Error::LayerCount(0)));
+        assert_eq!(
+            ModelSpec::new(img, &[]),
+            Err(Error::LayerCount {
+                layers: 0,
+                max: MAX_LAYERS,
+            })
+        );
     }
 
     #[test]

@@ -133,11 +133,6 @@ impl<const N: usize> Decoder<N> {
         }
     }
 
-    /// Largest frame this decoder takes, delimiter included (what a hello's max frame should say).
-    pub const fn max_frame(&self) -> usize {
-        N + 1
-    }
-
     /// Takes bytes until a frame ends (or the input does). Empty frames (a lone
     /// 0x00, which senders may use to flush a line) are skipped silently.
     pub fn feed(&mut self, input: &[u8]) -> Feed {
@@ -234,11 +229,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> FrameReader<B, N> {
             pos: 0,
             len: 0,
         }
-    }
-
-    /// Largest frame this reader takes, delimiter included.
-    pub const fn max_frame(&self) -> usize {
-        N + 1
     }
 
     /// Decodes what is buffered up to the next frame: `Some(Ok(()))` when one

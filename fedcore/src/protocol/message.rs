@@ -165,15 +165,6 @@ impl<'a> Values<'a> {
         self.len() == 0
     }
 
-    /// The encoding of these values.
-    pub fn encoding(&self) -> Encoding {
-        match self {
-            Values::F32(_) => Encoding::F32,
-            Values::Int8 { .. } => Encoding::Int8,
-            Values::Q16(_) => Encoding::Q16,
-        }
-    }
-
     /// Decodes into `out` (exactly `len()` long) in the receiver's scalar type.
     pub fn decode<S: Scalar>(&self, out: &mut [S]) -> Result<(), Error> {
         if out.len() != self.len() {

@@ -81,11 +81,6 @@ impl Chunking {
         self.per_chunk
     }
 
-    /// The encoding on the wire.
-    pub fn encoding(&self) -> Encoding {
-        self.encoding
-    }
-
     /// Bytes of the value buffer [`Chunking::encode`] needs.
     pub fn value_buffer_len(&self) -> usize {
         self.per_chunk as usize * self.encoding.value_bytes()
@@ -205,11 +200,6 @@ impl<B: AsRef<[u32]> + AsMut<[u32]>> Receiver<B> {
     /// Closes the transfer: chunks that come later are of no open round.
     pub fn close(&mut self) {
         self.round = None;
-    }
-
-    /// Round of the open transfer, if any.
-    pub fn round(&self) -> Option<u32> {
-        self.round
     }
 
     /// Takes `chunk` into `dest` (the whole vector being received) and ticks it off.
