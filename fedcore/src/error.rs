@@ -35,6 +35,13 @@ pub enum Error {
     },
     /// The last layer must produce a flat vector of class scores.
     OutputNotFlat,
+    /// A model is larger than fedcore sizes buffers for.
+    ModelTooLarge {
+        /// What is too large.
+        what: &'static str,
+        /// The bound ([`crate::model::MAX_PARAMS`]).
+        max: u64,
+    },
     /// A model spec string could not be parsed; the expected forms are `cnn` or `mlp:784-128-10`.
     BadModelSpec,
     /// A buffer has the wrong length for the model it is used with.
@@ -96,6 +103,11 @@ pub enum Error {
     NothingToAggregate,
     /// Client vectors given to a robust aggregator differ in length.
     RaggedVectors,
+    /// A trimmed mean asked to trim had too few updates to cut one from each end and keep one.
+    TooFewToTrim {
+        /// Updates in the round.
+        clients: usize,
+    },
     /// Values to quantise or a scale received contain NaN or infinity (a diverged model).
     NonFinite,
     /// The IDX data is malformed (bad magic number, truncated, or mismatched counts).
@@ -137,6 +149,10 @@ impl fmt::Display for Error {
                     "the last layer must output a flat vector of class scores"
                 )
             }
+            Error::ModelTooLarge { what, max } => write!(
+                f,
+                "the model has more {what} than the {max} fedcore accepts: pick a smaller model"
+            ),
             Error::BadModelSpec => write!(
                 f,
                 "bad model spec: expected `cnn` or `mlp:` followed by layer widths, e.g. `mlp:784-128-10`"
@@ -189,6 +205,10 @@ impl fmt::Display for Error {
                 )
             }
             Error::RaggedVectors => write!(f, "client parameter vectors differ in length"),
+            Error::TooFewToTrim { clients } => write!(
+                f,
+                "a trimmed mean cuts at least one update from each end and needs at least 3; this round has {clients}"
+            ),
             Error::NonFinite => write!(
                 f,
                 "parameters contain NaN or infinity: training diverged (try a lower learning rate)"

@@ -52,6 +52,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "aggregation",
             "plot",
+            "validate",
             "job",
             "exchange",
             "participant",

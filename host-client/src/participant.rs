@@ -8,7 +8,8 @@ use fedcore::data::Dataset;
 use fedcore::model::ModelSpec;
 use fedcore::protocol::transfer::Chunking;
 use fedcore::protocol::{
-    Encoding, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION, ParticipantKind,
+    Encoding, ErrorCode, ErrorMsg, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION,
+    ParticipantKind,
 };
 use fedcore::train::{TrainConfig, Trainer};
 use fedhost::dataset::Shard;
@@ -170,7 +171,8 @@ async fn session(
                         &state.data.test,
                         ins.round.saturating_sub(1),
                     )
-                    .await?;
+                    .await;
+                    let res = report(&mut link, res).await?;
                     link.send(&Message::EvaluateRes(res)).await?;
                 }
                 let t = Instant::now();
@@ -182,7 +184,8 @@ async fn session(
                     &state.data.train,
                     move |t, p, d| t.fit(p, d, seed),
                 )
-                .await?;
+                .await;
+                let stats = report(&mut link, stats).await?;
                 let seconds = t.elapsed().as_secs_f32();
                 tracing::info!(round = ins.round, seconds, loss = stats.loss(), "trained");
                 link.send_params(ins.round, &model.params, &model.chunking)
@@ -201,7 +204,8 @@ async fn session(
                 let model = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
                 link.recv_params(ins.round, &mut model.params, &model.chunking)
                     .await?;
-                let res = evaluate(&state.cores, model, &state.data.test, ins.round).await?;
+                let res = evaluate(&state.cores, model, &state.data.test, ins.round).await;
+                let res = report(&mut link, res).await?;
                 link.send(&Message::EvaluateRes(res)).await?;
             }
             Message::Bye(reason) => return Ok(reason.to_string()),
@@ -238,6 +242,24 @@ async fn evaluate(
         accuracy,
         seconds: t.elapsed().as_secs_f32(),
     })
+}
+
+/// Passes `outcome` on; a local failure is first told to the server (so its
+/// history says why this participant left, not just that its link closed).
+async fn report<R>(
+    link: &mut Link<TcpStream>,
+    outcome: Result<R, SessionError>,
+) -> Result<R, SessionError> {
+    if let Err(SessionError::Fatal(e)) = &outcome {
+        let text = format!("{e:#}");
+        let _ = link
+            .send(&Message::Error(ErrorMsg {
+                code: ErrorCode::Training,
+                text: &text,
+            }))
+            .await;
+    }
+    outcome
 }
 
 fn fatal(what: &str) -> SessionError {

@@ -32,6 +32,55 @@ pub enum ConfigError {
     /// The local training settings.
     #[error("{0}")]
     Train(#[from] fedcore::Error),
+    /// A deadline of zero: no participant could ever answer.
+    #[error("--round-timeout must be at least 1 second")]
+    RoundTimeout,
+    /// A minimum that the round's start does not guarantee.
+    #[error(
+        "{flag} {value} is above --min-available-clients {available}: rounds would start with too few to {what}; raise --min-available-clients"
+    )]
+    Minimum {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: usize,
+        /// --min-available-clients.
+        available: usize,
+        /// What the round could not do.
+        what: &'static str,
+    },
+    /// More participants needed than may connect.
+    #[error(
+        "--min-available-clients {needed} is above --max-clients {max}: the federation could never start"
+    )]
+    TooFewAllowed {
+        /// --min-available-clients.
+        needed: usize,
+        /// --max-clients.
+        max: usize,
+    },
+    /// A trimmed mean that could not trim.
+    #[error(
+        "trimmed-mean cuts at least one update from each end, so --min-fit-clients must be at least 3 (got {0})"
+    )]
+    TrimNeedsThree(usize),
+    /// A norm bound that is not a positive number.
+    #[error("--max-update-norm must be a positive number, got {0}")]
+    UpdateNorm(f32),
+    /// Clients could not hold the trainer this configuration asks for.
+    #[error(
+        "training {model} at batch {batch} needs {bytes} bytes of memory in each client (at most {max}): lower --batch-size"
+    )]
+    TrainerTooLarge {
+        /// The model.
+        model: String,
+        /// The batch size.
+        batch: u32,
+        /// Bytes a client's trainer would need.
+        bytes: u64,
+        /// The bound.
+        max: u64,
+    },
 }
 
 /// How client updates become the next global model.
@@ -171,6 +220,9 @@ pub struct ServerConfig {
     /// Deadline of each fit and evaluate phase.
     #[serde(serialize_with = "as_seconds")]
     pub round_timeout: Duration,
+    /// Longest wait for the participants a round needs to connect.
+    #[serde(serialize_with = "as_seconds")]
+    pub wait_timeout: Duration,
     /// Directory of a test set for centralised evaluation.
     pub server_eval: Option<PathBuf>,
     /// Output directory.
@@ -179,6 +231,36 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Serial lines with a device on them.
     pub serial: Vec<SerialLine>,
+    /// What participants may claim, and how many may join.
+    pub limits: Limits,
+}
+
+/// Bounds on participants: how many, what they may declare, how far an update may move.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Limits {
+    /// Participants connected at once; beyond it a hello is refused.
+    pub max_clients: usize,
+    /// Training or test examples a participant may declare in its hello.
+    pub max_examples: u32,
+    /// Longest L2 distance from the global model an update may have; longer ones are clipped to it.
+    pub max_update_norm: Option<f32>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_clients: Limits::MAX_CLIENTS,
+            max_examples: Limits::MAX_EXAMPLES,
+            max_update_norm: None,
+        }
+    }
+}
+
+impl Limits {
+    /// Default `--max-clients`.
+    pub const MAX_CLIENTS: usize = 1024;
+    /// Default `--max-examples`: more than any dataset the hosts load.
+    pub const MAX_EXAMPLES: u32 = 10_000_000;
 }
 
 /// A serial line to attach a device on: `PATH` or `PATH@BAUD`.
@@ -228,9 +310,60 @@ fn as_seconds<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Erro
 }
 
 impl ServerConfig {
-    /// Checks the settings that the CLI's types alone do not bound.
+    /// Most memory a client's trainer may need for the configured model and batch.
+    pub const MAX_TRAINER_BYTES: u64 = 4 << 30;
+
+    /// Checks the settings that the CLI's types alone do not bound, and refuses
+    /// those that could only produce an untrained model.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.train.validate()?;
+        let bytes = fedcore::train::memory::<f32>(&self.model, &self.train).total() as u64;
+        if bytes > Self::MAX_TRAINER_BYTES {
+            return Err(ConfigError::TrainerTooLarge {
+                model: self.model.to_string(),
+                batch: self.train.batch_size,
+                bytes,
+                max: Self::MAX_TRAINER_BYTES,
+            });
+        }
+        if self.round_timeout.is_zero() {
+            return Err(ConfigError::RoundTimeout);
+        }
+        let available = self.min_available_clients;
+        for (flag, value, what) in [
+            ("--min-fit-clients", self.min_fit_clients, "aggregate"),
+            (
+                "--min-evaluate-clients",
+                self.min_evaluate_clients,
+                "evaluate",
+            ),
+        ] {
+            if value > available {
+                return Err(ConfigError::Minimum {
+                    flag,
+                    value,
+                    available,
+                    what,
+                });
+            }
+        }
+        if available > self.limits.max_clients {
+            return Err(ConfigError::TooFewAllowed {
+                needed: available,
+                max: self.limits.max_clients,
+            });
+        }
+        if self.strategy == Strategy::TrimmedMean
+            && self.trim_fraction > 0.0
+            && self.min_fit_clients < 3
+        {
+            return Err(ConfigError::TrimNeedsThree(self.min_fit_clients));
+        }
+        if let Some(norm) = self.limits.max_update_norm
+            && !(norm > 0.0 && norm.is_finite())
+        {
+            return Err(ConfigError::UpdateNorm(norm));
+        }
         for (flag, value) in [
             ("--fraction-fit", self.fraction_fit),
             ("--fraction-evaluate", self.fraction_evaluate),

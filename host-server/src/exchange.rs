@@ -18,11 +18,15 @@ use fedcore::protocol::transfer::{Arrival, Chunking, Receiver, Retries, RetryPol
 use fedcore::protocol::{Encoding, EvaluateIns, FitIns, Message, Nack, Resend};
 use fedhost::link::{Link, LinkError, chunking};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::history::{LinkKind, Traffic};
 use crate::job::{EvaluateDone, FitDone, FitJob, JobError};
+use crate::validate::{self, Declared};
+
+/// Longest silence over TCP in the middle of an update, while it holds an upload slot.
+const UPLOAD_STALL: Duration = Duration::from_secs(10);
 
 /// What the server knows of a participant's link.
 #[derive(Debug, Clone, Copy)]
@@ -35,13 +39,16 @@ pub struct Peer {
     pub max_frame: usize,
     /// On a lossy line, when to ask again and when to give up; `None` over TCP.
     pub retry: Option<RetryPolicy>,
+    /// What it declared when it joined: its answers are checked against it.
+    pub declared: Declared,
+    /// Longest distance from the global model its update may have (longer is clipped).
+    pub max_update_norm: Option<f32>,
 }
 
 impl Peer {
     /// How a vector of `total` values is cut for this peer, both ways.
     pub fn chunking(&self, total: usize) -> Result<Chunking, JobError> {
-        chunking(total, self.max_frame, self.encoding)
-            .map_err(|e| JobError::Protocol(format!("cannot cut the model for this peer: {e}")))
+        chunking(total, self.max_frame, self.encoding).map_err(JobError::Transfer)
     }
 
     fn lossy(&self) -> bool {
@@ -61,10 +68,55 @@ enum Heard {
     Ignored,
 }
 
-/// The update coming back.
+/// The update coming back, staged in an upload slot taken when its first chunk arrives.
 struct Upload {
     params: Vec<f32>,
     receiver: Receiver<Vec<u32>>,
+    slot: OwnedSemaphorePermit,
+}
+
+/// Where a fit's update goes: nothing until it starts, then an [`Upload`].
+struct Staging<'a> {
+    slots: &'a Arc<Semaphore>,
+    round: u32,
+    chunking: Chunking,
+    upload: Option<Upload>,
+}
+
+impl Staging<'_> {
+    /// The upload, opened (slot taken, buffer allocated) on first use.
+    async fn open(&mut self) -> Result<&mut Upload, JobError> {
+        if self.upload.is_none() {
+            // The semaphore is never closed while connection tasks run.
+            let slot = Arc::clone(self.slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| JobError::Gone)?;
+            let (total, per_chunk) = (self.chunking.total(), self.chunking.per_chunk());
+            let mut receiver =
+                Receiver::new(vec![0u32; Receiver::<Vec<u32>>::words(total, per_chunk)]);
+            receiver
+                .start(self.round, &self.chunking)
+                .map_err(JobError::Transfer)?;
+            self.upload = Some(Upload {
+                params: vec![0.0; total as usize],
+                receiver,
+                slot,
+            });
+        }
+        self.upload.as_mut().ok_or(JobError::Gone)
+    }
+
+    fn missing(&self) -> Option<Span> {
+        match &self.upload {
+            Some(upload) => upload.receiver.missing(),
+            None => Some(Span::all(self.chunking.total())),
+        }
+    }
+
+    fn has_started(&self) -> bool {
+        self.upload.is_some()
+    }
 }
 
 /// One conversation: the instruction, the model sent, and the running tallies.
@@ -104,38 +156,34 @@ pub async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
         evaluate_first,
     });
     let mut talk = Conversation::open(link, peer, round, instruction, global).await?;
-    // The semaphore is never closed while connection tasks run.
-    let slot = Arc::clone(uploads)
-        .acquire_owned()
-        .await
-        .map_err(|_| JobError::Gone)?;
-    let words = Receiver::<Vec<u32>>::words(talk.chunking.total(), talk.chunking.per_chunk());
-    let mut upload = Upload {
-        params: vec![0.0; global.len()],
-        receiver: Receiver::new(vec![0u32; words]),
+    let mut staging = Staging {
+        slots: uploads,
+        round,
+        chunking: talk.chunking,
+        upload: None,
     };
-    upload
-        .receiver
-        .start(round, &talk.chunking)
-        .map_err(|e| JobError::Protocol(e.to_string()))?;
     let (mut res, mut evaluation) = (None, None);
     let previous = round.saturating_sub(1);
     loop {
-        let missing = upload.receiver.missing();
+        let missing = staging.missing();
         if missing.is_none() && res.is_some() && (evaluation.is_some() || !evaluate_first) {
             break;
         }
-        // Until the update starts, the participant is training: only the deadline limits that.
-        let waiting = upload.receiver.has_started() || res.is_some();
-        let gap = talk.gap().filter(|_| waiting);
-        match talk.hear(gap, Some(&mut upload)).await? {
+        // Until the update starts, the participant is training: only the deadline
+        // limits that. Once it holds a slot it must keep sending.
+        let waiting = staging.has_started() || res.is_some();
+        let wait = match talk.gap() {
+            Some(gap) => waiting.then_some(gap),
+            None => staging.has_started().then_some(UPLOAD_STALL),
+        };
+        match talk.hear(wait, Some(&mut staging)).await? {
             Heard::Chunk(Arrival::New {
                 skipped: Some(Span { offset, count }),
             }) => talk.nack(round, Resend::Values { offset, count }).await?,
             Heard::Chunk(_) => talk.progress(),
             Heard::FitRes(r) if r.round == round => {
                 res = Some(r);
-                if let Some(Span { offset, count }) = upload.receiver.missing() {
+                if let Some(Span { offset, count }) = staging.missing() {
                     if !peer.lossy() {
                         return Err(JobError::Protocol(format!(
                             "the update ended with {count} of its {} values missing",
@@ -147,6 +195,7 @@ pub async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
             }
             Heard::EvaluateRes(r) if evaluate_first && r.round == previous => evaluation = Some(r),
             Heard::Nack(nack) => talk.answer(nack).await?,
+            Heard::Silence if !peer.lossy() => return Err(JobError::NoProgress(UPLOAD_STALL)),
             Heard::Silence => {
                 talk.silence()?;
                 let (round, want) = match missing {
@@ -160,9 +209,25 @@ pub async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let res = res.ok_or_else(|| JobError::Protocol("no training report".into()))?;
+    let Upload {
+        mut params, slot, ..
+    } = staging
+        .upload
+        .ok_or_else(|| JobError::Protocol("no update".into()))?;
+    // Nothing the participant sent touches anything before it passes.
+    validate::fit(&res, &params, &peer.declared)?;
+    if let Some(ev) = &evaluation {
+        validate::evaluation(ev, &peer.declared)?;
+    }
+    if let Some(max) = peer.max_update_norm {
+        let norm = validate::clip(&mut params, global, max);
+        if norm > f64::from(max) {
+            tracing::info!(round, norm, max, "update clipped to the norm bound");
+        }
+    }
     let compute = f64::from(res.seconds) + evaluation.map_or(0.0, |e| f64::from(e.seconds));
     Ok(FitDone {
-        params: upload.params,
+        params,
         res,
         evaluation,
         traffic: talk.traffic(compute),
@@ -182,7 +247,10 @@ pub async fn evaluate<T: AsyncRead + AsyncWrite + Unpin>(
     let mut backoff = talk.gap();
     let res = loop {
         match talk.hear(backoff, None).await? {
-            Heard::EvaluateRes(r) if r.round == round => break r,
+            Heard::EvaluateRes(r) if r.round == round => {
+                validate::evaluation(&r, &peer.declared)?;
+                break r;
+            }
             Heard::Nack(nack) => talk.answer(nack).await?,
             Heard::Silence => {
                 // The report may have been lost, or the device is still computing:
@@ -259,7 +327,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
     async fn hear(
         &mut self,
         wait: Option<Duration>,
-        upload: Option<&mut Upload>,
+        staging: Option<&mut Staging<'_>>,
     ) -> Result<Heard, JobError> {
         let lossy = self.peer.lossy();
         let received = match wait {
@@ -286,14 +354,19 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
         };
         Ok(match message {
             Message::ParamChunk(chunk) => {
-                let Some(upload) = upload else {
+                let Some(staging) = staging else {
                     return unexpected(&message);
                 };
+                if chunk.round != self.round && lossy {
+                    // A stale resend of an earlier round: it takes no slot.
+                    return Ok(Heard::Ignored);
+                }
+                let upload = staging.open().await?;
                 match upload.receiver.accept(&chunk, &mut upload.params) {
                     Ok(arrival) => Heard::Chunk(arrival),
                     // A stale resend of an earlier round on a noisy line.
                     Err(fedcore::Error::ChunkRound { .. }) if lossy => Heard::Ignored,
-                    Err(e) => return Err(JobError::Protocol(format!("the update: {e}"))),
+                    Err(e) => return Err(JobError::Transfer(e)),
                 }
             }
             Message::FitRes(r) => Heard::FitRes(r),
@@ -323,7 +396,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
         match &mut self.retries {
             Some(retries) => retries.silence().map_err(|e| match e {
                 fedcore::Error::Stalled { requests } => JobError::Stalled { requests },
-                other => JobError::Protocol(other.to_string()),
+                other => JobError::Transfer(other),
             }),
             None => Ok(()),
         }
@@ -366,6 +439,11 @@ mod tests {
             encoding: Encoding::Int8,
             max_frame: 256,
             retry: Some(RetryPolicy::for_line(Some(115_200), 256)),
+            declared: Declared {
+                train_examples: 300,
+                test_examples: 0,
+            },
+            max_update_norm: None,
         }
     }
 

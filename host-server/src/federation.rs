@@ -5,6 +5,7 @@
 //! the whole run); the loop treats them alike. What each round did is written
 //! down by [`crate::round`].
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,7 @@ pub async fn run(
         registry: Registry::default(),
         model: config.model.clone(),
         uploads: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+        limits: config.limits,
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
     let lines: Vec<_> = config
@@ -134,47 +136,92 @@ async fn rounds(
     shared: &Shared,
     progress: &dyn Progress,
 ) -> anyhow::Result<Outcome> {
-    let plan = Plan::new(&config.model);
-    let mut global = vec![0.0f32; plan.param_count()];
-    init_params(&plan, &mut global, &mut Rng::new(config.seed));
-    let mut aggregator = Aggregator::new(
-        config.strategy,
-        config.server_opt,
-        global.len(),
-        config.trim_fraction,
-    )?;
-    let server_test = match &config.server_eval {
-        Some(dir) => Some(Arc::new(fedhost::dataset::load_test(dir)?)),
-        None => None,
-    };
-    let mut sampler = StdRng::seed_from_u64(config.seed);
-    let (json, csv) = History::paths(&config.out, config.rounds);
-    let mut history = History {
-        config: serde_json::to_value(config)?,
-        rounds: Vec::new(),
-    };
-    let write = |history: &History| {
-        history
-            .write(&json, &csv)
-            .with_context(|| format!("cannot write {}", json.display()))
-    };
+    let mut run = Run::new(config, shared, progress)?;
     tracing::info!(n = config.min_available_clients, "waiting for participants");
-    // The previous round's aggregate is evaluated by these participants during this round.
-    let mut evaluators: Vec<Handle> = Vec::new();
     for round in 1..=config.rounds {
-        shared
-            .registry
-            .wait_for(config.min_available_clients.max(1))
-            .await;
+        run.round(round).await?;
+    }
+    run.final_evaluation().await?;
+    run.finish()
+}
+
+/// A run between rounds: the global model, the aggregator, the history so far.
+struct Run<'a> {
+    config: &'a ServerConfig,
+    shared: &'a Shared,
+    progress: &'a dyn Progress,
+    global: Vec<f32>,
+    aggregator: Aggregator,
+    server_test: Option<Arc<fedhost::dataset::ImageData>>,
+    sampler: StdRng,
+    history: History,
+    json: PathBuf,
+    csv: PathBuf,
+    /// Who evaluates the last aggregate, during the next round (or at the end).
+    evaluators: Vec<Handle>,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        config: &'a ServerConfig,
+        shared: &'a Shared,
+        progress: &'a dyn Progress,
+    ) -> anyhow::Result<Self> {
+        let plan = Plan::new(&config.model);
+        let mut global = vec![0.0f32; plan.param_count()];
+        init_params(&plan, &mut global, &mut Rng::new(config.seed));
+        let aggregator = Aggregator::new(
+            config.strategy,
+            config.server_opt,
+            global.len(),
+            config.trim_fraction,
+        )?;
+        let server_test = match &config.server_eval {
+            Some(dir) => Some(Arc::new(fedhost::dataset::load_test(dir)?)),
+            None => None,
+        };
+        let (json, csv) = History::paths(&config.out, config.rounds);
+        Ok(Run {
+            config,
+            shared,
+            progress,
+            global,
+            aggregator,
+            server_test,
+            sampler: StdRng::seed_from_u64(config.seed),
+            history: History {
+                config: serde_json::to_value(config)?,
+                rounds: Vec::new(),
+            },
+            json,
+            csv,
+            evaluators: Vec::new(),
+        })
+    }
+
+    /// Runs round `round`: the fits (carrying the evaluations of the previous
+    /// aggregate), the aggregation, the optional server evaluation, the record.
+    async fn round(&mut self, round: u32) -> anyhow::Result<()> {
+        let config = self.config;
+        let needed = config.min_available_clients.max(1);
+        let registry = &self.shared.registry;
+        if tokio::time::timeout(config.wait_timeout, registry.wait_for(needed))
+            .await
+            .is_err()
+        {
+            anyhow::bail!(
+                "only {} of the {needed} participants round {round} needs connected within {:?} \
+                 (--wait-timeout); the history of the rounds before it is in {}",
+                registry.len(),
+                config.wait_timeout,
+                self.json.display()
+            );
+        }
         let mut book = RoundBook::start(round);
-        let chosen = sample(
-            &shared.registry.snapshot(),
-            config.fraction_fit,
-            config.min_fit_clients,
-            &mut sampler,
-        );
-        let snapshot = Arc::new(global.clone());
+        let chosen = self.sample(config.fraction_fit, config.min_fit_clients);
+        let snapshot = Arc::new(self.global.clone());
         let deadline = tokio::time::Instant::now() + config.round_timeout;
+        let evaluators = std::mem::take(&mut self.evaluators);
         let fused = |h: &Handle| evaluators.iter().any(|e| e.who.id == h.who.id);
         let mut fits = dispatch(&chosen, |h, reply| Job::Fit {
             job: FitJob {
@@ -201,17 +248,26 @@ async fn rounds(
             reply,
         })
         .await;
-        let mut previous = history.rounds.last_mut();
-        aggregator.begin();
+        let mut previous = self.history.rounds.last_mut();
+        self.aggregator.begin();
         // Fold each update as it arrives: that frees its upload slot for the next.
         while let Some(joined) = fits.join_next().await {
             let Ok((h, result)) = joined else { continue };
             match result {
-                Ok(done) => {
-                    book.trained(&h.who, &done, previous.as_deref_mut());
+                Ok(mut done) => {
                     let a = Instant::now();
-                    aggregator.add(done.params, u64::from(done.res.examples))?;
+                    let examples = u64::from(done.res.examples);
+                    let added = self
+                        .aggregator
+                        .add(std::mem::take(&mut done.params), examples);
                     book.aggregating(a.elapsed().as_secs_f64());
+                    match added {
+                        Ok(()) => book.trained(&h.who, &done, previous.as_deref_mut()),
+                        Err(e) => {
+                            let prev = previous.as_deref_mut().filter(|_| fused(&h));
+                            book.fit_failed(&h.who, &JobError::Transfer(e), prev);
+                        }
+                    }
                 }
                 Err(error) => {
                     let prev = previous.as_deref_mut().filter(|_| fused(&h));
@@ -222,43 +278,54 @@ async fn rounds(
         book.fits_collected();
         if let Some(prev) = previous {
             collect_evaluations(prev, &mut evals).await;
-            progress.round(prev);
+            self.progress.round(prev);
         }
         let a = Instant::now();
         let trained = book.trained_count();
-        let aggregated = trained >= config.min_fit_clients.max(1);
-        if aggregated {
-            aggregator.finish(&mut global)?;
-        } else {
+        let aggregated = if trained < config.min_fit_clients.max(1) {
             tracing::warn!(
                 round,
                 trained,
                 min = config.min_fit_clients,
                 "too few participants trained; the model is unchanged"
             );
-        }
+            false
+        } else {
+            // Validated updates cannot make this fail, but nothing a peer sent
+            // may end the run: a round that cannot aggregate leaves the model as it was.
+            match self.aggregator.finish(&mut self.global) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        round,
+                        "the round did not aggregate: {e}; the model is unchanged"
+                    );
+                    false
+                }
+            }
+        };
         book.aggregating(a.elapsed().as_secs_f64());
-        if let Some(test) = &server_test {
+        if let Some(test) = &self.server_test {
             let t = Instant::now();
-            let stats = evaluate_on_server(&config.model, &global, test).await?;
+            let stats = evaluate_on_server(&config.model, &self.global, test).await?;
             book.server_evaluated(stats.loss(), stats.accuracy(), t.elapsed().as_secs_f64());
         }
-        history.rounds.push(book.finish(aggregated));
-        write(&history)?;
-        evaluators = sample(
-            &shared.registry.snapshot(),
-            config.fraction_evaluate,
-            config.min_evaluate_clients,
-            &mut sampler,
-        );
+        self.history.rounds.push(book.finish(aggregated));
+        self.write()?;
+        self.evaluators = self.sample(config.fraction_evaluate, config.min_evaluate_clients);
+        Ok(())
     }
-    // The last aggregate has no next round to travel with: evaluate it on its own.
-    if let Some(last) = history.rounds.last_mut() {
+
+    /// The last aggregate has no next round to travel with: it is evaluated on its own.
+    async fn final_evaluation(&mut self) -> anyhow::Result<()> {
+        let Some(last) = self.history.rounds.last_mut() else {
+            return Ok(());
+        };
         let t = Instant::now();
-        let snapshot = Arc::new(global.clone());
-        let deadline = tokio::time::Instant::now() + config.round_timeout;
+        let snapshot = Arc::new(self.global.clone());
+        let deadline = tokio::time::Instant::now() + self.config.round_timeout;
         let round = last.round;
-        let mut evals = dispatch(&evaluators, |_, reply| Job::Evaluate {
+        let mut evals = dispatch(&self.evaluators, |_, reply| Job::Evaluate {
             round,
             global: Arc::clone(&snapshot),
             deadline,
@@ -269,14 +336,40 @@ async fn rounds(
         let seconds = t.elapsed().as_secs_f64();
         last.phase_seconds.evaluate = Some(seconds);
         last.seconds += seconds;
-        progress.round(last);
-        write(&history)?;
+        self.progress.round(last);
+        self.write()
     }
-    let model_path = config.out.join("model_final.bin");
-    fedhost::model_file::save(&model_path, &config.model, &global)?;
-    let mut files = vec![json, csv, model_path];
-    files.extend(crate::plot::plot_run(&history, &config.out)?);
-    Ok(Outcome { history, files })
+
+    /// Saves the final model and the charts.
+    fn finish(self) -> anyhow::Result<Outcome> {
+        let model_path = self.config.out.join("model_final.bin");
+        fedhost::model_file::save(&model_path, &self.config.model, &self.global)?;
+        let mut files = vec![self.json, self.csv, model_path];
+        files.extend(crate::plot::plot_run(&self.history, &self.config.out)?);
+        Ok(Outcome {
+            history: self.history,
+            files,
+        })
+    }
+
+    /// Rewrites the history files.
+    fn write(&self) -> anyhow::Result<()> {
+        self.history
+            .write(&self.json, &self.csv)
+            .with_context(|| format!("cannot write {}", self.json.display()))
+    }
+
+    /// Flower's sampling: `max(available · fraction, min)` clients, at random.
+    fn sample(&mut self, fraction: f64, min: usize) -> Vec<Handle> {
+        let available = self.shared.registry.snapshot();
+        let n = ServerConfig::sample_size(available.len(), fraction, min);
+        let mut chosen: Vec<Handle> = available
+            .choose_multiple(&mut self.sampler, n)
+            .cloned()
+            .collect();
+        chosen.sort_by_key(|h| h.who.id);
+        chosen
+    }
 }
 
 /// Gathers standalone evaluations of `record`'s aggregate, then settles its
@@ -293,14 +386,6 @@ async fn collect_evaluations(
         }
     }
     round::settle_evaluations(record);
-}
-
-/// Flower's sampling: `max(available · fraction, min)` clients, at random.
-fn sample(available: &[Handle], fraction: f64, min: usize, rng: &mut StdRng) -> Vec<Handle> {
-    let n = ServerConfig::sample_size(available.len(), fraction, min);
-    let mut chosen: Vec<Handle> = available.choose_multiple(rng, n).cloned().collect();
-    chosen.sort_by_key(|h| h.who.id);
-    chosen
 }
 
 /// Hands each chosen participant the job `make` builds; the set yields

@@ -142,6 +142,8 @@ pub enum FailureKind {
     Participant,
     /// It sent something the conversation does not allow.
     Protocol,
+    /// Its update or metrics failed validation (NaN, lies about its examples, out of range).
+    Rejected,
     /// It said hello again in the middle of a job (it restarted).
     Restarted,
     /// It was gone before the job reached it, or its connection task ended.

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
 use crate::history::{FailureKind, Traffic};
+use crate::validate::Rejection;
 
 /// The instruction part of a fit job.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +71,16 @@ pub enum JobError {
     /// It sent something the conversation does not allow.
     #[error("{0}")]
     Protocol(String),
+    /// Its parameters were refused by the transfer engine (a chunk of another
+    /// model, misaligned, or undecodable).
+    #[error("its parameters were refused: {0}")]
+    Transfer(fedcore::Error),
+    /// Its answer failed validation: it never touched the model or the metrics.
+    #[error("its answer was refused: {0}")]
+    Rejected(#[from] Rejection),
+    /// It held an upload slot without sending anything for too long.
+    #[error("it sent nothing for {0:?} in the middle of its update")]
+    NoProgress(std::time::Duration),
     /// It said hello in the middle of a job.
     #[error("the participant restarted")]
     Restarted,
@@ -83,10 +94,11 @@ impl JobError {
     pub fn kind(&self) -> FailureKind {
         match self {
             JobError::Deadline => FailureKind::Deadline,
-            JobError::Stalled { .. } => FailureKind::Stalled,
+            JobError::Stalled { .. } | JobError::NoProgress(_) => FailureKind::Stalled,
+            JobError::Rejected(_) => FailureKind::Rejected,
             JobError::Link(_) => FailureKind::Link,
             JobError::Participant(_) => FailureKind::Participant,
-            JobError::Protocol(_) => FailureKind::Protocol,
+            JobError::Protocol(_) | JobError::Transfer(_) => FailureKind::Protocol,
             JobError::Restarted => FailureKind::Restarted,
             JobError::Gone => FailureKind::Gone,
         }

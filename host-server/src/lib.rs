@@ -4,6 +4,7 @@
 //! - [`history`]: the history files (a leaf: ids, names and link kinds, never connections);
 //! - [`config`]: settings, strategies and their validation;
 //! - [`aggregation`]: a round's aggregation by strategy;
+//! - [`validate`]: what a participant's update and metrics must satisfy before they touch anything;
 //! - [`job`]: what the round loop asks of a participant, and every way it can fail;
 //! - [`exchange`]: one job's conversation over a link, a driver of fedcore's transfer engine;
 //! - [`participant`]: connections, their handshake, and the jobs they carry out;
@@ -22,3 +23,4 @@ pub mod participant;
 pub mod plot;
 pub mod round;
 pub mod summary;
+pub mod validate;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use fedcore::model::ModelSpec;
 use fedcore::train::{Rounding, TrainConfig};
 use fedhost::link::DEFAULT_ADDRESS;
-use host_server::config::{SerialLine, ServerConfig, ServerTuning, Strategy};
+use host_server::config::{Limits, SerialLine, ServerConfig, ServerTuning, Strategy};
 use host_server::federation::{self, Progress};
 use host_server::history::{History, RoundRecord};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -97,6 +97,18 @@ struct RunArgs {
     /// Seconds each fit and each evaluate phase may take; late clients are left out.
     #[arg(long, default_value_t = 120)]
     round_timeout: u64,
+    /// Seconds to wait for --min-available-clients to connect before a round; then the run stops with the history so far.
+    #[arg(long, default_value_t = 600)]
+    wait_timeout: u64,
+    /// Participants connected at once; beyond it a hello is refused.
+    #[arg(long, default_value_t = Limits::MAX_CLIENTS)]
+    max_clients: usize,
+    /// Training or test examples a participant may declare when it joins; its results may claim no more.
+    #[arg(long, default_value_t = Limits::MAX_EXAMPLES)]
+    max_examples: u32,
+    /// Clip each update to at most this L2 distance from the global model (limits what one poisoned update can do).
+    #[arg(long)]
+    max_update_norm: Option<f32>,
     /// Also evaluate the global model centrally on the test set in this directory.
     #[arg(long)]
     server_eval: Option<PathBuf>,
@@ -144,10 +156,16 @@ impl RunArgs {
             trim_fraction: self.trim_fraction,
             server_opt: self.strategy.server_opt(&tuning),
             round_timeout: Duration::from_secs(self.round_timeout),
+            wait_timeout: Duration::from_secs(self.wait_timeout),
             server_eval: self.server_eval,
             out: self.out,
             seed: self.seed,
             serial: self.serial,
+            limits: Limits {
+                max_clients: self.max_clients,
+                max_examples: self.max_examples,
+                max_update_norm: self.max_update_norm,
+            },
         };
         config.validate()?;
         Ok(config)

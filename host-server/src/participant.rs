@@ -31,10 +31,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
-use crate::config::SerialLine;
+use crate::config::{Limits, SerialLine};
 use crate::exchange::{self, Peer};
 use crate::history::{Identity, LinkKind};
 use crate::job::{Job, answer_by};
+use crate::validate::Declared;
 
 /// Updates held in memory at once, at most.
 pub const UPLOAD_SLOTS: usize = 8;
@@ -106,6 +107,16 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Participants connected now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nobody is connected.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     fn insert(&self, handle: Handle) {
         self.lock().insert(handle.who.id, handle);
         self.changed.notify_waiters();
@@ -126,6 +137,8 @@ pub struct Shared {
     pub model: ModelSpec,
     /// Upload staging slots.
     pub uploads: Arc<Semaphore>,
+    /// What participants may claim, and how many may join.
+    pub limits: Limits,
 }
 
 /// Why a connection was not admitted.
@@ -140,6 +153,19 @@ pub enum AdmissionError {
     /// It speaks another protocol version.
     #[error("protocol version {0} is not {PROTOCOL_VERSION}")]
     Version(u16),
+    /// The federation has as many participants as it takes.
+    #[error("the federation is full: it takes at most {0} participants (--max-clients)")]
+    Full(usize),
+    /// It declares more examples than a participant may.
+    #[error(
+        "it declares {declared} examples; a participant may declare at most {max} (--max-examples)"
+    )]
+    Examples {
+        /// What it declared.
+        declared: u32,
+        /// The bound.
+        max: u32,
+    },
     /// The link failed.
     #[error("{0}")]
     Link(#[from] LinkError),
@@ -218,6 +244,7 @@ struct Greeting {
     name: String,
     encoding: Encoding,
     max_frame: usize,
+    declared: Declared,
 }
 
 impl From<&Hello<'_>> for Greeting {
@@ -227,6 +254,10 @@ impl From<&Hello<'_>> for Greeting {
             name: h.name.to_string(),
             encoding: h.encoding,
             max_frame: (h.max_frame as usize).min(HOST_MAX_FRAME),
+            declared: Declared {
+                train_examples: h.train_examples,
+                test_examples: h.test_examples,
+            },
         }
     }
 }
@@ -287,7 +318,19 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
                 },
             }
         } else {
-            jobs.recv().await
+            // Between jobs a TCP participant has nothing to say: anything it
+            // sends, or its closing the connection, ends the session, so a peer
+            // that left is not counted as available.
+            tokio::select! {
+                job = jobs.recv() => job,
+                heard = link.recv() => {
+                    match heard {
+                        Ok(other) => tracing::warn!(id, "unexpected {} between jobs; closing", other.name()),
+                        Err(e) => tracing::info!(id, "connection closed between jobs: {e}"),
+                    }
+                    break Ended::Failed;
+                }
+            }
         };
         let Some(job) = job else {
             break Ended::Failed;
@@ -343,11 +386,31 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
     retry: Option<RetryPolicy>,
     shared: &Shared,
 ) -> Result<(Handle, mpsc::Receiver<Job>, Peer), AdmissionError> {
-    if hello.version != PROTOCOL_VERSION {
-        let refusal = AdmissionError::Version(hello.version);
+    let limits = &shared.limits;
+    let most = hello
+        .declared
+        .train_examples
+        .max(hello.declared.test_examples);
+    let refusal = if hello.version != PROTOCOL_VERSION {
+        Some((ErrorCode::Version, AdmissionError::Version(hello.version)))
+    } else if most > limits.max_examples {
+        let e = AdmissionError::Examples {
+            declared: most,
+            max: limits.max_examples,
+        };
+        Some((ErrorCode::Unsupported, e))
+    } else if shared.registry.len() >= limits.max_clients {
+        Some((
+            ErrorCode::Unsupported,
+            AdmissionError::Full(limits.max_clients),
+        ))
+    } else {
+        None
+    };
+    if let Some((code, refusal)) = refusal {
         let _ = link
             .send(&Message::Error(ErrorMsg {
-                code: ErrorCode::Version,
+                code,
                 text: &refusal.to_string(),
             }))
             .await;
@@ -365,6 +428,8 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
         encoding: hello.encoding,
         max_frame: hello.max_frame,
         retry,
+        declared: hello.declared,
+        max_update_norm: limits.max_update_norm,
     };
     Ok((
         Handle {

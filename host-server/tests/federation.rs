@@ -158,6 +158,14 @@ fn bad_flags_are_one_clear_error() {
         &["--strategy", "fedsgd"],
         &["--fraction-fit", "2"],
         &["--bind", "nowhere"],
+        // Values that could only produce an untrained model, or an allocation no client survives.
+        &["--round-timeout", "0"],
+        &["--min-fit-clients", "3", "--min-available-clients", "2"],
+        &["--strategy", "trimmed-mean", "--min-fit-clients", "2"],
+        &["--model", "mlp:784-99999999-10"],
+        &["--batch-size", "4000000000"],
+        &["--max-update-norm", "-1"],
+        &["--max-clients", "1", "--min-available-clients", "2"],
     ] {
         let out = Command::new(bin("host-server"))
             .args(args)
@@ -204,6 +212,8 @@ fn every_strategy_runs_end_to_end() {
                 "--strategy",
                 strategy,
                 "--min-available-clients",
+                "3",
+                "--min-fit-clients",
                 "3",
             ],
         );

@@ -17,7 +17,7 @@ use fedcore::protocol::{
 use fedcore::rng::Rng;
 use fedcore::train::TrainConfig;
 use fedhost::link::{HOST_MAX_FRAME, Link, chunking};
-use host_server::config::{ServerConfig, Strategy};
+use host_server::config::{Limits, ServerConfig, Strategy};
 use host_server::federation::{self, Progress};
 use host_server::history::{FailureKind, Phase, RoundRecord};
 use tokio::io::DuplexStream;
@@ -40,13 +40,13 @@ impl Progress for Count {
     }
 }
 
-async fn hello(link: &mut Link<DuplexStream>, name: &str) {
+async fn hello(link: &mut Link<DuplexStream>, name: &str, examples: u32) {
     link.send(&Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         name,
         kind: ParticipantKind::Host,
-        train_examples: 0,
-        test_examples: 0,
+        train_examples: examples,
+        test_examples: TEST_EXAMPLES,
         max_frame: HOST_MAX_FRAME as u32,
         encoding: Encoding::F32,
         auth: &[],
@@ -56,76 +56,146 @@ async fn hello(link: &mut Link<DuplexStream>, name: &str) {
     assert!(matches!(link.recv().await.unwrap(), Message::Welcome(_)));
 }
 
-/// A participant that "trains" by adding `delta` to every parameter, weighs
-/// `examples`, and always scores `accuracy`.
-async fn honest(io: DuplexStream, name: &str, delta: f32, examples: u32, accuracy: f32) {
+/// Test examples every scripted participant declares.
+const TEST_EXAMPLES: u32 = 1000;
+
+/// What a scripted participant does with each instruction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// Adds `delta` to every parameter, weighs its examples, scores `accuracy`.
+    Honest { delta: f32, accuracy: f32 },
+    /// Uploads NaN.
+    NanUpdate,
+    /// Uploads the model unchanged and claims 0 examples.
+    ZeroExamples,
+    /// Uploads zeros and claims u32::MAX examples.
+    MaxExamples,
+    /// Trains honestly but reports an accuracy of 1.0 over u32::MAX test examples.
+    LyingEvaluation,
+    /// Uploads the model scaled by 1e6.
+    Scaled,
+}
+
+/// A participant on `io` that behaves as `behaviour` until goodbye or a closed link;
+/// true if it was told goodbye.
+async fn participant(io: DuplexStream, name: &str, examples: u32, behaviour: Behaviour) -> bool {
     let mut link = Link::new(io);
-    hello(&mut link, name).await;
+    hello(&mut link, name, examples).await;
     let c: Chunking = chunking(model().param_count(), HOST_MAX_FRAME, Encoding::F32).unwrap();
     let mut params = vec![0.0f32; model().param_count()];
-    let eval = |round| EvaluateRes {
-        round,
-        examples,
-        loss: 1.0 - accuracy,
-        accuracy,
-        seconds: 0.0,
+    let eval = |round| match behaviour {
+        Behaviour::Honest { accuracy, .. } => EvaluateRes {
+            round,
+            examples,
+            loss: 1.0 - accuracy,
+            accuracy,
+            seconds: 0.0,
+        },
+        Behaviour::LyingEvaluation => EvaluateRes {
+            round,
+            examples: u32::MAX,
+            loss: 0.0,
+            accuracy: 1.0,
+            seconds: 0.0,
+        },
+        // The others evaluate over no examples: no weight, whatever they say.
+        _ => EvaluateRes {
+            round,
+            examples: 0,
+            loss: 0.0,
+            accuracy: 0.0,
+            seconds: 0.0,
+        },
     };
     loop {
-        match link.recv().await.unwrap() {
+        let Ok(message) = link.recv().await else {
+            return false;
+        };
+        match message {
             Message::FitIns(ins) => {
-                link.recv_params(ins.round, &mut params, &c).await.unwrap();
-                if ins.evaluate_first {
-                    link.send(&Message::EvaluateRes(eval(ins.round - 1)))
-                        .await
-                        .unwrap();
+                if link.recv_params(ins.round, &mut params, &c).await.is_err() {
+                    return false;
                 }
-                params.iter_mut().for_each(|p| *p += delta);
-                link.send_params(ins.round, &params, &c).await.unwrap();
+                if ins.evaluate_first {
+                    let _ = link.send(&Message::EvaluateRes(eval(ins.round - 1))).await;
+                }
+                let claimed = match behaviour {
+                    Behaviour::Honest { delta, .. } => {
+                        params.iter_mut().for_each(|p| *p += delta);
+                        examples
+                    }
+                    Behaviour::NanUpdate => {
+                        params.fill(f32::NAN);
+                        examples
+                    }
+                    Behaviour::ZeroExamples => 0,
+                    Behaviour::MaxExamples => {
+                        params.fill(0.0);
+                        u32::MAX
+                    }
+                    Behaviour::LyingEvaluation => examples,
+                    Behaviour::Scaled => {
+                        params.iter_mut().for_each(|p| *p *= 1e6);
+                        examples
+                    }
+                };
+                let _ = link.send_params(ins.round, &params, &c).await;
                 let res = FitRes {
                     round: ins.round,
-                    examples,
+                    examples: claimed,
                     loss: 0.1,
-                    accuracy,
+                    accuracy: 0.5,
                     seconds: 0.0,
                 };
-                link.send(&Message::FitRes(res)).await.unwrap();
+                let _ = link.send(&Message::FitRes(res)).await;
             }
             Message::EvaluateIns(ins) => {
-                link.recv_params(ins.round, &mut params, &c).await.unwrap();
-                link.send(&Message::EvaluateRes(eval(ins.round)))
-                    .await
-                    .unwrap();
+                if link.recv_params(ins.round, &mut params, &c).await.is_err() {
+                    return false;
+                }
+                let _ = link.send(&Message::EvaluateRes(eval(ins.round))).await;
             }
-            Message::Bye(_) => return,
-            other => panic!("unexpected {}", other.name()),
+            Message::Bye(_) => return true,
+            _ => return false,
         }
     }
 }
 
-/// A participant that joins, never answers, and joins again each time the server drops it.
-async fn silent(connect: mpsc::Sender<DuplexStream>) {
+/// A participant that joins again each time the server drops it, behaving as
+/// `behaviour` (or, with `None`, never answering at all).
+async fn rejoining(
+    connect: mpsc::Sender<DuplexStream>,
+    name: &'static str,
+    behaviour: Option<Behaviour>,
+) {
     loop {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         if connect.send(theirs).await.is_err() {
             return;
         }
-        let mut link = Link::new(ours);
-        hello(&mut link, "silent").await;
-        // Read (and ignore) until the server closes the link or says goodbye.
-        loop {
-            match link.recv().await {
-                Ok(Message::Bye(_)) => return,
-                Ok(_) => {}
-                Err(_) => break,
+        let told_goodbye = match behaviour {
+            Some(b) => participant(ours, name, 100, b).await,
+            None => {
+                let mut link = Link::new(ours);
+                hello(&mut link, name, 100).await;
+                // Read (and ignore) until the server closes the link or says goodbye.
+                loop {
+                    match link.recv().await {
+                        Ok(Message::Bye(_)) => break true,
+                        Ok(_) => {}
+                        Err(_) => break false,
+                    }
+                }
             }
+        };
+        if told_goodbye {
+            return;
         }
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn rounds_aggregate_the_honest_and_record_the_silent_as_missing_the_deadline() {
-    let out = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
+fn config(out: &std::path::Path, participants: usize) -> ServerConfig {
+    ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         rounds: ROUNDS,
         strategy: Strategy::Fedavg,
@@ -134,34 +204,65 @@ async fn rounds_aggregate_the_honest_and_record_the_silent_as_missing_the_deadli
         fraction_evaluate: 1.0,
         min_fit_clients: 2,
         min_evaluate_clients: 2,
-        min_available_clients: 3,
+        min_available_clients: participants,
         train: TrainConfig::default(),
         trim_fraction: 0.2,
         server_opt: ServerOpt::FedAvg,
         round_timeout: DEADLINE,
-        server_eval: None,
-        out: out.path().to_path_buf(),
+        wait_timeout: Duration::from_secs(600),
+        out: out.to_path_buf(),
         seed: 5,
         serial: Vec::new(),
-    };
-    let (connect, listener) = mpsc::channel(8);
+        server_eval: None,
+        limits: Limits::default(),
+    }
+}
+
+/// Runs `config` with the two honest participants (+1 on 100 examples scoring
+/// 0.5, -1 on 300 scoring 0.8) and the `others`; returns the outcome, the
+/// virtual time it took and the initial model.
+async fn federate(
+    config: ServerConfig,
+    others: &[(&'static str, Option<Behaviour>)],
+) -> (federation::Outcome, Duration, Vec<f32>) {
+    let (connect, listener) = mpsc::channel(16);
     let mut participants = tokio::task::JoinSet::new();
     for (name, delta, examples, accuracy) in [("a", 1.0, 100, 0.5), ("b", -1.0, 300, 0.8)] {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         connect.send(theirs).await.unwrap();
-        participants.spawn(honest(ours, name, delta, examples, accuracy));
+        participants.spawn(async move {
+            assert!(participant(ours, name, examples, Behaviour::Honest { delta, accuracy }).await);
+        });
     }
-    participants.spawn(silent(connect));
-
+    for &(name, behaviour) in others {
+        participants.spawn(rejoining(connect.clone(), name, behaviour));
+    }
+    drop(connect);
     let started = tokio::time::Instant::now();
     let progress = Count::default();
+    let seed = config.seed;
     let outcome = federation::run(config, listener, &progress).await.unwrap();
     let virtual_time = started.elapsed();
     participants.join_all().await;
-
-    let history = outcome.history;
-    assert_eq!(history.rounds.len(), ROUNDS as usize);
     assert_eq!(progress.0.load(Ordering::Relaxed), ROUNDS as usize);
+    let spec = model();
+    let mut first = vec![0.0f32; spec.param_count()];
+    init_params(&Plan::new(&spec), &mut first, &mut Rng::new(seed));
+    (outcome, virtual_time, first)
+}
+
+fn final_model(out: &std::path::Path) -> Vec<f32> {
+    let (spec, last) = fedhost::model_file::load(&out.join("model_final.bin")).unwrap();
+    assert_eq!(spec, model());
+    last
+}
+
+/// Checks every round aggregated the honest pair alone: FedAvg of +1 (weight
+/// 100) and -1 (weight 300) moves every parameter by -0.5 a round, and the
+/// distributed accuracy is (100 x 0.5 + 300 x 0.8) / 400.
+fn assert_honest_rounds(outcome: &federation::Outcome, out: &std::path::Path, first: &[f32]) {
+    let history = &outcome.history;
+    assert_eq!(history.rounds.len(), ROUNDS as usize);
     for r in &history.rounds {
         assert!(r.aggregated, "round {}", r.round);
         let trained: Vec<&str> = r
@@ -171,6 +272,25 @@ async fn rounds_aggregate_the_honest_and_record_the_silent_as_missing_the_deadli
             .map(|p| p.name.as_str())
             .collect();
         assert_eq!(trained, ["a", "b"], "round {}", r.round);
+        let accuracy = r.accuracy_distributed.unwrap();
+        assert!(
+            (accuracy - 0.725).abs() < 1e-6,
+            "round {}: {accuracy}",
+            r.round
+        );
+        assert_eq!(r.fit_metrics.train_accuracy, Some(0.5));
+    }
+    for (l, f) in final_model(out).iter().zip(first) {
+        assert!((l - (f - 0.5 * ROUNDS as f32)).abs() < 1e-5, "{l} vs {f}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rounds_aggregate_the_honest_and_record_the_silent_as_missing_the_deadline() {
+    let out = tempfile::tempdir().unwrap();
+    let (outcome, virtual_time, first) = federate(config(out.path(), 3), &[("silent", None)]).await;
+    assert_honest_rounds(&outcome, out.path(), &first);
+    for r in &outcome.history.rounds {
         let missed = r
             .failures
             .iter()
@@ -178,26 +298,9 @@ async fn rounds_aggregate_the_honest_and_record_the_silent_as_missing_the_deadli
             .unwrap_or_else(|| panic!("round {}: {:?}", r.round, r.failures));
         assert_eq!(missed.kind, Some(FailureKind::Deadline));
         assert_eq!(missed.reason, "missed the round deadline");
-        // (100 × 0.5 + 300 × 0.8) / 400 from the honest evaluations.
-        let accuracy = r.accuracy_distributed.unwrap();
-        assert!(
-            (accuracy - 0.725).abs() < 1e-6,
-            "round {}: {accuracy}",
-            r.round
-        );
-        assert_eq!(r.fit_metrics.train_accuracy, Some(0.725));
     }
     // Each round the deadline ran out on the silent participant.
     assert!(virtual_time >= DEADLINE * ROUNDS, "{virtual_time:?}");
-
-    // FedAvg of +1 (weight 100) and -1 (weight 300): -0.5 a round.
-    let (spec, last) = fedhost::model_file::load(&out.path().join("model_final.bin")).unwrap();
-    assert_eq!(spec, model());
-    let mut first = vec![0.0f32; spec.param_count()];
-    init_params(&Plan::new(&spec), &mut first, &mut Rng::new(5));
-    for (l, f) in last.iter().zip(&first) {
-        assert!((l - (f - 0.5 * ROUNDS as f32)).abs() < 1e-5, "{l} vs {f}");
-    }
     let json = std::fs::read_to_string(out.path().join("history_3.json")).unwrap();
     for key in [
         "\"train_accuracy\"",
@@ -207,4 +310,94 @@ async fn rounds_aggregate_the_honest_and_record_the_silent_as_missing_the_deadli
     ] {
         assert!(json.contains(key), "{key} missing from the history");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn poisoned_updates_and_lying_example_counts_are_refused_and_never_touch_the_model() {
+    let out = tempfile::tempdir().unwrap();
+    let hostile = [
+        ("nan", Some(Behaviour::NanUpdate)),
+        ("zero", Some(Behaviour::ZeroExamples)),
+        ("max", Some(Behaviour::MaxExamples)),
+    ];
+    let (outcome, _, first) = federate(config(out.path(), 5), &hostile).await;
+    // The run ends, the model is the honest pair's alone, the accuracy tells the truth.
+    assert_honest_rounds(&outcome, out.path(), &first);
+    for r in &outcome.history.rounds {
+        for (name, _) in &hostile {
+            let refused = r
+                .failures
+                .iter()
+                .find(|f| f.name == *name && f.phase == Phase::Fit)
+                .unwrap_or_else(|| panic!("round {}: {name}: {:?}", r.round, r.failures));
+            assert_eq!(refused.kind, Some(FailureKind::Rejected), "{refused:?}");
+            assert!(
+                refused.reason.starts_with("its answer was refused"),
+                "{refused:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lying_evaluation_is_refused_and_never_counted() {
+    let out = tempfile::tempdir().unwrap();
+    let liar = [("liar", Some(Behaviour::LyingEvaluation))];
+    let (outcome, _, _) = federate(config(out.path(), 3), &liar).await;
+    let rounds = &outcome.history.rounds;
+    assert!(rounds.iter().all(|r| r.aggregated));
+    // Its round-1 update was fine; round 1's aggregate it scored with a lie
+    // (1.0 over u32::MAX examples) during round 2, and that job was refused.
+    let refused = rounds[0]
+        .failures
+        .iter()
+        .find(|f| f.name == "liar" && f.phase == Phase::Evaluate)
+        .unwrap_or_else(|| panic!("{:?}", rounds[0].failures));
+    assert_eq!(refused.kind, Some(FailureKind::Rejected));
+    assert!(
+        refused.reason.contains("test examples"),
+        "{}",
+        refused.reason
+    );
+    // No evaluation of its is in the history: every accuracy is the honest pair's.
+    for r in rounds {
+        assert!(
+            r.participants
+                .iter()
+                .all(|p| p.name != "liar" || p.evaluate.is_none())
+        );
+        let accuracy = r.accuracy_distributed.unwrap();
+        assert!(
+            (accuracy - 0.725).abs() < 1e-6,
+            "round {}: {accuracy}",
+            r.round
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_norm_bound_limits_what_a_scaled_update_can_do() {
+    let scaled = [("scaled", Some(Behaviour::Scaled))];
+    // Without a bound, one participant scaling its update by 1e6 wrecks the model.
+    let out = tempfile::tempdir().unwrap();
+    let (_, _, first) = federate(config(out.path(), 3), &scaled).await;
+    let drift = |last: &[f32]| {
+        last.iter()
+            .zip(&first)
+            .map(|(l, f)| (l - f).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let wrecked = drift(&final_model(out.path()));
+    assert!(wrecked > 1e4, "unbounded: drift {wrecked}");
+    // With --max-update-norm 10 (the honest updates are sqrt(23) ~ 4.8 long) it
+    // moves each parameter by at most 10 x 100/500 a round beyond the honest pull.
+    let out = tempfile::tempdir().unwrap();
+    let mut bounded = config(out.path(), 3);
+    bounded.limits.max_update_norm = Some(10.0);
+    let (outcome, _, first_again) = federate(bounded, &scaled).await;
+    assert_eq!(first, first_again);
+    assert!(outcome.history.rounds.iter().all(|r| r.aggregated));
+    let held = drift(&final_model(out.path()));
+    let bound = ROUNDS as f32 * (200.0 / 500.0 + 10.0 * 100.0 / 500.0);
+    assert!(held <= bound, "bounded: drift {held} above {bound}");
 }

@@ -56,7 +56,9 @@ pub fn coordinate_median(
 }
 
 /// Coordinate-wise mean after dropping the `beta` fraction (0 <= beta < 0.5) of
-/// the smallest and of the largest values. `scratch` holds one value per client.
+/// the smallest and of the largest values, and at least one of each whenever
+/// `beta > 0` (so that one outlier, NaN included, is always cut: `floor(0.2 · 3)`
+/// alone would cut nothing). `scratch` holds one value per client.
 pub fn trimmed_mean(
     clients: &[&[f32]],
     beta: f32,
@@ -66,7 +68,14 @@ pub fn trimmed_mean(
     if !(0.0..0.5).contains(&beta) {
         return Err(Error::BadConfig("trim fraction must be in [0, 0.5)"));
     }
-    let cut = (beta * clients.len() as f32) as usize;
+    let n = clients.len();
+    let cut = match (beta * n as f32) as usize {
+        0 if beta > 0.0 => 1,
+        cut => cut,
+    };
+    if n > 0 && 2 * cut >= n {
+        return Err(Error::TooFewToTrim { clients: n });
+    }
     per_coordinate(clients, scratch, out, |s| {
         let kept = &s[cut..s.len() - cut];
         kept.iter().sum::<f32>() / kept.len() as f32
@@ -99,6 +108,25 @@ mod tests {
         trimmed_mean(&refs, 0.0, &mut [0.0; 5], &mut out).unwrap();
         assert_eq!(out, [1.2]);
         assert!(trimmed_mean(&refs, 0.5, &mut [0.0; 5], &mut out).is_err());
+    }
+
+    #[test]
+    fn trimmed_mean_cuts_at_least_one_from_each_end_when_asked_to_trim() {
+        // floor(0.2 x 3) = 0: one NaN would poison the mean; at least one is cut.
+        let vs: [[f32; 1]; 3] = [[1.0], [f32::NAN], [3.0]];
+        let refs: [&[f32]; 3] = vs.each_ref().map(|v| &v[..]);
+        let mut out = [0.0f32];
+        trimmed_mean(&refs, 0.2, &mut [0.0; 3], &mut out).unwrap();
+        assert_eq!(out, [3.0], "NaN sorts last and is cut with the smallest");
+        let huge: [[f32; 1]; 3] = [[1.0], [1e30], [2.0]];
+        let refs: [&[f32]; 3] = huge.each_ref().map(|v| &v[..]);
+        trimmed_mean(&refs, 0.2, &mut [0.0; 3], &mut out).unwrap();
+        assert_eq!(out, [2.0]);
+        // Two updates cannot lose one from each end and keep any.
+        assert_eq!(
+            trimmed_mean(&refs[..2], 0.2, &mut [0.0; 3], &mut out),
+            Err(Error::TooFewToTrim { clients: 2 })
+        );
     }
 
     #[test]

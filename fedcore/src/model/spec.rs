@@ -12,6 +12,10 @@ use crate::Error;
 
 /// The most layers a spec may hold.
 pub const MAX_LAYERS: usize = 16;
+/// Most parameters a model may have, and most values one layer's output may
+/// hold (64 Mi: 256 MiB of f32). A spec beyond it is refused before anything is
+/// sized by it, whether it comes from a command line or from a peer.
+pub const MAX_PARAMS: u64 = 1 << 26;
 
 /// Height, width and channels of an activation, laid out HWC (channels last, like Keras).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +49,10 @@ impl Shape {
 
     /// Number of values.
     pub const fn len(&self) -> usize {
-        self.height as usize * self.width as usize * self.channels as usize
+        // Saturating: a spec from a peer may name any size; `ModelSpec::new` refuses the huge.
+        (self.height as usize)
+            .saturating_mul(self.width as usize)
+            .saturating_mul(self.channels as usize)
     }
 
     /// True when the shape holds no values.
@@ -113,6 +120,19 @@ impl Layer {
         Ok(out)
     }
 
+    /// Parameters this layer owns for `input`, counted without overflow, after
+    /// checking `input` itself is within [`MAX_PARAMS`] values.
+    fn checked_params(&self, input: Shape, index: usize) -> Result<u64, Error> {
+        let len = size_of(input, index)?;
+        Ok(match *self {
+            Layer::Dense { units } => (len + 1).saturating_mul(u64::from(units)),
+            Layer::Conv2d { filters } => {
+                (9 * u64::from(input.channels) + 1).saturating_mul(u64::from(filters))
+            }
+            Layer::Relu | Layer::Flatten | Layer::MaxPool2d => 0,
+        })
+    }
+
     /// Number of parameters (weights then bias) this layer owns for `input`.
     pub fn param_count(&self, input: Shape) -> usize {
         match *self {
@@ -120,6 +140,24 @@ impl Layer {
             Layer::Conv2d { filters } => (9 * input.channels as usize + 1) * filters as usize,
             Layer::Relu | Layer::Flatten | Layer::MaxPool2d => 0,
         }
+    }
+}
+
+/// The values of `shape`, refused past [`MAX_PARAMS`] (the input of layer `index`).
+fn size_of(shape: Shape, index: usize) -> Result<u64, Error> {
+    let len = u64::from(shape.height)
+        .checked_mul(u64::from(shape.width))
+        .and_then(|n| n.checked_mul(u64::from(shape.channels)));
+    match len {
+        Some(len) if len <= MAX_PARAMS => Ok(len),
+        _ => Err(Error::ModelTooLarge {
+            what: if index == 0 {
+                "input values"
+            } else {
+                "values in a layer's output"
+            },
+            max: MAX_PARAMS,
+        }),
     }
 }
 
@@ -164,8 +202,17 @@ impl ModelSpec {
         }
         let spec = ModelSpec { input, layers };
         let mut shape = input;
+        let mut params = 0u64;
         for (i, layer) in spec.layers.iter().enumerate() {
+            params = params.saturating_add(layer.checked_params(shape, i)?);
             shape = layer.output_shape(shape, i)?;
+        }
+        size_of(shape, spec.layers.len())?;
+        if params > MAX_PARAMS {
+            return Err(Error::ModelTooLarge {
+                what: "parameters",
+                max: MAX_PARAMS,
+            });
         }
         if !shape.is_flat() || shape.channels < 2 {
             return Err(Error::OutputNotFlat);
@@ -372,6 +419,30 @@ mod tests {
                 max: MAX_LAYERS,
             })
         );
+    }
+
+    #[test]
+    fn a_model_too_large_to_size_is_refused_before_anything_is_allocated() {
+        for too_large in [
+            "mlp:784-99999999-10",
+            "mlp:4294967295-4294967295-10",
+            "mlp:784-65536-1024-10",
+        ] {
+            assert!(
+                matches!(
+                    too_large.parse::<ModelSpec>(),
+                    Err(Error::ModelTooLarge { .. })
+                ),
+                "{too_large}"
+            );
+        }
+        let huge_image = Shape::image(u32::MAX, u32::MAX, 3);
+        assert!(matches!(
+            ModelSpec::new(huge_image, &[Layer::Flatten, Layer::Dense { units: 10 }]),
+            Err(Error::ModelTooLarge { .. })
+        ));
+        // A big model that fits the bound is fine.
+        assert!("mlp:784-4096-4096-10".parse::<ModelSpec>().is_ok());
     }
 
     #[test]
