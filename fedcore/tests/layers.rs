@@ -57,6 +57,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "exchange",
             "participant",
             "round",
+            "checkpoint",
             "federation",
             "summary",
         ],

@@ -97,8 +97,11 @@ async fn connect(config: &ParticipantConfig) -> anyhow::Result<TcpStream> {
                 return Ok(socket);
             }
             Err(e) if Instant::now() + backoff < deadline => {
-                tracing::debug!(server = %config.server, "not reachable yet ({e}); retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                // Jitter (0.5x to 1.5x) keeps a fleet that lost its server together
+                // (a restart) from reconnecting in lockstep.
+                let wait = backoff.mul_f64(rand::random_range(0.5..1.5));
+                tracing::debug!(server = %config.server, "not reachable yet ({e}); retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             Err(e) => {

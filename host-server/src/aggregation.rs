@@ -53,6 +53,30 @@ impl Aggregator {
         })
     }
 
+    /// The server optimizer's state (empty for the robust strategies), for a checkpoint.
+    pub fn optimizer_state(&self) -> &[f32] {
+        match self {
+            Aggregator::Mean { opt, .. } => opt.state(),
+            Aggregator::Robust { .. } => &[],
+        }
+    }
+
+    /// Continues from a checkpoint's optimizer state.
+    pub fn restore_optimizer(&mut self, saved: &[f32]) -> Result<(), fedcore::Error> {
+        match self {
+            Aggregator::Mean { opt, avg, .. } => {
+                let state = vec![0.0; opt.state().len()];
+                *opt = ServerOptimizer::resume(opt.opt(), avg.len(), state, saved)?;
+                Ok(())
+            }
+            Aggregator::Robust { .. } if saved.is_empty() => Ok(()),
+            Aggregator::Robust { .. } => Err(fedcore::Error::BufferLength {
+                expected: 0,
+                got: saved.len(),
+            }),
+        }
+    }
+
     /// Starts a round.
     pub fn begin(&mut self) {
         match self {

@@ -10,7 +10,7 @@ use fedcore::aggregate::ServerOpt;
 use fedcore::model::ModelSpec;
 use fedcore::train::TrainConfig;
 use fedhost::link::DEFAULT_BAUD;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a configuration cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ pub enum ConfigError {
 }
 
 /// How client updates become the next global model.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Example-weighted mean.
@@ -233,6 +233,8 @@ pub struct ServerConfig {
     pub serial: Vec<SerialLine>,
     /// What participants may claim, and how many may join.
     pub limits: Limits,
+    /// Continue the run whose checkpoint is in `out` instead of starting anew.
+    pub resume: bool,
 }
 
 /// Bounds on participants: how many, what they may declare, how far an update may move.

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::aggregation::Aggregator;
+use crate::checkpoint::Checkpoint;
 use crate::config::ServerConfig;
 use crate::history::{History, Phase, RoundRecord};
 use crate::job::{EvaluateDone, FitJob, Job, JobError, Reply};
@@ -137,8 +138,12 @@ async fn rounds(
     progress: &dyn Progress,
 ) -> anyhow::Result<Outcome> {
     let mut run = Run::new(config, shared, progress)?;
+    let first = run.history.rounds.len() as u32 + 1;
+    if config.resume {
+        tracing::info!(round = first, "resuming from the checkpoint");
+    }
     tracing::info!(n = config.min_available_clients, "waiting for participants");
-    for round in 1..=config.rounds {
+    for round in first..=config.rounds {
         run.round(round).await?;
     }
     run.final_evaluation().await?;
@@ -153,12 +158,12 @@ struct Run<'a> {
     global: Vec<f32>,
     aggregator: Aggregator,
     server_test: Option<Arc<fedhost::dataset::ImageData>>,
-    sampler: StdRng,
     history: History,
     json: PathBuf,
     csv: PathBuf,
-    /// Who evaluates the last aggregate, during the next round (or at the end).
-    evaluators: Vec<Handle>,
+    /// Who evaluates the last aggregate, during the next round (or at the end);
+    /// `None` after a resume, when they are chosen among those who reconnect.
+    evaluators: Option<Vec<Handle>>,
 }
 
 impl<'a> Run<'a> {
@@ -181,22 +186,47 @@ impl<'a> Run<'a> {
             None => None,
         };
         let (json, csv) = History::paths(&config.out, config.rounds);
-        Ok(Run {
+        let mut run = Run {
             config,
             shared,
             progress,
             global,
             aggregator,
             server_test,
-            sampler: StdRng::seed_from_u64(config.seed),
             history: History {
                 config: serde_json::to_value(config)?,
                 rounds: Vec::new(),
             },
             json,
             csv,
-            evaluators: Vec::new(),
-        })
+            evaluators: Some(Vec::new()),
+        };
+        if config.resume {
+            run.resume()?;
+        }
+        Ok(run)
+    }
+
+    /// Continues from the checkpoint in the output directory: its model and
+    /// optimizer state, and the history up to its round.
+    fn resume(&mut self) -> anyhow::Result<()> {
+        let checkpoint = Checkpoint::load(&self.config.out, self.config)?;
+        let mut history = History::read(&self.json)?;
+        let done = checkpoint.round as usize;
+        if history.rounds.len() < done {
+            anyhow::bail!(
+                "{} has {} rounds but the checkpoint is of round {done}",
+                self.json.display(),
+                history.rounds.len()
+            );
+        }
+        history.rounds.truncate(done);
+        self.history = history;
+        self.global = checkpoint.global;
+        self.aggregator
+            .restore_optimizer(&checkpoint.optimizer_state)?;
+        self.evaluators = if done > 0 { None } else { Some(Vec::new()) };
+        Ok(())
     }
 
     /// Runs round `round`: the fits (carrying the evaluations of the previous
@@ -218,16 +248,20 @@ impl<'a> Run<'a> {
             );
         }
         let mut book = RoundBook::start(round);
-        let chosen = self.sample(config.fraction_fit, config.min_fit_clients);
+        // Sampling is seeded by the round, so a resumed run needs no RNG state.
+        let mut rng = StdRng::seed_from_u64(
+            config.seed ^ u64::from(round).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let chosen = self.sample(&mut rng, config.fraction_fit, config.min_fit_clients);
         let snapshot = Arc::new(self.global.clone());
         let deadline = tokio::time::Instant::now() + config.round_timeout;
-        let evaluators = std::mem::take(&mut self.evaluators);
+        let evaluators = self.take_evaluators(&mut rng);
         let fused = |h: &Handle| evaluators.iter().any(|e| e.who.id == h.who.id);
         let mut fits = dispatch(&chosen, |h, reply| Job::Fit {
             job: FitJob {
                 round,
                 config: config.train,
-                seed: config.seed ^ (u64::from(round) << 32) ^ u64::from(h.who.id),
+                seed: config.seed ^ (u64::from(round) << 32) ^ name_seed(&h.who.name),
                 evaluate_first: fused(h),
             },
             global: Arc::clone(&snapshot),
@@ -312,26 +346,51 @@ impl<'a> Run<'a> {
         }
         self.history.rounds.push(book.finish(aggregated));
         self.write()?;
-        self.evaluators = self.sample(config.fraction_evaluate, config.min_evaluate_clients);
+        Checkpoint::new(
+            config,
+            round,
+            &self.global,
+            self.aggregator.optimizer_state(),
+        )
+        .save(&config.out)
+        .with_context(|| format!("cannot write the checkpoint in {}", config.out.display()))?;
+        self.evaluators = Some(self.sample(
+            &mut rng,
+            config.fraction_evaluate,
+            config.min_evaluate_clients,
+        ));
         Ok(())
     }
 
     /// The last aggregate has no next round to travel with: it is evaluated on its own.
     async fn final_evaluation(&mut self) -> anyhow::Result<()> {
-        let Some(last) = self.history.rounds.last_mut() else {
+        let Some(round) = self.history.rounds.last().map(|r| r.round) else {
             return Ok(());
         };
+        let config = self.config;
         let t = Instant::now();
+        if self.evaluators.is_none() {
+            // Resumed after the last round: wait (boundedly) for participants to reconnect.
+            let registry = &self.shared.registry;
+            let needed = config.min_available_clients.max(1);
+            let _ = tokio::time::timeout(config.wait_timeout, registry.wait_for(needed)).await;
+        }
+        let mut rng = StdRng::seed_from_u64(config.seed ^ u64::from(round));
+        let evaluators = self.take_evaluators(&mut rng);
         let snapshot = Arc::new(self.global.clone());
-        let deadline = tokio::time::Instant::now() + self.config.round_timeout;
-        let round = last.round;
-        let mut evals = dispatch(&self.evaluators, |_, reply| Job::Evaluate {
+        let deadline = tokio::time::Instant::now() + config.round_timeout;
+        let mut evals = dispatch(&evaluators, |_, reply| Job::Evaluate {
             round,
             global: Arc::clone(&snapshot),
             deadline,
             reply,
         })
         .await;
+        let last = self
+            .history
+            .rounds
+            .last_mut()
+            .ok_or_else(|| anyhow::anyhow!("no round to evaluate"))?;
         collect_evaluations(last, &mut evals).await;
         let seconds = t.elapsed().as_secs_f64();
         last.phase_seconds.evaluate = Some(seconds);
@@ -359,17 +418,37 @@ impl<'a> Run<'a> {
             .with_context(|| format!("cannot write {}", self.json.display()))
     }
 
+    /// The evaluators of the last aggregate: those chosen after it, or after a
+    /// resume, a sample of those who reconnected.
+    fn take_evaluators(&mut self, rng: &mut StdRng) -> Vec<Handle> {
+        match self.evaluators.take() {
+            Some(chosen) => chosen,
+            None => self.sample(
+                rng,
+                self.config.fraction_evaluate,
+                self.config.min_evaluate_clients,
+            ),
+        }
+    }
+
     /// Flower's sampling: `max(available · fraction, min)` clients, at random.
-    fn sample(&mut self, fraction: f64, min: usize) -> Vec<Handle> {
+    fn sample(&self, rng: &mut StdRng, fraction: f64, min: usize) -> Vec<Handle> {
         let available = self.shared.registry.snapshot();
         let n = ServerConfig::sample_size(available.len(), fraction, min);
-        let mut chosen: Vec<Handle> = available
-            .choose_multiple(&mut self.sampler, n)
-            .cloned()
-            .collect();
+        let mut chosen: Vec<Handle> = available.choose_multiple(rng, n).cloned().collect();
         chosen.sort_by_key(|h| h.who.id);
         chosen
     }
+}
+
+/// A participant's part of its shuffle seed, from its name: stable across
+/// reconnects and restarts (ids are not), so a resumed run trains as an
+/// uninterrupted one would. FNV-1a, written out because std's hasher may change
+/// between releases.
+fn name_seed(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Gathers standalone evaluations of `record`'s aggregate, then settles its

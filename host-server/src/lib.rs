@@ -9,11 +9,13 @@
 //! - [`exchange`]: one job's conversation over a link, a driver of fedcore's transfer engine;
 //! - [`participant`]: connections, their handshake, and the jobs they carry out;
 //! - [`round`]: one round's bookkeeping;
+//! - [`checkpoint`]: what a killed run needs to resume after its last completed round;
 //! - [`federation`]: the round loop (sample, send, collect, aggregate, evaluate, record);
 //! - [`plot`]: charts of one run or several;
 //! - [`summary`]: the end-of-run tables.
 
 pub mod aggregation;
+pub mod checkpoint;
 pub mod config;
 pub mod exchange;
 pub mod federation;

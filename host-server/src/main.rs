@@ -112,9 +112,13 @@ struct RunArgs {
     /// Also evaluate the global model centrally on the test set in this directory.
     #[arg(long)]
     server_eval: Option<PathBuf>,
-    /// Output directory (history, plots, final model).
+    /// Output directory (history, plots, final model, checkpoint).
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// Continue the run killed in this output directory from its last completed
+    /// round (give the flags of the run it continues; model, strategy, rounds and seed must match).
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
     /// Seed of initialisation and client sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -158,7 +162,8 @@ impl RunArgs {
             round_timeout: Duration::from_secs(self.round_timeout),
             wait_timeout: Duration::from_secs(self.wait_timeout),
             server_eval: self.server_eval,
-            out: self.out,
+            resume: self.resume.is_some(),
+            out: self.resume.unwrap_or(self.out),
             seed: self.seed,
             serial: self.serial,
             limits: Limits {

@@ -208,6 +208,15 @@ pub async fn attach_serial(line: SerialLine, shared: Arc<Shared>) {
         // Tuned for the device's frames once its hello says how large they are.
         let baud = Some(line.baud);
         let mut link = Link::new(port);
+        // A device still serving a server that went away (a restart) waits for
+        // its next instruction; this makes it say hello now rather than after
+        // minutes of silence. A device that is joining ignores it.
+        let _ = link
+            .send(&Message::Error(ErrorMsg {
+                code: ErrorCode::Unexpected,
+                text: "the server (re)started: say hello to join",
+            }))
+            .await;
         let mut hello = None;
         loop {
             let greeting = match hello.take() {

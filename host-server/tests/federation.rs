@@ -8,7 +8,8 @@
 
 mod support;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use host_server::history::History;
@@ -236,4 +237,75 @@ fn every_strategy_runs_end_to_end() {
         std::fs::remove_dir_all(&out).unwrap();
     }
     std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
+fn a_server_killed_after_any_round_resumes_and_ends_as_an_uninterrupted_run() {
+    let data = temp_dir("resume-data");
+    mnist_subset(&data, 4000, 1000);
+    const ROUNDS: u32 = 8;
+    let history = |out: &Path| History::read(&out.join(format!("history_{ROUNDS}.json")));
+
+    // The uninterrupted run.
+    let plain = temp_dir("resume-plain");
+    let (mut server, addr) = start_federation(&plain, ROUNDS, "mlp:784-32-10", 2, &[]);
+    let mut clients = start_clients(&addr, &data, 0, 2, 2);
+    assert!(wait(&mut server, Duration::from_secs(120)));
+    assert!(wait(&mut clients, Duration::from_secs(10)));
+    let plain = history(&plain).unwrap();
+
+    // The same run, kill -9'd once round `k` is on record (k from 2 to 6, by pid),
+    // then resumed on the same address; the clients ride out the restart.
+    let killed = temp_dir("resume-killed");
+    let k = 2 + std::process::id() as usize % 5;
+    let (mut server, addr) = start_federation(&killed, ROUNDS, "mlp:784-32-10", 2, &[]);
+    let mut clients = start_clients(&addr, &data, 0, 2, 2);
+    let start = Instant::now();
+    while history(&killed).map_or(0, |h| h.rounds.len()) < k {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "round {k} never ended"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.0.kill().unwrap(); // SIGKILL
+    server.0.wait().unwrap();
+    let mut resumed = Proc(
+        Command::new(bin("host-server"))
+            .args(["--bind", &addr, "--rounds", &ROUNDS.to_string()])
+            .args(["--model", "mlp:784-32-10"])
+            .args(["--min-available-clients", "2", "--min-fit-clients", "2"])
+            .args(["--min-evaluate-clients", "2", "--resume"])
+            .arg(&killed)
+            .arg("--log-file")
+            .arg(killed.join("server-resumed.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait(&mut resumed, Duration::from_secs(120)));
+    assert!(wait(&mut clients, Duration::from_secs(10)));
+    let killed = history(&killed).unwrap();
+
+    let rounds: Vec<u32> = killed.rounds.iter().map(|r| r.round).collect();
+    assert_eq!(
+        rounds,
+        (1..=ROUNDS).collect::<Vec<_>>(),
+        "killed after round {k}"
+    );
+    assert!(killed.rounds.iter().all(|r| r.aggregated));
+    let accuracy = |h: &History| h.rounds.last().unwrap().accuracy_distributed.unwrap();
+    let (a, b) = (accuracy(&plain), accuracy(&killed));
+    assert!(
+        (a - b).abs() <= 0.003,
+        "killed after round {k}: {b} against {a} uninterrupted"
+    );
+    // Every round's accuracy is on record, the one evaluated across the restart included.
+    assert!(
+        killed
+            .rounds
+            .iter()
+            .all(|r| r.accuracy_distributed.is_some())
+    );
 }

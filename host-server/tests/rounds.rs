@@ -215,6 +215,7 @@ fn config(out: &std::path::Path, participants: usize) -> ServerConfig {
         serial: Vec::new(),
         server_eval: None,
         limits: Limits::default(),
+        resume: false,
     }
 }
 

@@ -126,6 +126,25 @@ impl<B: AsMut<[f32]> + AsRef<[f32]>> ServerOptimizer<B> {
         self.opt
     }
 
+    /// Its state (moments), to save in a checkpoint.
+    pub fn state(&self) -> &[f32] {
+        self.state.as_ref()
+    }
+
+    /// An optimizer continuing from `saved` (what [`ServerOptimizer::state`] gave),
+    /// copied into `state`; both must hold `opt.state_vectors() * params` values.
+    pub fn resume(opt: ServerOpt, params: usize, state: B, saved: &[f32]) -> Result<Self, Error> {
+        let mut resumed = Self::new(opt, params, state)?;
+        if saved.len() != resumed.state.as_ref().len() {
+            return Err(Error::BufferLength {
+                expected: resumed.state.as_ref().len(),
+                got: saved.len(),
+            });
+        }
+        resumed.state.as_mut().copy_from_slice(saved);
+        Ok(resumed)
+    }
+
     /// Moves `global` using the clients' average `avg`.
     pub fn step(&mut self, global: &mut [f32], avg: &[f32]) -> Result<(), Error> {
         if avg.len() != global.len() {
