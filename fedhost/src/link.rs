@@ -58,6 +58,10 @@ pub enum LinkError {
     Protocol(String),
 }
 
+/// Bytes taken from the stream per read. A frame may span many reads; a
+/// server holds one of these per connection, so it is kept small.
+const READ_BUFFER: usize = 16 << 10;
+
 /// fedcore frames over an async byte stream.
 pub struct Link<T> {
     io: T,
@@ -73,7 +77,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Link<T> {
     pub fn new(io: T) -> Self {
         Link {
             io,
-            reader: Box::new(FrameReader::new(vec![0; 1 << 16].into_boxed_slice())),
+            reader: Box::new(FrameReader::new(vec![0; READ_BUFFER].into_boxed_slice())),
             write_buf: vec![0; HOST_MAX_FRAME],
             value_buf: vec![0; HOST_MAX_FRAME],
             sent: 0,
