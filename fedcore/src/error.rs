@@ -103,6 +103,13 @@ pub enum Error {
     NothingToAggregate,
     /// Client vectors given to a robust aggregator differ in length.
     RaggedVectors,
+    /// Krum was given too few updates for the malicious ones it must tolerate.
+    TooFewForKrum {
+        /// Updates in the round.
+        clients: usize,
+        /// Malicious updates to tolerate.
+        f: usize,
+    },
     /// A trimmed mean asked to trim had too few updates to cut one from each end and keep one.
     TooFewToTrim {
         /// Updates in the round.
@@ -205,6 +212,14 @@ impl fmt::Display for Error {
                 )
             }
             Error::RaggedVectors => write!(f, "client parameter vectors differ in length"),
+            Error::TooFewForKrum {
+                clients,
+                f: malicious,
+            } => write!(
+                f,
+                "Krum tolerating {malicious} malicious updates needs at least {} updates; this round has {clients}",
+                2 * malicious + 3
+            ),
             Error::TooFewToTrim { clients } => write!(
                 f,
                 "a trimmed mean cuts at least one update from each end and needs at least 3; this round has {clients}"

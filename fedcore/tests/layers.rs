@@ -62,7 +62,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "summary",
         ],
     ),
-    ("host-client/src", &["participant"]),
+    ("host-client/src", &["attack", "participant"]),
     ("firmware-sim/src", &["line", "uart", "board"]),
 ];
 

@@ -5,5 +5,9 @@
 //! shard from the global model it is sent, or evaluate that model on its test
 //! shard. Many virtual clients can share one process and one copy of the data;
 //! their training runs on blocking threads, at most one per core.
+//!
+//! - [`attack`]: poisoned updates, for robustness experiments (`--attack`);
+//! - [`participant`]: one participant's conversation with the server.
 
+pub mod attack;
 pub mod participant;

@@ -13,6 +13,7 @@ use fedhost::dataset::DEFAULT_DATA_DIR;
 use fedhost::link::DEFAULT_ADDRESS;
 use fedhost::partition::Partition;
 use fedhost::share::ShareSpec;
+use host_client::attack::Attack;
 use host_client::participant::{self, ParticipantConfig};
 use tokio::sync::Semaphore;
 
@@ -52,6 +53,10 @@ struct JoinArgs {
     /// Seconds to keep trying to reach the server.
     #[arg(long, default_value_t = 60)]
     connect_timeout: u64,
+    /// Poison every update, for robustness experiments: scale:K sends the update
+    /// scaled by K (scale:-10 flips and amplifies it), noise:SIGMA a random one.
+    #[arg(long, value_name = "scale:K|noise:SIGMA")]
+    attack: Option<Attack>,
     /// Name prefix shown in the server's history.
     #[arg(long, default_value = "client")]
     name: String,
@@ -128,6 +133,7 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
             server: args.server.clone(),
             name: format!("{}-{index}", args.name),
             connect_timeout: Duration::from_secs(args.connect_timeout),
+            attack: args.attack,
         };
         tasks.spawn(participant::run(config, data, Arc::clone(&cores)));
     }

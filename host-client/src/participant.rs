@@ -15,6 +15,8 @@ use fedcore::train::{TrainConfig, Trainer};
 use fedhost::dataset::Shard;
 use fedhost::link::{HOST_MAX_FRAME, Link, LinkError, chunking};
 use fedhost::share::Share;
+
+use crate::attack::Attack;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -27,6 +29,8 @@ pub struct ParticipantConfig {
     pub name: String,
     /// How long to keep trying to reach the server.
     pub connect_timeout: Duration,
+    /// Poison every update this way (robustness experiments only).
+    pub attack: Option<Attack>,
 }
 
 /// Runs one participant until the server says goodbye, returning its reason. A lost connection is
@@ -180,6 +184,7 @@ async fn session(
                 }
                 let t = Instant::now();
                 let seed = ins.seed;
+                let global = config.attack.map(|_| model.params.clone());
                 let stats = compute(
                     &state.cores,
                     model,
@@ -189,6 +194,9 @@ async fn session(
                 )
                 .await;
                 let stats = report(&mut link, stats).await?;
+                if let (Some(attack), Some(global)) = (config.attack, &global) {
+                    attack.apply(&mut model.params, global, seed);
+                }
                 let seconds = t.elapsed().as_secs_f32();
                 tracing::info!(round = ins.round, seconds, loss = stats.loss(), "trained");
                 link.send_params(ins.round, &model.params, &model.chunking)

@@ -2,12 +2,14 @@
 //!
 //! Mean strategies fold each update into one streaming FedAvg accumulator as
 //! soon as it arrives (the server holds one model-sized sum, not one model per
-//! client), then apply the server optimizer. Median and trimmed mean need every
-//! vector at once and keep them for the round: the documented exception.
+//! client), then apply the server optimizer. Median, trimmed mean and Krum need
+//! every vector at once and keep them for the round: the documented exception.
 
-use fedcore::aggregate::{FedAvg, ServerOpt, ServerOptimizer, coordinate_median, trimmed_mean};
+use fedcore::aggregate::{
+    FedAvg, ServerOpt, ServerOptimizer, coordinate_median, multi_krum, trimmed_mean,
+};
 
-use crate::config::Strategy;
+use crate::config::{Krum, Strategy};
 
 /// The aggregation state of a run.
 pub enum Aggregator {
@@ -22,10 +24,12 @@ pub enum Aggregator {
     },
     /// Every vector of the round, for an order statistic.
     Robust {
-        /// Median or trimmed mean.
+        /// Median, trimmed mean or Krum.
         strategy: Strategy,
         /// Trim fraction of the trimmed mean.
         trim: f32,
+        /// Krum's settings.
+        krum: Krum,
         /// The round's vectors.
         vectors: Vec<Vec<f32>>,
     },
@@ -38,11 +42,13 @@ impl Aggregator {
         opt: ServerOpt,
         params: usize,
         trim: f32,
+        krum: Krum,
     ) -> Result<Self, fedcore::Error> {
         Ok(match strategy {
-            Strategy::Median | Strategy::TrimmedMean => Aggregator::Robust {
+            Strategy::Median | Strategy::TrimmedMean | Strategy::Krum => Aggregator::Robust {
                 strategy,
                 trim,
+                krum,
                 vectors: Vec::new(),
             },
             _ => Aggregator::Mean {
@@ -107,13 +113,29 @@ impl Aggregator {
             Aggregator::Robust {
                 strategy,
                 trim,
+                krum,
                 vectors,
             } => {
                 let refs: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
-                let mut scratch = vec![0.0; refs.len()];
+                let n = refs.len();
                 match strategy {
-                    Strategy::Median => coordinate_median(&refs, &mut scratch, global),
-                    _ => trimmed_mean(&refs, *trim, &mut scratch, global),
+                    Strategy::Median => coordinate_median(&refs, &mut vec![0.0; n], global),
+                    Strategy::Krum => {
+                        let (mut distances, mut scores) = (vec![0.0; n], vec![0.0; n]);
+                        // Fewer updates than the round was planned for (some
+                        // failed): keep no more than the honest ones.
+                        let keep = krum.keep.min(n.saturating_sub(krum.malicious)).max(1);
+                        // It checks everything before it writes `global`.
+                        multi_krum(
+                            &refs,
+                            krum.malicious,
+                            keep,
+                            &mut distances,
+                            &mut scores,
+                            global,
+                        )
+                    }
+                    _ => trimmed_mean(&refs, *trim, &mut vec![0.0; n], global),
                 }
             }
         }
@@ -127,13 +149,15 @@ mod tests {
     #[test]
     fn mean_is_weighted_and_robust_is_not() {
         let mut g = [0.0f32; 2];
-        let mut avg = Aggregator::new(Strategy::Fedavg, ServerOpt::FedAvg, 2, 0.2).unwrap();
+        let mut avg =
+            Aggregator::new(Strategy::Fedavg, ServerOpt::FedAvg, 2, 0.2, Krum::default()).unwrap();
         avg.begin();
         avg.add(vec![1.0, 1.0], 3).unwrap();
         avg.add(vec![5.0, 9.0], 1).unwrap();
         avg.finish(&mut g).unwrap();
         assert_eq!(g, [2.0, 3.0]);
-        let mut med = Aggregator::new(Strategy::Median, ServerOpt::FedAvg, 2, 0.2).unwrap();
+        let mut med =
+            Aggregator::new(Strategy::Median, ServerOpt::FedAvg, 2, 0.2, Krum::default()).unwrap();
         med.begin();
         for v in [[1.0, 1.0], [5.0, 9.0], [2.0, -4.0]] {
             med.add(v.to_vec(), 1000).unwrap();

@@ -64,6 +64,28 @@ pub enum ConfigError {
         "trimmed-mean cuts at least one update from each end, so --min-fit-clients must be at least 3 (got {0})"
     )]
     TrimNeedsThree(usize),
+    /// Krum with fewer participants than it needs.
+    #[error(
+        "krum tolerating {malicious} malicious updates (--krum-malicious) needs --min-fit-clients of at least {needed}, got {got}"
+    )]
+    KrumNeeds {
+        /// 2f + 3.
+        needed: usize,
+        /// f.
+        malicious: usize,
+        /// --min-fit-clients.
+        got: usize,
+    },
+    /// Krum keeping none, or more than the honest ones.
+    #[error(
+        "--krum-keep must be between 1 and --min-fit-clients minus --krum-malicious ({most}), got {keep}"
+    )]
+    KrumKeep {
+        /// --krum-keep.
+        keep: usize,
+        /// n - f.
+        most: usize,
+    },
     /// A norm bound that is not a positive number.
     #[error("--max-update-norm must be a positive number, got {0}")]
     UpdateNorm(f32),
@@ -103,6 +125,8 @@ pub enum Strategy {
     Median,
     /// Coordinate-wise trimmed mean (unweighted).
     TrimmedMean,
+    /// (Multi-)Krum: the average of the updates closest to their neighbours (unweighted).
+    Krum,
 }
 
 impl Strategy {
@@ -156,9 +180,11 @@ impl Strategy {
             Strategy::Fedadam => adaptive(ServerOpt::FEDADAM),
             Strategy::Fedyogi => adaptive(ServerOpt::FEDYOGI),
             Strategy::Fedadagrad => adaptive(ServerOpt::FEDADAGRAD),
-            Strategy::Fedavg | Strategy::Fedprox | Strategy::Median | Strategy::TrimmedMean => {
-                ServerOpt::FedAvg
-            }
+            Strategy::Fedavg
+            | Strategy::Fedprox
+            | Strategy::Median
+            | Strategy::TrimmedMean
+            | Strategy::Krum => ServerOpt::FedAvg,
         }
     }
 }
@@ -215,6 +241,8 @@ pub struct ServerConfig {
     pub train: TrainConfig,
     /// Trim fraction of the trimmed mean.
     pub trim_fraction: f32,
+    /// Krum's settings.
+    pub krum: Krum,
     /// The server optimizer in use, resolved from the strategy and its overrides.
     pub server_opt: ServerOpt,
     /// Deadline of each fit and evaluate phase.
@@ -235,6 +263,24 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Continue the run whose checkpoint is in `out` instead of starting anew.
     pub resume: bool,
+}
+
+/// Krum's settings: how many updates may be malicious, how many to average.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Krum {
+    /// Malicious updates to tolerate (`f`): a round needs at least `2f + 3`.
+    pub malicious: usize,
+    /// Updates averaged (1: Krum; more: multi-Krum), at most `n - f`.
+    pub keep: usize,
+}
+
+impl Default for Krum {
+    fn default() -> Self {
+        Krum {
+            malicious: 1,
+            keep: 1,
+        }
+    }
 }
 
 /// Bounds on participants: how many, what they may declare, how far an update may move.
@@ -360,6 +406,22 @@ impl ServerConfig {
             && self.min_fit_clients < 3
         {
             return Err(ConfigError::TrimNeedsThree(self.min_fit_clients));
+        }
+        if self.strategy == Strategy::Krum {
+            let Krum { malicious, keep } = self.krum;
+            if self.min_fit_clients < 2 * malicious + 3 {
+                return Err(ConfigError::KrumNeeds {
+                    needed: 2 * malicious + 3,
+                    malicious,
+                    got: self.min_fit_clients,
+                });
+            }
+            if keep == 0 || keep > self.min_fit_clients - malicious {
+                return Err(ConfigError::KrumKeep {
+                    keep,
+                    most: self.min_fit_clients - malicious,
+                });
+            }
         }
         if let Some(norm) = self.limits.max_update_norm
             && !(norm > 0.0 && norm.is_finite())

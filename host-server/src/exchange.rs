@@ -427,7 +427,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
 mod tests {
     use super::*;
     use crate::aggregation::Aggregator;
-    use crate::config::Strategy;
+    use crate::config::{Krum, Strategy};
     use fedcore::aggregate::ServerOpt;
     use fedcore::protocol::FitRes;
     use fedcore::scalar::{Fixed, Scalar};
@@ -527,8 +527,14 @@ mod tests {
 
         // A host's f32 update, weighted 700 to the device's 300.
         let host: Vec<f32> = global.iter().map(|g| g - 0.02).collect();
-        let mut aggregator =
-            Aggregator::new(Strategy::Fedavg, ServerOpt::FedAvg, 1000, 0.0).unwrap();
+        let mut aggregator = Aggregator::new(
+            Strategy::Fedavg,
+            ServerOpt::FedAvg,
+            1000,
+            0.0,
+            Krum::default(),
+        )
+        .unwrap();
         aggregator.begin();
         aggregator.add(done.params, 300).unwrap();
         aggregator.add(host.clone(), 700).unwrap();

@@ -180,6 +180,7 @@ impl<'a> Run<'a> {
             config.server_opt,
             global.len(),
             config.trim_fraction,
+            config.krum,
         )?;
         let server_test = match &config.server_eval {
             Some(dir) => Some(Arc::new(fedhost::dataset::load_test(dir)?)),

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use fedcore::model::ModelSpec;
 use fedcore::train::{Rounding, TrainConfig};
 use fedhost::link::DEFAULT_ADDRESS;
-use host_server::config::{Limits, SerialLine, ServerConfig, ServerTuning, Strategy};
+use host_server::config::{Krum, Limits, SerialLine, ServerConfig, ServerTuning, Strategy};
 use host_server::federation::{self, Progress};
 use host_server::history::{History, RoundRecord};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -94,6 +94,12 @@ struct RunArgs {
     /// Fraction cut from each end by --strategy trimmed-mean.
     #[arg(long, default_value_t = 0.2)]
     trim_fraction: f32,
+    /// Malicious updates --strategy krum tolerates (f; a round needs at least 2f + 3).
+    #[arg(long, default_value_t = 1)]
+    krum_malicious: usize,
+    /// Updates --strategy krum averages: 1 is Krum, more is multi-Krum (at most n - f).
+    #[arg(long, default_value_t = 1)]
+    krum_keep: usize,
     /// Seconds each fit and each evaluate phase may take; late clients are left out.
     #[arg(long, default_value_t = 120)]
     round_timeout: u64,
@@ -158,6 +164,10 @@ impl RunArgs {
                 rounding: Rounding::Stochastic,
             },
             trim_fraction: self.trim_fraction,
+            krum: Krum {
+                malicious: self.krum_malicious,
+                keep: self.krum_keep,
+            },
             server_opt: self.strategy.server_opt(&tuning),
             round_timeout: Duration::from_secs(self.round_timeout),
             wait_timeout: Duration::from_secs(self.wait_timeout),

@@ -94,7 +94,7 @@ fn a_federation_runs_and_its_history_adds_up() {
 }
 
 #[test]
-fn a_client_killed_mid_run_is_a_failure_not_the_end() {
+fn a_client_killed_mid_run_leaves_and_the_run_goes_on() {
     let (out, data) = (temp_dir("kill-out"), temp_dir("kill-data"));
     mnist_subset(&data, 6000, 600);
     let (mut server, addr) =
@@ -123,10 +123,9 @@ fn a_client_killed_mid_run_is_a_failure_not_the_end() {
         .iter()
         .flat_map(|r| r.failures.iter().map(move |f| (r.round, f)))
         .collect();
-    assert!(
-        !failures.is_empty(),
-        "the killed client is recorded as a failure"
-    );
+    // Killed in the middle of a job it is that round's failure; killed between
+    // jobs it simply leaves (a closed connection is noticed at once), so it is
+    // in no later round. Either way nothing else fails.
     assert!(
         failures
             .iter()
@@ -201,7 +200,14 @@ fn every_strategy_runs_end_to_end() {
         "fedadagrad",
         "median",
         "trimmed-mean",
+        "krum",
     ] {
+        // Three clients: Krum can tolerate no malicious one among them.
+        let krum: &[&str] = if strategy == "krum" {
+            &["--krum-malicious", "0", "--krum-keep", "2"]
+        } else {
+            &[]
+        };
         let out = temp_dir(&format!("strategy-{strategy}"));
         let (mut server, addr) = start_server(
             &out,
@@ -216,7 +222,11 @@ fn every_strategy_runs_end_to_end() {
                 "3",
                 "--min-fit-clients",
                 "3",
-            ],
+            ]
+            .iter()
+            .chain(krum)
+            .copied()
+            .collect::<Vec<_>>(),
         );
         let mut clients = [start_clients(&addr, &data, 0, 3, 3)];
         assert!(wait(&mut server, Duration::from_secs(60)), "{strategy}");

@@ -17,7 +17,7 @@ use fedcore::protocol::{
 use fedcore::rng::Rng;
 use fedcore::train::TrainConfig;
 use fedhost::link::{HOST_MAX_FRAME, Link, chunking};
-use host_server::config::{Limits, ServerConfig, Strategy};
+use host_server::config::{Krum, Limits, ServerConfig, Strategy};
 use host_server::federation::{self, Progress};
 use host_server::history::{FailureKind, Phase, RoundRecord};
 use tokio::io::DuplexStream;
@@ -207,6 +207,7 @@ fn config(out: &std::path::Path, participants: usize) -> ServerConfig {
         min_available_clients: participants,
         train: TrainConfig::default(),
         trim_fraction: 0.2,
+        krum: Krum::default(),
         server_opt: ServerOpt::FedAvg,
         round_timeout: DEADLINE,
         wait_timeout: Duration::from_secs(600),

@@ -1,9 +1,11 @@
-//! Robust aggregators: coordinate-wise median and trimmed mean.
+//! Robust aggregators: coordinate-wise median, trimmed mean, and (multi-)Krum.
 //!
 //! Unlike FedAvg these cannot stream: each coordinate's result depends on the
-//! order statistics of all clients' values, so every client vector must be
-//! held at once (memory O(clients × model), the documented exception to the
-//! server's O(model) rule). Both are unweighted, as in Flower's FedMedian and
+//! order statistics of all clients' values (median, trimmed mean), or each
+//! update's score on its distances to all the others (Krum), so every client
+//! vector must be held at once (memory O(clients × model), the documented
+//! exception to the server's O(model) rule; Krum adds O(clients) scratch and
+//! O(clients² × model) time). All are unweighted, as in Flower's FedMedian and
 //! FedTrimmedAvg: a client cannot buy influence by claiming many examples.
 
 use crate::Error;
@@ -82,6 +84,70 @@ pub fn trimmed_mean(
     })
 }
 
+/// Multi-Krum (Blanchard et al., 2017): each update is scored by the summed
+/// squared distances to its `n - f - 2` nearest others, where `f` is how many
+/// of the `n` may be malicious; the `keep` lowest-scored are averaged (`keep = 1`
+/// is Krum, which picks one). Needs `n >= 2f + 3` and `1 <= keep <= n - f`.
+/// `distances` and `scores` hold at least `n` values each.
+pub fn multi_krum(
+    clients: &[&[f32]],
+    f: usize,
+    keep: usize,
+    distances: &mut [f64],
+    scores: &mut [f64],
+    out: &mut [f32],
+) -> Result<(), Error> {
+    let n = clients.len();
+    if n == 0 {
+        return Err(Error::NothingToAggregate);
+    }
+    if n < 2 * f + 3 {
+        return Err(Error::TooFewForKrum { clients: n, f });
+    }
+    if keep == 0 || keep > n - f {
+        return Err(Error::BadConfig("Krum keeps between 1 and n - f updates"));
+    }
+    if clients.iter().any(|c| c.len() != out.len()) {
+        return Err(Error::RaggedVectors);
+    }
+    let (got_d, got_s) = (distances.len(), scores.len());
+    let distances = distances.get_mut(..n).ok_or(Error::BufferLength {
+        expected: n,
+        got: got_d,
+    })?;
+    let scores = scores.get_mut(..n).ok_or(Error::BufferLength {
+        expected: n,
+        got: got_s,
+    })?;
+    let neighbours = n - f - 2;
+    for (i, a) in clients.iter().enumerate() {
+        for (d, b) in distances.iter_mut().zip(clients) {
+            *d = a
+                .iter()
+                .zip(*b)
+                .map(|(x, y)| f64::from(x - y).powi(2))
+                .sum();
+        }
+        // Its own distance (0) sorts first among the non-negative distances: skip it.
+        distances[i] = f64::INFINITY;
+        distances.sort_unstable_by(f64::total_cmp);
+        scores[i] = distances[..neighbours].iter().sum();
+    }
+    out.fill(0.0);
+    for _ in 0..keep {
+        let (best, _) = scores
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .ok_or(Error::NothingToAggregate)?;
+        scores[best] = f64::INFINITY;
+        for (o, v) in out.iter_mut().zip(clients[best]) {
+            *o += v / keep as f32;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +193,28 @@ mod tests {
             trimmed_mean(&refs[..2], 0.2, &mut [0.0; 3], &mut out),
             Err(Error::TooFewToTrim { clients: 2 })
         );
+    }
+
+    #[test]
+    fn krum_picks_an_honest_update_and_multi_krum_averages_the_honest_ones() {
+        let honest: [[f32; 2]; 4] = [[1.0, 1.0], [1.1, 0.9], [0.9, 1.1], [1.0, 1.2]];
+        let evil = [-50.0f32, 80.0];
+        let mut all: std::vec::Vec<&[f32]> = honest.iter().map(|v| &v[..]).collect();
+        all.insert(2, &evil);
+        let (mut d, mut s, mut out) = ([0.0f64; 5], [0.0f64; 5], [0.0f32; 2]);
+        multi_krum(&all, 1, 1, &mut d, &mut s, &mut out).unwrap();
+        assert!(honest.iter().any(|h| h == &out), "Krum picked {out:?}");
+        multi_krum(&all, 1, 4, &mut d, &mut s, &mut out).unwrap();
+        assert!(
+            (out[0] - 1.0).abs() < 1e-6 && (out[1] - 1.05).abs() < 1e-6,
+            "{out:?}"
+        );
+        // n = 4 cannot tolerate f = 1 (it needs 2f + 3 = 5).
+        assert_eq!(
+            multi_krum(&all[..4], 1, 1, &mut d, &mut s, &mut out),
+            Err(Error::TooFewForKrum { clients: 4, f: 1 })
+        );
+        assert!(multi_krum(&all, 1, 5, &mut d, &mut s, &mut out).is_err());
     }
 
     #[test]
