@@ -125,7 +125,10 @@ pub fn multi_krum(
             *d = a
                 .iter()
                 .zip(*b)
-                .map(|(x, y)| f64::from(x - y).powi(2))
+                .map(|(x, y)| {
+                    let d = f64::from(x - y);
+                    d * d
+                })
                 .sum();
         }
         // Its own distance (0) sorts first among the non-negative distances: skip it.
