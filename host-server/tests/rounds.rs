@@ -229,15 +229,17 @@ async fn federate(
 ) -> (federation::Outcome, Duration, Vec<f32>) {
     let (connect, listener) = mpsc::channel(16);
     let mut participants = tokio::task::JoinSet::new();
+    // The others join first (they get the lowest ids, so jobs reach them first).
+    for &(name, behaviour) in others {
+        participants.spawn(rejoining(connect.clone(), name, behaviour));
+    }
+    tokio::task::yield_now().await;
     for (name, delta, examples, accuracy) in [("a", 1.0, 100, 0.5), ("b", -1.0, 300, 0.8)] {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         connect.send(theirs).await.unwrap();
         participants.spawn(async move {
             assert!(participant(ours, name, examples, Behaviour::Honest { delta, accuracy }).await);
         });
-    }
-    for &(name, behaviour) in others {
-        participants.spawn(rejoining(connect.clone(), name, behaviour));
     }
     drop(connect);
     let started = tokio::time::Instant::now();
@@ -402,4 +404,27 @@ async fn a_norm_bound_limits_what_a_scaled_update_can_do() {
     let held = drift(&final_model(out.path()));
     let bound = ROUNDS as f32 * (200.0 / 500.0 + 10.0 * 100.0 / 500.0);
     assert!(held <= bound, "bounded: drift {held} above {bound}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_peers_that_joined_first_do_not_hold_the_upload_slots() {
+    // More silent peers than the server has upload slots (8): before slots were
+    // taken only when an update starts, they held them all while the honest
+    // pair trained, and the honest pair missed the deadline.
+    const SILENT: [&str; 12] = [
+        "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11",
+    ];
+    let silent: Vec<(&'static str, Option<Behaviour>)> =
+        SILENT.iter().map(|&n| (n, None)).collect();
+    let out = tempfile::tempdir().unwrap();
+    let (outcome, _, first) = federate(config(out.path(), 14), &silent).await;
+    assert_honest_rounds(&outcome, out.path(), &first);
+    for r in &outcome.history.rounds {
+        let missed = r
+            .failures
+            .iter()
+            .filter(|f| f.phase == Phase::Fit && f.kind == Some(FailureKind::Deadline))
+            .count();
+        assert_eq!(missed, SILENT.len(), "round {}", r.round);
+    }
 }
