@@ -123,40 +123,35 @@ impl Checkpoint {
                 checkpoint.format
             )));
         }
-        let mismatch = |what, checkpoint: String, now: String| {
-            Err(CheckpointError::Mismatch {
-                what,
-                checkpoint,
-                now,
-            })
-        };
-        if checkpoint.model != config.model {
-            return mismatch(
+        // The settings that make it the same run, compared as they are shown.
+        let settings = [
+            (
                 "model",
                 checkpoint.model.to_string(),
                 config.model.to_string(),
-            );
-        }
-        if checkpoint.strategy != config.strategy {
-            return mismatch(
+            ),
+            (
                 "strategy",
                 format!("{:?}", checkpoint.strategy),
                 format!("{:?}", config.strategy),
-            );
-        }
-        if checkpoint.rounds != config.rounds {
-            return mismatch(
+            ),
+            (
                 "--rounds",
                 checkpoint.rounds.to_string(),
                 config.rounds.to_string(),
-            );
-        }
-        if checkpoint.seed != config.seed {
-            return mismatch(
+            ),
+            (
                 "--seed",
                 checkpoint.seed.to_string(),
                 config.seed.to_string(),
-            );
+            ),
+        ];
+        if let Some((what, checkpoint, now)) = settings.into_iter().find(|(_, a, b)| a != b) {
+            return Err(CheckpointError::Mismatch {
+                what,
+                checkpoint,
+                now,
+            });
         }
         if checkpoint.global.len() != config.model.param_count()
             || checkpoint.round > checkpoint.rounds
@@ -164,5 +159,64 @@ impl Checkpoint {
             return Err(format("its model or round does not fit the run".into()));
         }
         Ok(checkpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Krum, Limits};
+    use fedcore::aggregate::ServerOpt;
+    use fedcore::train::TrainConfig;
+    use std::time::Duration;
+
+    fn config(dir: &Path) -> ServerConfig {
+        ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            rounds: 5,
+            strategy: Strategy::Fedavgm,
+            model: "mlp:4-3-2".parse().unwrap(),
+            fraction_fit: 1.0,
+            fraction_evaluate: 1.0,
+            min_fit_clients: 2,
+            min_evaluate_clients: 2,
+            min_available_clients: 2,
+            train: TrainConfig::default(),
+            trim_fraction: 0.2,
+            krum: Krum::default(),
+            server_opt: ServerOpt::FEDAVGM,
+            round_timeout: Duration::from_secs(1),
+            wait_timeout: Duration::from_secs(1),
+            server_eval: None,
+            out: dir.to_path_buf(),
+            seed: 3,
+            serial: Vec::new(),
+            limits: Limits::default(),
+            resume: true,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_comes_back_as_saved_and_only_for_its_own_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        assert!(matches!(
+            Checkpoint::load(dir.path(), &config),
+            Err(CheckpointError::Missing(_))
+        ));
+        let global: Vec<f32> = (0..23).map(|i| i as f32 * 0.5).collect();
+        let state: Vec<f32> = (0..23).map(|i| -(i as f32)).collect();
+        let saved = Checkpoint::new(&config, 2, &global, &state);
+        saved.save(dir.path()).unwrap();
+        assert_eq!(Checkpoint::load(dir.path(), &config).unwrap(), saved);
+        let mut other = config.clone();
+        other.seed = 4;
+        let e = Checkpoint::load(dir.path(), &other).unwrap_err();
+        assert!(e.to_string().contains("--seed 3, not 4"), "{e}");
+        std::fs::write(Checkpoint::path(dir.path()), b"not a checkpoint").unwrap();
+        assert!(matches!(
+            Checkpoint::load(dir.path(), &config),
+            Err(CheckpointError::Format { .. })
+        ));
     }
 }
