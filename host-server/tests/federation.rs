@@ -319,3 +319,153 @@ fn a_server_killed_after_any_round_resumes_and_ends_as_an_uninterrupted_run() {
             .all(|r| r.accuracy_distributed.is_some())
     );
 }
+
+/// A hostile peer over real TCP, speaking the protocol: it joins (again and
+/// again: the server drops it after each refused job) and sends a NaN update
+/// (`nan`) or claims 0 examples (otherwise). It stops when told goodbye or when
+/// the server is gone.
+async fn hostile(addr: String, nan: bool) {
+    use fedcore::protocol::{
+        Encoding, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION, ParticipantKind,
+    };
+    use fedhost::link::{HOST_MAX_FRAME, Link, chunking};
+    let mut refused = 0;
+    loop {
+        let Ok(socket) = tokio::net::TcpStream::connect(&addr).await else {
+            refused += 1;
+            if refused > 100 {
+                return; // the server has gone
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut link = Link::new(socket);
+        let name = if nan { "nan" } else { "zero" };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            name,
+            kind: ParticipantKind::Host,
+            train_examples: 1000,
+            test_examples: 100,
+            max_frame: HOST_MAX_FRAME as u32,
+            encoding: Encoding::F32,
+            auth: &[],
+        };
+        if link.send(&Message::Hello(hello)).await.is_err() {
+            continue;
+        }
+        let Ok(Message::Welcome(w)) = link.recv().await else {
+            continue;
+        };
+        let c = chunking(w.model.param_count(), HOST_MAX_FRAME, Encoding::F32).unwrap();
+        let mut params = vec![0.0f32; w.model.param_count()];
+        let nothing = |round| EvaluateRes {
+            round,
+            examples: 0,
+            loss: 0.0,
+            accuracy: 0.0,
+            seconds: 0.0,
+        };
+        loop {
+            match link.recv().await {
+                Ok(Message::FitIns(ins)) => {
+                    if link.recv_params(ins.round, &mut params, &c).await.is_err() {
+                        break;
+                    }
+                    if ins.evaluate_first {
+                        let _ = link
+                            .send(&Message::EvaluateRes(nothing(ins.round - 1)))
+                            .await;
+                    }
+                    if nan {
+                        params.fill(f32::NAN);
+                    }
+                    let _ = link.send_params(ins.round, &params, &c).await;
+                    let examples = if nan { 1000 } else { 0 };
+                    let res = FitRes {
+                        round: ins.round,
+                        examples,
+                        loss: 0.1,
+                        accuracy: 0.5,
+                        seconds: 0.0,
+                    };
+                    let _ = link.send(&Message::FitRes(res)).await;
+                }
+                Ok(Message::EvaluateIns(ins)) => {
+                    if link.recv_params(ins.round, &mut params, &c).await.is_err() {
+                        break;
+                    }
+                    let _ = link.send(&Message::EvaluateRes(nothing(ins.round))).await;
+                }
+                Ok(Message::Bye(_)) => return,
+                _ => break,
+            }
+        }
+    }
+}
+
+#[test]
+fn hostile_peers_over_tcp_are_refused_and_the_model_is_the_honest_ones() {
+    let data = temp_dir("hostile-data");
+    mnist_subset(&data, 4000, 1000);
+    let history = |out: &Path| History::read(&out.join("history_4.json")).unwrap();
+    // The two honest clients alone.
+    let clean = temp_dir("hostile-clean");
+    let (mut server, addr) = start_federation(&clean, 4, "mlp:784-32-10", 2, &[]);
+    let mut honest = start_clients(&addr, &data, 0, 2, 2);
+    assert!(wait(&mut server, Duration::from_secs(60)));
+    assert!(wait(&mut honest, Duration::from_secs(10)));
+    let clean = history(&clean);
+
+    // The same two beside a NaN peer and a zero-example peer.
+    let attacked = temp_dir("hostile-attacked");
+    let (mut server, addr) = start_server(
+        &attacked,
+        &[
+            "--rounds",
+            "4",
+            "--model",
+            "mlp:784-32-10",
+            "--min-available-clients",
+            "4",
+        ],
+    );
+    let peers = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                tokio::join!(hostile(addr.clone(), true), hostile(addr, false));
+            });
+        })
+    };
+    let mut honest = start_clients(&addr, &data, 0, 2, 2);
+    assert!(wait(&mut server, Duration::from_secs(60)), "the run ends");
+    assert!(wait(&mut honest, Duration::from_secs(10)));
+    peers.join().unwrap();
+    let attacked = history(&attacked);
+
+    for r in &attacked.rounds {
+        assert!(r.aggregated, "round {}", r.round);
+        for name in ["nan", "zero"] {
+            assert!(
+                r.failures.iter().any(|f| f.name == name
+                    && f.kind == Some(host_server::history::FailureKind::Rejected)),
+                "round {}: {name}: {:?}",
+                r.round,
+                r.failures
+            );
+        }
+    }
+    // Refused, they never touched the model: the accuracy is the clean run's.
+    let last = |h: &History| h.rounds.last().unwrap().accuracy_distributed.unwrap();
+    assert!(
+        (last(&attacked) - last(&clean)).abs() <= 0.01,
+        "{} attacked against {} clean",
+        last(&attacked),
+        last(&clean)
+    );
+}
