@@ -86,25 +86,28 @@ struct Staging<'a> {
 impl Staging<'_> {
     /// The upload, opened (slot taken, buffer allocated) on first use.
     async fn open(&mut self) -> Result<&mut Upload, JobError> {
-        if self.upload.is_none() {
-            // The semaphore is never closed while connection tasks run.
-            let slot = Arc::clone(self.slots)
-                .acquire_owned()
-                .await
-                .map_err(|_| JobError::Gone)?;
-            let (total, per_chunk) = (self.chunking.total(), self.chunking.per_chunk());
-            let mut receiver =
-                Receiver::new(vec![0u32; Receiver::<Vec<u32>>::words(total, per_chunk)]);
-            receiver
-                .start(self.round, &self.chunking)
-                .map_err(JobError::Transfer)?;
-            self.upload = Some(Upload {
-                params: vec![0.0; total as usize],
-                receiver,
-                slot,
-            });
-        }
-        self.upload.as_mut().ok_or(JobError::Gone)
+        let upload = match self.upload.take() {
+            Some(upload) => upload,
+            None => {
+                // The semaphore is never closed while connection tasks run.
+                let slot = Arc::clone(self.slots)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| JobError::Gone)?;
+                let (total, per_chunk) = (self.chunking.total(), self.chunking.per_chunk());
+                let mut receiver =
+                    Receiver::new(vec![0u32; Receiver::<Vec<u32>>::words(total, per_chunk)]);
+                receiver
+                    .start(self.round, &self.chunking)
+                    .map_err(JobError::Transfer)?;
+                Upload {
+                    params: vec![0.0; total as usize],
+                    receiver,
+                    slot,
+                }
+            }
+        };
+        Ok(self.upload.insert(upload))
     }
 
     fn missing(&self) -> Option<Span> {
@@ -364,8 +367,6 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
                 let upload = staging.open().await?;
                 match upload.receiver.accept(&chunk, &mut upload.params) {
                     Ok(arrival) => Heard::Chunk(arrival),
-                    // A stale resend of an earlier round on a noisy line.
-                    Err(fedcore::Error::ChunkRound { .. }) if lossy => Heard::Ignored,
                     Err(e) => return Err(JobError::Transfer(e)),
                 }
             }

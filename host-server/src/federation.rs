@@ -249,10 +249,7 @@ impl<'a> Run<'a> {
             );
         }
         let mut book = RoundBook::start(round);
-        // Sampling is seeded by the round, so a resumed run needs no RNG state.
-        let mut rng = StdRng::seed_from_u64(
-            config.seed ^ u64::from(round).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        );
+        let mut rng = round_rng(config.seed, round);
         let chosen = self.sample(&mut rng, config.fraction_fit, config.min_fit_clients);
         let snapshot = Arc::new(self.global.clone());
         let deadline = tokio::time::Instant::now() + config.round_timeout;
@@ -376,7 +373,7 @@ impl<'a> Run<'a> {
             let needed = config.min_available_clients.max(1);
             let _ = tokio::time::timeout(config.wait_timeout, registry.wait_for(needed)).await;
         }
-        let mut rng = StdRng::seed_from_u64(config.seed ^ u64::from(round));
+        let mut rng = round_rng(config.seed, round);
         let evaluators = self.take_evaluators(&mut rng);
         let snapshot = Arc::new(self.global.clone());
         let deadline = tokio::time::Instant::now() + config.round_timeout;
@@ -440,6 +437,12 @@ impl<'a> Run<'a> {
         chosen.sort_by_key(|h| h.who.id);
         chosen
     }
+}
+
+/// The sampler of round `round`: seeded by the round, so a resumed run needs no
+/// RNG state (the final evaluation draws from its last round's).
+fn round_rng(seed: u64, round: u32) -> StdRng {
+    StdRng::seed_from_u64(seed ^ u64::from(round).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// A participant's part of its shuffle seed, from its name: stable across

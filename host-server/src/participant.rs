@@ -90,7 +90,7 @@ impl Registry {
         let all_gone = async {
             loop {
                 let notified = self.changed.notified();
-                if self.lock().is_empty() {
+                if self.is_empty() {
                     return;
                 }
                 notified.await;

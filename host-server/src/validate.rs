@@ -76,7 +76,12 @@ pub fn fit(res: &FitRes, update: &[f32], declared: &Declared) -> Result<(), Reje
             declared: declared.train_examples,
         });
     }
-    metrics("training", res.loss, res.accuracy, res.seconds)?;
+    metrics(
+        ["training loss", "training accuracy"],
+        res.loss,
+        res.accuracy,
+        res.seconds,
+    )?;
     let mut bad = update.iter().enumerate().filter(|(_, v)| !v.is_finite());
     if let Some((first, _)) = bad.next() {
         return Err(Rejection::NonFiniteUpdate {
@@ -95,14 +100,21 @@ pub fn evaluation(res: &EvaluateRes, declared: &Declared) -> Result<(), Rejectio
             declared: declared.test_examples,
         });
     }
-    metrics("test", res.loss, res.accuracy, res.seconds)
+    metrics(
+        ["test loss", "test accuracy"],
+        res.loss,
+        res.accuracy,
+        res.seconds,
+    )
 }
 
-fn metrics(phase: &'static str, loss: f32, accuracy: f32, seconds: f32) -> Result<(), Rejection> {
-    let (loss_name, accuracy_name) = match phase {
-        "training" => ("training loss", "training accuracy"),
-        _ => ("test loss", "test accuracy"),
-    };
+/// Checks a report's numbers; `names` are its loss's and its accuracy's, for the message.
+fn metrics(
+    [loss_name, accuracy_name]: [&'static str; 2],
+    loss: f32,
+    accuracy: f32,
+    seconds: f32,
+) -> Result<(), Rejection> {
     for (what, value) in [
         (loss_name, loss),
         (accuracy_name, accuracy),
