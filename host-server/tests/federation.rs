@@ -6,6 +6,8 @@
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/scripted.rs"]
+mod scripted;
 mod support;
 
 use std::path::Path;
@@ -13,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use host_server::history::History;
+use scripted::{Behaviour, participant};
 use support::*;
 
 #[test]
@@ -320,86 +323,22 @@ fn a_server_killed_after_any_round_resumes_and_ends_as_an_uninterrupted_run() {
     );
 }
 
-/// A hostile peer over real TCP, speaking the protocol: it joins (again and
-/// again: the server drops it after each refused job) and sends a NaN update
-/// (`nan`) or claims 0 examples (otherwise). It stops when told goodbye or when
-/// the server is gone.
-async fn hostile(addr: String, nan: bool) {
-    use fedcore::protocol::{
-        Encoding, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION, ParticipantKind,
-    };
-    use fedhost::link::{HOST_MAX_FRAME, Link, chunking};
+/// A scripted peer over real TCP that joins again and again (the server drops
+/// it after each refused job), until told goodbye or the server is gone.
+async fn rejoining_over_tcp(addr: String, name: &str, behaviour: Behaviour) {
     let mut refused = 0;
     loop {
-        let Ok(socket) = tokio::net::TcpStream::connect(&addr).await else {
-            refused += 1;
-            if refused > 100 {
-                return; // the server has gone
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let mut link = Link::new(socket);
-        let name = if nan { "nan" } else { "zero" };
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            name,
-            kind: ParticipantKind::Host,
-            train_examples: 1000,
-            test_examples: 100,
-            max_frame: HOST_MAX_FRAME as u32,
-            encoding: Encoding::F32,
-            auth: &[],
-        };
-        if link.send(&Message::Hello(hello)).await.is_err() {
-            continue;
-        }
-        let Ok(Message::Welcome(w)) = link.recv().await else {
-            continue;
-        };
-        let c = chunking(w.model.param_count(), HOST_MAX_FRAME, Encoding::F32).unwrap();
-        let mut params = vec![0.0f32; w.model.param_count()];
-        let nothing = |round| EvaluateRes {
-            round,
-            examples: 0,
-            loss: 0.0,
-            accuracy: 0.0,
-            seconds: 0.0,
-        };
-        loop {
-            match link.recv().await {
-                Ok(Message::FitIns(ins)) => {
-                    if link.recv_params(ins.round, &mut params, &c).await.is_err() {
-                        break;
-                    }
-                    if ins.evaluate_first {
-                        let _ = link
-                            .send(&Message::EvaluateRes(nothing(ins.round - 1)))
-                            .await;
-                    }
-                    if nan {
-                        params.fill(f32::NAN);
-                    }
-                    let _ = link.send_params(ins.round, &params, &c).await;
-                    let examples = if nan { 1000 } else { 0 };
-                    let res = FitRes {
-                        round: ins.round,
-                        examples,
-                        loss: 0.1,
-                        accuracy: 0.5,
-                        seconds: 0.0,
-                    };
-                    let _ = link.send(&Message::FitRes(res)).await;
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(socket) => {
+                if participant(socket, name, 1000, behaviour).await {
+                    return;
                 }
-                Ok(Message::EvaluateIns(ins)) => {
-                    if link.recv_params(ins.round, &mut params, &c).await.is_err() {
-                        break;
-                    }
-                    let _ = link.send(&Message::EvaluateRes(nothing(ins.round))).await;
-                }
-                Ok(Message::Bye(_)) => return,
-                _ => break,
             }
+            Err(_) if refused < 100 => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => return, // the server has gone
         }
     }
 }
@@ -438,7 +377,10 @@ fn hostile_peers_over_tcp_are_refused_and_the_model_is_the_honest_ones() {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                tokio::join!(hostile(addr.clone(), true), hostile(addr, false));
+                tokio::join!(
+                    rejoining_over_tcp(addr.clone(), "nan", Behaviour::NanUpdate),
+                    rejoining_over_tcp(addr, "zero", Behaviour::ZeroExamples)
+                );
             });
         })
     };

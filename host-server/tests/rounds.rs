@@ -8,20 +8,22 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[path = "support/scripted.rs"]
+mod scripted;
+
 use fedcore::aggregate::ServerOpt;
 use fedcore::model::{ModelSpec, Plan, init_params};
-use fedcore::protocol::transfer::Chunking;
-use fedcore::protocol::{
-    Encoding, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION, ParticipantKind,
-};
+use fedcore::protocol::Message;
 use fedcore::rng::Rng;
 use fedcore::train::TrainConfig;
-use fedhost::link::{HOST_MAX_FRAME, Link, chunking};
+use fedhost::link::Link;
 use host_server::config::{Krum, Limits, ServerConfig, Strategy};
 use host_server::federation::{self, Progress};
 use host_server::history::{FailureKind, Phase, RoundRecord};
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
+
+use scripted::{Behaviour, hello, participant};
 
 const ROUNDS: u32 = 3;
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -37,127 +39,6 @@ struct Count(AtomicUsize);
 impl Progress for Count {
     fn round(&self, _: &RoundRecord) {
         self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-async fn hello(link: &mut Link<DuplexStream>, name: &str, examples: u32) {
-    link.send(&Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        name,
-        kind: ParticipantKind::Host,
-        train_examples: examples,
-        test_examples: TEST_EXAMPLES,
-        max_frame: HOST_MAX_FRAME as u32,
-        encoding: Encoding::F32,
-        auth: &[],
-    }))
-    .await
-    .unwrap();
-    assert!(matches!(link.recv().await.unwrap(), Message::Welcome(_)));
-}
-
-/// Test examples every scripted participant declares.
-const TEST_EXAMPLES: u32 = 1000;
-
-/// What a scripted participant does with each instruction.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Behaviour {
-    /// Adds `delta` to every parameter, weighs its examples, scores `accuracy`.
-    Honest { delta: f32, accuracy: f32 },
-    /// Uploads NaN.
-    NanUpdate,
-    /// Uploads the model unchanged and claims 0 examples.
-    ZeroExamples,
-    /// Uploads zeros and claims u32::MAX examples.
-    MaxExamples,
-    /// Trains honestly but reports an accuracy of 1.0 over u32::MAX test examples.
-    LyingEvaluation,
-    /// Uploads the model scaled by 1e6.
-    Scaled,
-}
-
-/// A participant on `io` that behaves as `behaviour` until goodbye or a closed link;
-/// true if it was told goodbye.
-async fn participant(io: DuplexStream, name: &str, examples: u32, behaviour: Behaviour) -> bool {
-    let mut link = Link::new(io);
-    hello(&mut link, name, examples).await;
-    let c: Chunking = chunking(model().param_count(), HOST_MAX_FRAME, Encoding::F32).unwrap();
-    let mut params = vec![0.0f32; model().param_count()];
-    let eval = |round| match behaviour {
-        Behaviour::Honest { accuracy, .. } => EvaluateRes {
-            round,
-            examples,
-            loss: 1.0 - accuracy,
-            accuracy,
-            seconds: 0.0,
-        },
-        Behaviour::LyingEvaluation => EvaluateRes {
-            round,
-            examples: u32::MAX,
-            loss: 0.0,
-            accuracy: 1.0,
-            seconds: 0.0,
-        },
-        // The others evaluate over no examples: no weight, whatever they say.
-        _ => EvaluateRes {
-            round,
-            examples: 0,
-            loss: 0.0,
-            accuracy: 0.0,
-            seconds: 0.0,
-        },
-    };
-    loop {
-        let Ok(message) = link.recv().await else {
-            return false;
-        };
-        match message {
-            Message::FitIns(ins) => {
-                if link.recv_params(ins.round, &mut params, &c).await.is_err() {
-                    return false;
-                }
-                if ins.evaluate_first {
-                    let _ = link.send(&Message::EvaluateRes(eval(ins.round - 1))).await;
-                }
-                let claimed = match behaviour {
-                    Behaviour::Honest { delta, .. } => {
-                        params.iter_mut().for_each(|p| *p += delta);
-                        examples
-                    }
-                    Behaviour::NanUpdate => {
-                        params.fill(f32::NAN);
-                        examples
-                    }
-                    Behaviour::ZeroExamples => 0,
-                    Behaviour::MaxExamples => {
-                        params.fill(0.0);
-                        u32::MAX
-                    }
-                    Behaviour::LyingEvaluation => examples,
-                    Behaviour::Scaled => {
-                        params.iter_mut().for_each(|p| *p *= 1e6);
-                        examples
-                    }
-                };
-                let _ = link.send_params(ins.round, &params, &c).await;
-                let res = FitRes {
-                    round: ins.round,
-                    examples: claimed,
-                    loss: 0.1,
-                    accuracy: 0.5,
-                    seconds: 0.0,
-                };
-                let _ = link.send(&Message::FitRes(res)).await;
-            }
-            Message::EvaluateIns(ins) => {
-                if link.recv_params(ins.round, &mut params, &c).await.is_err() {
-                    return false;
-                }
-                let _ = link.send(&Message::EvaluateRes(eval(ins.round))).await;
-            }
-            Message::Bye(_) => return true,
-            _ => return false,
-        }
     }
 }
 
@@ -177,7 +58,7 @@ async fn rejoining(
             Some(b) => participant(ours, name, 100, b).await,
             None => {
                 let mut link = Link::new(ours);
-                hello(&mut link, name, 100).await;
+                assert!(hello(&mut link, name, 100).await.is_some());
                 // Read (and ignore) until the server closes the link or says goodbye.
                 loop {
                     match link.recv().await {
