@@ -55,6 +55,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "validate",
             "job",
             "exchange",
+            "strikes",
             "participant",
             "round",
             "checkpoint",

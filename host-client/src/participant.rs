@@ -219,6 +219,7 @@ async fn session(
                 let res = report(&mut link, res).await?;
                 link.send(&Message::EvaluateRes(res)).await?;
             }
+            Message::Ping(nonce) => link.send(&Message::Pong(nonce)).await?,
             Message::Bye(reason) => return Ok(reason.to_string()),
             Message::Error(e) => {
                 return Err(fatal(&format!("the server reported an error: {}", e.text)));

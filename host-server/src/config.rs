@@ -292,6 +292,11 @@ pub struct Limits {
     pub max_examples: u32,
     /// Longest L2 distance from the global model an update may have; longer ones are clipped to it.
     pub max_update_norm: Option<f32>,
+    /// How long an idle participant may go unheard before it is pinged, and
+    /// then how long it has to answer (`None`: never pinged).
+    pub heartbeat: Option<Duration>,
+    /// Failures of one kind in a row that drop a participant for the rest of the run (0: never).
+    pub max_strikes: u32,
 }
 
 impl Default for Limits {
@@ -300,6 +305,8 @@ impl Default for Limits {
             max_clients: Limits::MAX_CLIENTS,
             max_examples: Limits::MAX_EXAMPLES,
             max_update_norm: None,
+            heartbeat: Some(Limits::HEARTBEAT),
+            max_strikes: Limits::MAX_STRIKES,
         }
     }
 }
@@ -309,6 +316,10 @@ impl Limits {
     pub const MAX_CLIENTS: usize = 1024;
     /// Default `--max-examples`: more than any dataset the hosts load.
     pub const MAX_EXAMPLES: u32 = 10_000_000;
+    /// Default `--heartbeat`.
+    pub const HEARTBEAT: Duration = Duration::from_secs(10);
+    /// Default `--max-strikes`.
+    pub const MAX_STRIKES: u32 = 3;
 }
 
 /// A serial line to attach a device on: `PATH` or `PATH@BAUD`.

@@ -373,6 +373,8 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conversation<'a, T> {
             Message::FitRes(r) => Heard::FitRes(r),
             Message::EvaluateRes(r) => Heard::EvaluateRes(r),
             Message::Nack(n) if lossy => Heard::Nack(n),
+            // A late answer to a ping sent just before this job.
+            Message::Pong(_) => Heard::Ignored,
             Message::Error(e) => return Err(JobError::Participant(e.text.to_string())),
             Message::Hello(_) => return Err(JobError::Restarted),
             other => return unexpected(&other),

@@ -28,6 +28,7 @@ use crate::history::{History, Phase, RoundRecord};
 use crate::job::{EvaluateDone, FitJob, Job, JobError, Reply};
 use crate::participant::{self, Handle, Registry, Shared, UPLOAD_SLOTS};
 use crate::round::{self, RoundBook};
+use crate::strikes::Strikes;
 
 /// How long the server waits, at the end, for every goodbye to be written.
 const GOODBYE_WAIT: Duration = Duration::from_secs(5);
@@ -99,6 +100,7 @@ pub async fn run(
         model: config.model.clone(),
         uploads: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
         limits: config.limits,
+        strikes: Strikes::new(config.limits.max_strikes, 4 * config.limits.max_clients),
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
     let lines: Vec<_> = config
@@ -230,11 +232,32 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Participants a round waits for: `--min-available-clients`, less those
+    /// the server dropped (they cannot come back), but never fewer than a
+    /// round needs to train.
+    fn needed(&self) -> usize {
+        let config = self.config;
+        let dropped = self.shared.strikes.dropped_count();
+        let needed = config
+            .min_available_clients
+            .saturating_sub(dropped)
+            .max(config.min_fit_clients)
+            .max(1);
+        if needed < config.min_available_clients {
+            tracing::info!(
+                needed,
+                dropped,
+                "waiting for fewer participants: some were dropped"
+            );
+        }
+        needed
+    }
+
     /// Runs round `round`: the fits (carrying the evaluations of the previous
     /// aggregate), the aggregation, the optional server evaluation, the record.
     async fn round(&mut self, round: u32) -> anyhow::Result<()> {
         let config = self.config;
-        let needed = config.min_available_clients.max(1);
+        let needed = self.needed();
         let registry = &self.shared.registry;
         if tokio::time::timeout(config.wait_timeout, registry.wait_for(needed))
             .await
@@ -370,7 +393,7 @@ impl<'a> Run<'a> {
         if self.evaluators.is_none() {
             // Resumed after the last round: wait (boundedly) for participants to reconnect.
             let registry = &self.shared.registry;
-            let needed = config.min_available_clients.max(1);
+            let needed = self.needed();
             let _ = tokio::time::timeout(config.wait_timeout, registry.wait_for(needed)).await;
         }
         let mut rng = round_rng(config.seed, round);

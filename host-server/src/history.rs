@@ -150,6 +150,22 @@ pub enum FailureKind {
     Gone,
 }
 
+impl FailureKind {
+    /// Its name, as the history spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Deadline => "deadline",
+            FailureKind::Stalled => "stalled",
+            FailureKind::Link => "link",
+            FailureKind::Participant => "participant",
+            FailureKind::Protocol => "protocol",
+            FailureKind::Rejected => "rejected",
+            FailureKind::Restarted => "restarted",
+            FailureKind::Gone => "gone",
+        }
+    }
+}
+
 /// A participant that failed a phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {
@@ -432,5 +448,27 @@ impl History {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_kinds_name_is_the_one_the_history_writes() {
+        for kind in [
+            FailureKind::Deadline,
+            FailureKind::Stalled,
+            FailureKind::Link,
+            FailureKind::Participant,
+            FailureKind::Protocol,
+            FailureKind::Rejected,
+            FailureKind::Restarted,
+            FailureKind::Gone,
+        ] {
+            let written = serde_json::to_value(kind).unwrap();
+            assert_eq!(written.as_str(), Some(kind.as_str()));
+        }
     }
 }

@@ -136,16 +136,28 @@ pub enum Job {
     Bye(String),
 }
 
-/// Runs `work` until `deadline` and sends its outcome to `reply`; true if it succeeded.
+/// How a job failed, as its participant's task keeps it after the error itself went to the round loop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    /// The failure's kind.
+    pub kind: FailureKind,
+    /// Its reason.
+    pub reason: String,
+}
+
+/// Runs `work` until `deadline` and sends its outcome to `reply`.
 pub async fn answer_by<T>(
     deadline: Instant,
     work: impl Future<Output = Result<T, JobError>>,
     reply: Reply<T>,
-) -> bool {
+) -> Result<(), Failed> {
     let outcome = tokio::time::timeout_at(deadline, work)
         .await
         .unwrap_or(Err(JobError::Deadline));
-    let succeeded = outcome.is_ok();
+    let failed = outcome.as_ref().err().map(|e| Failed {
+        kind: e.kind(),
+        reason: e.to_string(),
+    });
     let _ = reply.send(outcome);
-    succeeded
+    failed.map_or(Ok(()), Err)
 }

@@ -7,7 +7,8 @@
 //! - [`validate`]: what a participant's update and metrics must satisfy before they touch anything;
 //! - [`job`]: what the round loop asks of a participant, and every way it can fail;
 //! - [`exchange`]: one job's conversation over a link, a driver of fedcore's transfer engine;
-//! - [`participant`]: connections, their handshake, and the jobs they carry out;
+//! - [`strikes`]: participants that fail the same way again and again, and the dropped;
+//! - [`participant`]: connections, their handshake, heartbeats, and the jobs they carry out;
 //! - [`round`]: one round's bookkeeping;
 //! - [`checkpoint`]: what a killed run needs to resume after its last completed round;
 //! - [`federation`]: the round loop (sample, send, collect, aggregate, evaluate, record);
@@ -24,5 +25,6 @@ pub mod job;
 pub mod participant;
 pub mod plot;
 pub mod round;
+pub mod strikes;
 pub mod summary;
 pub mod validate;

@@ -112,6 +112,12 @@ struct RunArgs {
     /// Training or test examples a participant may declare when it joins; its results may claim no more.
     #[arg(long, default_value_t = Limits::MAX_EXAMPLES)]
     max_examples: u32,
+    /// Seconds an idle participant may go unheard before it is pinged, and then has to answer; one that does not is no longer counted as available (0: never ping).
+    #[arg(long, default_value_t = Limits::HEARTBEAT.as_secs_f64(), value_parser = seconds)]
+    heartbeat: f64,
+    /// Failures of one kind in a row (refused answers, its own errors, missed deadlines) after which a participant is told why and dropped for the rest of the run (0: never).
+    #[arg(long, default_value_t = Limits::MAX_STRIKES)]
+    max_strikes: u32,
     /// Clip each update to at most this L2 distance from the global model (limits what one poisoned update can do).
     #[arg(long)]
     max_update_norm: Option<f32>,
@@ -180,10 +186,22 @@ impl RunArgs {
                 max_clients: self.max_clients,
                 max_examples: self.max_examples,
                 max_update_norm: self.max_update_norm,
+                heartbeat: (self.heartbeat > 0.0).then(|| Duration::from_secs_f64(self.heartbeat)),
+                max_strikes: self.max_strikes,
             },
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// A number of seconds from 0 to a day, with a fraction.
+fn seconds(text: &str) -> Result<f64, String> {
+    let secs: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=86_400.0).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("{text} is not a number of seconds from 0 to 86400"))
     }
 }
 

@@ -30,15 +30,20 @@ use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+use tracing::Instrument;
 
 use crate::config::{Limits, SerialLine};
 use crate::exchange::{self, Peer};
 use crate::history::{Identity, LinkKind};
 use crate::job::{Job, answer_by};
+use crate::strikes::Strikes;
 use crate::validate::Declared;
 
 /// Updates held in memory at once, at most.
 pub const UPLOAD_SLOTS: usize = 8;
+
+/// Longest participant name, in bytes (names go into every round's record).
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,6 +144,8 @@ pub struct Shared {
     pub uploads: Arc<Semaphore>,
     /// What participants may claim, and how many may join.
     pub limits: Limits,
+    /// Who keeps failing, and who was dropped for it.
+    pub strikes: Strikes,
 }
 
 /// Why a connection was not admitted.
@@ -156,6 +163,12 @@ pub enum AdmissionError {
     /// The federation has as many participants as it takes.
     #[error("the federation is full: it takes at most {0} participants (--max-clients)")]
     Full(usize),
+    /// It was dropped earlier in the run.
+    #[error("{0}")]
+    Dropped(String),
+    /// Its name is too long to record.
+    #[error("its name is {0} bytes long; a name may have at most {MAX_NAME_BYTES}")]
+    Name(usize),
     /// It declares more examples than a participant may.
     #[error(
         "it declares {declared} examples; a participant may declare at most {max} (--max-examples)"
@@ -180,7 +193,11 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, peer: String, share
         .unwrap_or(Err(AdmissionError::NoHello(HELLO_TIMEOUT)));
     match hello {
         Ok(hello) => {
-            session(&mut link, hello, LinkKind::Tcp, None, &shared).await;
+            // Every line the session logs names the peer's address.
+            let span = tracing::info_span!("tcp", %peer);
+            session(&mut link, hello, LinkKind::Tcp, None, &shared)
+                .instrument(span)
+                .await;
         }
         Err(e) => tracing::warn!(%peer, "a connection failed its hello: {e}"),
     }
@@ -232,6 +249,8 @@ pub async fn attach_serial(line: SerialLine, shared: Arc<Shared>) {
             let retry = RetryPolicy::for_line(baud, greeting.max_frame);
             match session(&mut link, greeting, LinkKind::Serial, Some(retry), &shared).await {
                 Ended::Bye => return,
+                // It was told why; its hellos would only be refused again.
+                Ended::Dropped(_) => return,
                 Ended::Failed => {}
                 Ended::Restarted(greeting) => hello = Some(greeting),
             }
@@ -295,6 +314,8 @@ enum Ended {
     Failed,
     /// The device said hello again while idle (it restarted).
     Restarted(Greeting),
+    /// It failed the same way too often and may not come back (the verdict).
+    Dropped(String),
 }
 
 /// Welcomes a participant and carries out its jobs until one fails or it is told goodbye.
@@ -305,46 +326,66 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     retry: Option<RetryPolicy>,
     shared: &Shared,
 ) -> Ended {
+    let claimed = hello.name.clone();
     let (handle, mut jobs, peer) = match welcome(link, hello, kind, retry, shared).await {
         Ok(joined) => joined,
         Err(e) => {
-            tracing::warn!("a participant was not admitted: {e}");
+            tracing::warn!(name = %claimed, "a participant was not admitted: {e}");
             return Ended::Failed;
         }
     };
     let id = handle.who.id;
-    tracing::info!(id, name = %handle.who.name, ?kind, "participant joined");
+    let name = handle.who.name.clone();
+    tracing::info!(id, %name, ?kind, "participant joined");
     shared.registry.insert(handle);
+    let mut heartbeat = Heartbeat::new(shared.limits.heartbeat);
     let ended = loop {
-        let job = if kind == LinkKind::Serial {
-            // Between jobs, listen to the line too: a device that restarts says hello.
-            tokio::select! {
-                job = jobs.recv() => job,
-                heard = link.recv() => match heard {
-                    Ok(Message::Hello(h)) => break Ended::Restarted(Greeting::from(&h)),
-                    Ok(_) | Err(LinkError::Frame(_)) => continue,
-                    Err(_) => break Ended::Failed,
-                },
-            }
-        } else {
-            // Between jobs a TCP participant has nothing to say: anything it
-            // sends, or its closing the connection, ends the session, so a peer
-            // that left is not counted as available.
-            tokio::select! {
-                job = jobs.recv() => job,
-                heard = link.recv() => {
-                    match heard {
-                        Ok(other) => tracing::warn!(id, "unexpected {} between jobs; closing", other.name()),
-                        Err(e) => tracing::info!(id, "connection closed between jobs: {e}"),
-                    }
+        let job = tokio::select! {
+            job = jobs.recv() => job,
+            heard = link.recv() => match heard {
+                Ok(Message::Pong(nonce)) => {
+                    heartbeat.answered(nonce);
+                    continue;
+                }
+                // Between jobs, a device that restarts says hello.
+                Ok(Message::Hello(h)) if kind == LinkKind::Serial => {
+                    break Ended::Restarted(Greeting::from(&h));
+                }
+                // A serial line carries noise and stale frames: skip them.
+                Ok(_) | Err(LinkError::Frame(_)) if kind == LinkKind::Serial => continue,
+                // A TCP participant has nothing else to say between jobs:
+                // anything it sends, or its closing the connection, ends the
+                // session, so a peer that left is not counted as available.
+                Ok(other) => {
+                    tracing::warn!(id, "unexpected {} between jobs; closing", other.name());
                     break Ended::Failed;
                 }
-            }
+                Err(e) => {
+                    tracing::info!(id, "connection closed between jobs: {e}");
+                    break Ended::Failed;
+                }
+            },
+            () = heartbeat.due() => match heartbeat.beat() {
+                Some(nonce) => {
+                    if link.send(&Message::Ping(nonce)).await.is_err() {
+                        break Ended::Failed;
+                    }
+                    continue;
+                }
+                None => {
+                    tracing::warn!(
+                        id, %name,
+                        "no answer to a ping within {:?}; no longer counted as available",
+                        shared.limits.heartbeat.unwrap_or_default()
+                    );
+                    break Ended::Failed;
+                }
+            },
         };
         let Some(job) = job else {
             break Ended::Failed;
         };
-        let succeeded = match job {
+        let outcome = match job {
             Job::Fit {
                 job,
                 global,
@@ -368,23 +409,94 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
                 break Ended::Bye;
             }
         };
-        // A failed job leaves the link in an unknown state: close it.
-        if !succeeded {
-            break Ended::Failed;
+        heartbeat.heard();
+        match outcome {
+            Ok(()) => shared.strikes.succeeded(&name),
+            Err(failed) => {
+                // A failed job leaves the link in an unknown state: close it.
+                match shared.strikes.failed(&name, failed.kind, &failed.reason) {
+                    Some(verdict) => {
+                        tracing::warn!(id, %name, "{verdict}");
+                        break Ended::Dropped(verdict);
+                    }
+                    None => break Ended::Failed,
+                }
+            }
         }
     };
     shared.registry.remove(id);
-    if let (Ended::Failed, LinkKind::Serial) = (&ended, kind) {
+    let told = match (&ended, kind) {
+        (Ended::Dropped(verdict), _) => Some((ErrorCode::Dropped, verdict.as_str())),
         // Tell the device, so it says hello again instead of waiting for a job.
-        let _ = link
-            .send(&Message::Error(ErrorMsg {
-                code: ErrorCode::Unexpected,
-                text: "left out of the round; say hello to rejoin",
-            }))
-            .await;
+        (Ended::Failed, LinkKind::Serial) => Some((
+            ErrorCode::Unexpected,
+            "left out of the round; say hello to rejoin",
+        )),
+        _ => None,
+    };
+    if let Some((code, text)) = told {
+        let _ = link.send(&Message::Error(ErrorMsg { code, text })).await;
     }
     tracing::info!(id, "participant left");
     ended
+}
+
+/// When to ping an idle participant, and whether it answered.
+struct Heartbeat {
+    interval: Option<Duration>,
+    next: tokio::time::Instant,
+    /// The nonce of the ping not yet answered.
+    waiting: Option<u32>,
+    nonce: u32,
+}
+
+impl Heartbeat {
+    fn new(interval: Option<Duration>) -> Self {
+        let mut beat = Heartbeat {
+            interval,
+            next: tokio::time::Instant::now(),
+            waiting: None,
+            nonce: 0,
+        };
+        beat.heard();
+        beat
+    }
+
+    /// The participant showed it is there (it answered, or carried out a job).
+    fn heard(&mut self) {
+        self.waiting = None;
+        if let Some(interval) = self.interval {
+            self.next = tokio::time::Instant::now() + interval;
+        }
+    }
+
+    fn answered(&mut self, nonce: u32) {
+        // A late answer to an earlier ping proves nothing about the last one.
+        if self.waiting == Some(nonce) {
+            self.heard();
+        }
+    }
+
+    /// Resolves when the next ping is due, or the last one's time is up; never without an interval.
+    async fn due(&self) {
+        match self.interval {
+            Some(_) => tokio::time::sleep_until(self.next).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The nonce of the ping to send now, or `None` if the last one went unanswered.
+    fn beat(&mut self) -> Option<u32> {
+        if self.waiting.is_some() {
+            return None;
+        }
+        self.nonce = self.nonce.wrapping_add(1);
+        self.waiting = Some(self.nonce);
+        if let Some(interval) = self.interval {
+            self.next = tokio::time::Instant::now() + interval;
+        }
+        Some(self.nonce)
+    }
 }
 
 /// Checks the hello's version, gives the participant an id and the model.
@@ -402,6 +514,13 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
         .max(hello.declared.test_examples);
     let refusal = if hello.version != PROTOCOL_VERSION {
         Some((ErrorCode::Version, AdmissionError::Version(hello.version)))
+    } else if hello.name.len() > MAX_NAME_BYTES {
+        Some((
+            ErrorCode::Unsupported,
+            AdmissionError::Name(hello.name.len()),
+        ))
+    } else if let Some(verdict) = shared.strikes.dropped(&hello.name) {
+        Some((ErrorCode::Dropped, AdmissionError::Dropped(verdict)))
     } else if most > limits.max_examples {
         let e = AdmissionError::Examples {
             declared: most,
@@ -452,4 +571,124 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
         rx,
         peer,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use fedcore::protocol::ParticipantKind;
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    const BEAT: Duration = Duration::from_secs(1);
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            registry: Registry::default(),
+            model: ModelSpec::mlp(&[4, 3, 2]).unwrap(),
+            uploads: Arc::new(Semaphore::new(1)),
+            limits: Limits {
+                heartbeat: Some(BEAT),
+                ..Limits::default()
+            },
+            strikes: Strikes::new(3, 16),
+        })
+    }
+
+    /// Connects a participant named `name` to the server and says hello.
+    async fn joined(shared: &Arc<Shared>, name: &str) -> Link<DuplexStream> {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(serve(theirs, name.to_string(), Arc::clone(shared)));
+        let mut link = Link::new(ours);
+        link.send(&Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            name,
+            kind: ParticipantKind::Host,
+            train_examples: 10,
+            test_examples: 10,
+            max_frame: HOST_MAX_FRAME as u32,
+            encoding: Encoding::F32,
+            auth: &[],
+        }))
+        .await
+        .unwrap();
+        assert!(matches!(link.recv().await, Ok(Message::Welcome(_))));
+        link
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_participant_that_stops_answering_pings_is_no_longer_available() {
+        let shared = shared();
+        let mut deaf = joined(&shared, "deaf").await;
+        let mut answering = joined(&shared, "answering").await;
+        let pongs = tokio::spawn(async move {
+            let mut answered = 0;
+            while let Ok(Message::Ping(nonce)) = answering.recv().await {
+                answering.send(&Message::Pong(nonce)).await.unwrap();
+                answered += 1;
+            }
+            answered
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(shared.registry.len(), 2);
+        // One beat: both are pinged. Two: the deaf one's time is up.
+        tokio::time::sleep(BEAT * 5 / 2).await;
+        let left: Vec<String> = shared
+            .registry
+            .snapshot()
+            .into_iter()
+            .map(|h| h.who.name)
+            .collect();
+        assert_eq!(left, ["answering"]);
+        // The deaf one was pinged, then its connection was closed.
+        assert!(matches!(deaf.recv().await, Ok(Message::Ping(_))));
+        assert!(deaf.recv().await.is_err());
+        // The one that answers stays, beat after beat.
+        tokio::time::sleep(BEAT * 10).await;
+        assert_eq!(shared.registry.len(), 1);
+        pongs.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_name_is_refused_with_the_verdict_and_a_long_name_with_its_length() {
+        let shared = shared();
+        for _ in 0..3 {
+            shared
+                .strikes
+                .failed("bad", crate::history::FailureKind::Rejected, "NaN");
+        }
+        let refused = |name: String| {
+            let shared = Arc::clone(&shared);
+            async move {
+                let (ours, theirs) = tokio::io::duplex(1 << 16);
+                tokio::spawn(serve(theirs, "peer".into(), shared));
+                let mut link = Link::new(ours);
+                let hello = Hello {
+                    version: PROTOCOL_VERSION,
+                    name: &name,
+                    kind: ParticipantKind::Host,
+                    train_examples: 10,
+                    test_examples: 10,
+                    max_frame: HOST_MAX_FRAME as u32,
+                    encoding: Encoding::F32,
+                    auth: &[],
+                };
+                link.send(&Message::Hello(hello)).await.unwrap();
+                match link.recv().await {
+                    Ok(Message::Error(e)) => (e.code, e.text.to_string()),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let (code, text) = refused("bad".into()).await;
+        assert_eq!(code, ErrorCode::Dropped);
+        assert!(
+            text.starts_with("dropped from the federation: 3 failures"),
+            "{text}"
+        );
+        let (code, text) = refused("x".repeat(MAX_NAME_BYTES + 1)).await;
+        assert_eq!(code, ErrorCode::Unsupported);
+        assert!(text.contains("129 bytes long"), "{text}");
+        assert!(shared.registry.is_empty());
+    }
 }

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use host_server::history::History;
-use scripted::{Behaviour, participant};
+use scripted::{Behaviour, Ending, rejoining};
 use support::*;
 
 #[test]
@@ -323,50 +323,67 @@ fn a_server_killed_after_any_round_resumes_and_ends_as_an_uninterrupted_run() {
     );
 }
 
-/// A scripted peer over real TCP that joins again and again (the server drops
-/// it after each refused job), until told goodbye or the server is gone.
-async fn rejoining_over_tcp(addr: String, name: &str, behaviour: Behaviour) {
-    let mut refused = 0;
-    loop {
-        match tokio::net::TcpStream::connect(&addr).await {
-            Ok(socket) => {
-                if participant(socket, name, 1000, behaviour).await {
-                    return;
+/// A scripted participant over TCP that rejoins as `rejoining` does, until the server is gone.
+async fn rejoining_over_tcp(
+    addr: String,
+    name: &str,
+    examples: u32,
+    behaviour: Behaviour,
+) -> Vec<Ending> {
+    let connect = || {
+        let addr = addr.clone();
+        async move {
+            for _ in 0..100 {
+                if let Ok(socket) = tokio::net::TcpStream::connect(&addr).await {
+                    return Some(socket);
                 }
-            }
-            Err(_) if refused < 100 => {
-                refused += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(_) => return, // the server has gone
+            None // the server has gone
         }
-    }
+    };
+    rejoining(connect, name, examples, behaviour).await
 }
 
 #[test]
-fn hostile_peers_over_tcp_are_refused_and_the_model_is_the_honest_ones() {
+fn hostile_peers_over_tcp_are_refused_then_dropped_and_the_model_is_the_honest_ones() {
     let data = temp_dir("hostile-data");
     mnist_subset(&data, 4000, 1000);
     let history = |out: &Path| History::read(&out.join("history_4.json")).unwrap();
     // The two honest clients alone.
-    let clean = temp_dir("hostile-clean");
-    let (mut server, addr) = start_federation(&clean, 4, "mlp:784-32-10", 2, &[]);
+    let clean_out = temp_dir("hostile-clean");
+    let (mut server, addr) = start_federation(&clean_out, 4, "mlp:784-32-10", 2, &[]);
     let mut honest = start_clients(&addr, &data, 0, 2, 2);
     assert!(wait(&mut server, Duration::from_secs(60)));
     assert!(wait(&mut honest, Duration::from_secs(10)));
-    let clean = history(&clean);
+    let clean = history(&clean_out);
 
-    // The same two beside a NaN peer and a zero-example peer.
-    let attacked = temp_dir("hostile-attacked");
+    // The same two beside every hostile peer of issue 10's findings. The
+    // server waits for all seven, as run.sh does for its fleet: before, a
+    // peer that never came back made it wait forever.
+    let hostile = [
+        ("nan", 1000, Behaviour::NanUpdate),
+        ("zero", 1000, Behaviour::ZeroExamples),
+        ("max", 1000, Behaviour::MaxExamples),
+        ("badlabel", 1000, Behaviour::TrainingError),
+        ("silent", 1000, Behaviour::Silent),
+        // Few examples, so its honest-looking round-1 update barely weighs.
+        ("liar", 10, Behaviour::LyingEvaluation),
+    ];
+    let attacked_out = temp_dir("hostile-attacked");
     let (mut server, addr) = start_server(
-        &attacked,
+        &attacked_out,
         &[
             "--rounds",
             "4",
             "--model",
             "mlp:784-32-10",
             "--min-available-clients",
+            "8",
+            "--round-timeout",
             "4",
+            "--max-strikes",
+            "2",
         ],
     );
     let peers = {
@@ -377,30 +394,78 @@ fn hostile_peers_over_tcp_are_refused_and_the_model_is_the_honest_ones() {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                tokio::join!(
-                    rejoining_over_tcp(addr.clone(), "nan", Behaviour::NanUpdate),
-                    rejoining_over_tcp(addr, "zero", Behaviour::ZeroExamples)
-                );
-            });
+                let mut peers = tokio::task::JoinSet::new();
+                for (name, examples, behaviour) in hostile {
+                    let addr = addr.clone();
+                    peers.spawn(async move {
+                        (
+                            name,
+                            rejoining_over_tcp(addr, name, examples, behaviour).await,
+                        )
+                    });
+                }
+                peers.join_all().await
+            })
         })
     };
     let mut honest = start_clients(&addr, &data, 0, 2, 2);
-    assert!(wait(&mut server, Duration::from_secs(60)), "the run ends");
+    assert!(wait(&mut server, Duration::from_secs(90)), "the run ends");
     assert!(wait(&mut honest, Duration::from_secs(10)));
-    peers.join().unwrap();
-    let attacked = history(&attacked);
+    let endings = peers.join().unwrap();
+    let attacked = history(&attacked_out);
 
-    for r in &attacked.rounds {
-        assert!(r.aggregated, "round {}", r.round);
-        for name in ["nan", "zero"] {
-            assert!(
-                r.failures.iter().any(|f| f.name == name
-                    && f.kind == Some(host_server::history::FailureKind::Rejected)),
-                "round {}: {name}: {:?}",
-                r.round,
-                r.failures
+    use host_server::history::FailureKind::{Deadline, Participant, Rejected};
+    let failed = |round: usize, name: &str| {
+        attacked.rounds[round]
+            .failures
+            .iter()
+            .find(|f| f.name == name)
+            .and_then(|f| f.kind)
+    };
+    for round in 0..2 {
+        for (name, kind) in [
+            ("nan", Rejected),
+            ("zero", Rejected),
+            ("max", Rejected),
+            ("badlabel", Participant),
+            ("silent", Deadline),
+        ] {
+            assert_eq!(
+                failed(round, name),
+                Some(kind),
+                "round {}: {name}",
+                round + 1
             );
         }
+    }
+    // The liar's round-1 update was fine; each lie about an aggregate (during
+    // rounds 2 and 3) was refused with the job that carried it.
+    assert_eq!(failed(1, "liar"), Some(Rejected));
+    assert_eq!(failed(2, "liar"), Some(Rejected));
+    assert!(
+        attacked.rounds[3].failures.is_empty(),
+        "{:?}",
+        attacked.rounds[3].failures
+    );
+    for r in &attacked.rounds {
+        assert!(r.aggregated, "round {}", r.round);
+        let accuracy = r.accuracy_distributed.unwrap();
+        assert!(
+            accuracy < 0.99,
+            "round {}: a lie was counted: {accuracy}",
+            r.round
+        );
+    }
+    // Each was told why it was dropped, and refused when it came back.
+    for (name, ended) in &endings {
+        let [.., Ending::Told(verdict), Ending::Told(refusal)] = ended.as_slice() else {
+            panic!("{name}: {ended:?}");
+        };
+        assert!(
+            verdict.starts_with("dropped from the federation: 2 failures in a row"),
+            "{name}: {verdict}"
+        );
+        assert_eq!(refusal, verdict, "{name}");
     }
     // Refused, they never touched the model: the accuracy is the clean run's.
     let last = |h: &History| h.rounds.last().unwrap().accuracy_distributed.unwrap();
@@ -410,4 +475,7 @@ fn hostile_peers_over_tcp_are_refused_and_the_model_is_the_honest_ones() {
         last(&attacked),
         last(&clean)
     );
+    for dir in [data, clean_out, attacked_out] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -1,5 +1,5 @@
 //! Whole rounds in one process: the real round loop over in-memory pipes, in
-//! paused time, with scripted participants (two honest, one that never answers).
+//! paused time, with scripted participants (two honest, and silent or hostile ones).
 //! The deadline passes in virtual time, so three rounds with a 60-second
 //! deadline take milliseconds.
 
@@ -13,17 +13,14 @@ mod scripted;
 
 use fedcore::aggregate::ServerOpt;
 use fedcore::model::{ModelSpec, Plan, init_params};
-use fedcore::protocol::Message;
 use fedcore::rng::Rng;
 use fedcore::train::TrainConfig;
-use fedhost::link::Link;
 use host_server::config::{Krum, Limits, ServerConfig, Strategy};
 use host_server::federation::{self, Progress};
 use host_server::history::{FailureKind, Phase, RoundRecord};
-use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 
-use scripted::{Behaviour, hello, participant};
+use scripted::{Behaviour, Ending, participant, rejoining};
 
 const ROUNDS: u32 = 3;
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -39,39 +36,6 @@ struct Count(AtomicUsize);
 impl Progress for Count {
     fn round(&self, _: &RoundRecord) {
         self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A participant that joins again each time the server drops it, behaving as
-/// `behaviour` (or, with `None`, never answering at all).
-async fn rejoining(
-    connect: mpsc::Sender<DuplexStream>,
-    name: &'static str,
-    behaviour: Option<Behaviour>,
-) {
-    loop {
-        let (ours, theirs) = tokio::io::duplex(1 << 16);
-        if connect.send(theirs).await.is_err() {
-            return;
-        }
-        let told_goodbye = match behaviour {
-            Some(b) => participant(ours, name, 100, b).await,
-            None => {
-                let mut link = Link::new(ours);
-                assert!(hello(&mut link, name, 100).await.is_some());
-                // Read (and ignore) until the server closes the link or says goodbye.
-                loop {
-                    match link.recv().await {
-                        Ok(Message::Bye(_)) => break true,
-                        Ok(_) => {}
-                        Err(_) => break false,
-                    }
-                }
-            }
-        };
-        if told_goodbye {
-            return;
-        }
     }
 }
 
@@ -101,25 +65,41 @@ fn config(out: &std::path::Path, participants: usize) -> ServerConfig {
     }
 }
 
+/// What a federation in one process left.
+struct Federated {
+    outcome: federation::Outcome,
+    /// The virtual time it took.
+    virtual_time: Duration,
+    /// The initial model.
+    first: Vec<f32>,
+    /// How each of the others' sessions ended, by name.
+    endings: Vec<(&'static str, Vec<Ending>)>,
+}
+
 /// Runs `config` with the two honest participants (+1 on 100 examples scoring
-/// 0.5, -1 on 300 scoring 0.8) and the `others`; returns the outcome, the
-/// virtual time it took and the initial model.
-async fn federate(
-    config: ServerConfig,
-    others: &[(&'static str, Option<Behaviour>)],
-) -> (federation::Outcome, Duration, Vec<f32>) {
+/// 0.5, -1 on 300 scoring 0.8), who must be told goodbye, and the `others`.
+async fn federate(config: ServerConfig, others: &[(&'static str, Behaviour)]) -> Federated {
     let (connect, listener) = mpsc::channel(16);
     let mut participants = tokio::task::JoinSet::new();
     // The others join first (they get the lowest ids, so jobs reach them first).
     for &(name, behaviour) in others {
-        participants.spawn(rejoining(connect.clone(), name, behaviour));
+        let connect = connect.clone();
+        let pipe = move || {
+            let connect = connect.clone();
+            async move {
+                let (ours, theirs) = tokio::io::duplex(1 << 16);
+                connect.send(theirs).await.ok().map(|()| ours)
+            }
+        };
+        participants.spawn(async move { (name, rejoining(pipe, name, 100, behaviour).await) });
     }
     tokio::task::yield_now().await;
     for (name, delta, examples, accuracy) in [("a", 1.0, 100, 0.5), ("b", -1.0, 300, 0.8)] {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         connect.send(theirs).await.unwrap();
         participants.spawn(async move {
-            assert!(participant(ours, name, examples, Behaviour::Honest { delta, accuracy }).await);
+            let honest = Behaviour::Honest { delta, accuracy };
+            (name, vec![participant(ours, name, examples, honest).await])
         });
     }
     drop(connect);
@@ -128,12 +108,24 @@ async fn federate(
     let seed = config.seed;
     let outcome = federation::run(config, listener, &progress).await.unwrap();
     let virtual_time = started.elapsed();
-    participants.join_all().await;
+    let (honest, endings): (Vec<_>, Vec<_>) = participants
+        .join_all()
+        .await
+        .into_iter()
+        .partition(|(name, _)| ["a", "b"].contains(name));
+    for (name, ending) in honest {
+        assert_eq!(ending, [Ending::Bye], "{name}");
+    }
     assert_eq!(progress.0.load(Ordering::Relaxed), ROUNDS as usize);
     let spec = model();
     let mut first = vec![0.0f32; spec.param_count()];
     init_params(&Plan::new(&spec), &mut first, &mut Rng::new(seed));
-    (outcome, virtual_time, first)
+    Federated {
+        outcome,
+        virtual_time,
+        first,
+        endings,
+    }
 }
 
 fn final_model(out: &std::path::Path) -> Vec<f32> {
@@ -173,7 +165,12 @@ fn assert_honest_rounds(outcome: &federation::Outcome, out: &std::path::Path, fi
 #[tokio::test(start_paused = true)]
 async fn rounds_aggregate_the_honest_and_record_the_silent_as_missing_the_deadline() {
     let out = tempfile::tempdir().unwrap();
-    let (outcome, virtual_time, first) = federate(config(out.path(), 3), &[("silent", None)]).await;
+    let Federated {
+        outcome,
+        virtual_time,
+        first,
+        ..
+    } = federate(config(out.path(), 3), &[("silent", Behaviour::Silent)]).await;
     assert_honest_rounds(&outcome, out.path(), &first);
     for r in &outcome.history.rounds {
         let missed = r
@@ -201,11 +198,11 @@ async fn rounds_aggregate_the_honest_and_record_the_silent_as_missing_the_deadli
 async fn poisoned_updates_and_lying_example_counts_are_refused_and_never_touch_the_model() {
     let out = tempfile::tempdir().unwrap();
     let hostile = [
-        ("nan", Some(Behaviour::NanUpdate)),
-        ("zero", Some(Behaviour::ZeroExamples)),
-        ("max", Some(Behaviour::MaxExamples)),
+        ("nan", Behaviour::NanUpdate),
+        ("zero", Behaviour::ZeroExamples),
+        ("max", Behaviour::MaxExamples),
     ];
-    let (outcome, _, first) = federate(config(out.path(), 5), &hostile).await;
+    let Federated { outcome, first, .. } = federate(config(out.path(), 5), &hostile).await;
     // The run ends, the model is the honest pair's alone, the accuracy tells the truth.
     assert_honest_rounds(&outcome, out.path(), &first);
     for r in &outcome.history.rounds {
@@ -227,8 +224,8 @@ async fn poisoned_updates_and_lying_example_counts_are_refused_and_never_touch_t
 #[tokio::test(start_paused = true)]
 async fn a_lying_evaluation_is_refused_and_never_counted() {
     let out = tempfile::tempdir().unwrap();
-    let liar = [("liar", Some(Behaviour::LyingEvaluation))];
-    let (outcome, _, _) = federate(config(out.path(), 3), &liar).await;
+    let liar = [("liar", Behaviour::LyingEvaluation)];
+    let Federated { outcome, .. } = federate(config(out.path(), 3), &liar).await;
     let rounds = &outcome.history.rounds;
     assert!(rounds.iter().all(|r| r.aggregated));
     // Its round-1 update was fine; round 1's aggregate it scored with a lie
@@ -262,10 +259,10 @@ async fn a_lying_evaluation_is_refused_and_never_counted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_norm_bound_limits_what_a_scaled_update_can_do() {
-    let scaled = [("scaled", Some(Behaviour::Scaled))];
+    let scaled = [("scaled", Behaviour::Scaled)];
     // Without a bound, one participant scaling its update by 1e6 wrecks the model.
     let out = tempfile::tempdir().unwrap();
-    let (_, _, first) = federate(config(out.path(), 3), &scaled).await;
+    let Federated { first, .. } = federate(config(out.path(), 3), &scaled).await;
     let drift = |last: &[f32]| {
         last.iter()
             .zip(&first)
@@ -279,7 +276,11 @@ async fn a_norm_bound_limits_what_a_scaled_update_can_do() {
     let out = tempfile::tempdir().unwrap();
     let mut bounded = config(out.path(), 3);
     bounded.limits.max_update_norm = Some(10.0);
-    let (outcome, _, first_again) = federate(bounded, &scaled).await;
+    let Federated {
+        outcome,
+        first: first_again,
+        ..
+    } = federate(bounded, &scaled).await;
     assert_eq!(first, first_again);
     assert!(outcome.history.rounds.iter().all(|r| r.aggregated));
     let held = drift(&final_model(out.path()));
@@ -295,10 +296,10 @@ async fn silent_peers_that_joined_first_do_not_hold_the_upload_slots() {
     const SILENT: [&str; 12] = [
         "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11",
     ];
-    let silent: Vec<(&'static str, Option<Behaviour>)> =
-        SILENT.iter().map(|&n| (n, None)).collect();
+    let silent: Vec<(&'static str, Behaviour)> =
+        SILENT.iter().map(|&n| (n, Behaviour::Silent)).collect();
     let out = tempfile::tempdir().unwrap();
-    let (outcome, _, first) = federate(config(out.path(), 14), &silent).await;
+    let Federated { outcome, first, .. } = federate(config(out.path(), 14), &silent).await;
     assert_honest_rounds(&outcome, out.path(), &first);
     for r in &outcome.history.rounds {
         let missed = r
@@ -307,5 +308,53 @@ async fn silent_peers_that_joined_first_do_not_hold_the_upload_slots() {
             .filter(|f| f.phase == Phase::Fit && f.kind == Some(FailureKind::Deadline))
             .count();
         assert_eq!(missed, SILENT.len(), "round {}", r.round);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_participant_that_fails_the_same_way_is_told_why_and_dropped_and_the_run_goes_on() {
+    let out = tempfile::tempdir().unwrap();
+    let mut strict = config(out.path(), 4);
+    strict.limits.max_strikes = 2;
+    let others = [("nan", Behaviour::NanUpdate), ("silent", Behaviour::Silent)];
+    let Federated {
+        outcome,
+        virtual_time,
+        first,
+        endings,
+    } = federate(strict, &others).await;
+    // Dropped after round 2, the round loop no longer waits for them (4 were
+    // required): round 3 runs with the honest pair and nobody fails.
+    assert_honest_rounds(&outcome, out.path(), &first);
+    let rounds = &outcome.history.rounds;
+    for r in &rounds[..2] {
+        let kinds: Vec<_> = r
+            .failures
+            .iter()
+            .map(|f| (f.name.as_str(), f.kind))
+            .collect();
+        assert!(
+            kinds.contains(&("nan", Some(FailureKind::Rejected))),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("silent", Some(FailureKind::Deadline))),
+            "{kinds:?}"
+        );
+    }
+    assert!(rounds[2].failures.is_empty(), "{:?}", rounds[2].failures);
+    assert!(virtual_time < DEADLINE * 3, "{virtual_time:?}");
+    // Each was told why, and refused when it tried to come back.
+    for (name, kind) in [("nan", "(rejected)"), ("silent", "(deadline)")] {
+        let (_, ended) = endings.iter().find(|(n, _)| *n == name).unwrap();
+        let [.., Ending::Told(verdict), Ending::Told(refusal)] = ended.as_slice() else {
+            panic!("{name}: {ended:?}");
+        };
+        assert!(
+            verdict.starts_with("dropped from the federation: 2 failures in a row")
+                && verdict.contains(kind),
+            "{name}: {verdict}"
+        );
+        assert_eq!(refusal, verdict, "{name}");
     }
 }

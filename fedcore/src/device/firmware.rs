@@ -110,6 +110,8 @@ enum Event {
     Bye,
     /// The server reports an error (it left the device out); rejoin.
     ServerError,
+    /// The server asks whether the device is still there (answered when idle).
+    Ping(u32),
     /// Anything else: ignored.
     Other,
 }
@@ -281,6 +283,10 @@ where
                         Some(Event::Welcome { same_model: true }) => continue,
                         Some(Event::Nack(nack)) => {
                             self.answer_nack(nack)?;
+                            continue;
+                        }
+                        Some(Event::Ping(nonce)) => {
+                            self.send(&Message::Pong(nonce))?;
                             continue;
                         }
                         Some(Event::Instruction(i)) => (i.round(), Some(i)),
@@ -521,6 +527,7 @@ where
             Message::Nack(nack) => Event::Nack(nack),
             Message::Bye(_) => Event::Bye,
             Message::Error(_) => Event::ServerError,
+            Message::Ping(nonce) => Event::Ping(nonce),
             _ => Event::Other,
         }
     }

@@ -56,7 +56,10 @@ struct Script {
     drop_instruction: bool,
     /// Uplink chunk indices to drop the first time.
     drop_up_chunks: Vec<u32>,
+    /// Ping the idle device after the welcome and instruct it only once it answers.
+    ping_first: bool,
     // What it saw:
+    pongs: Vec<u32>,
     hellos: u32,
     nacks: Vec<Resend>,
     evaluation: Option<EvaluateRes>,
@@ -137,6 +140,13 @@ impl Server {
         self.send(out, &Message::FitIns(ins));
     }
 
+    fn start_round(&mut self, out: &mut VecDeque<u8>) {
+        self.send_instruction(out);
+        if !self.script.silent {
+            self.send_chunks(out, Span::all(self.chunking.total()));
+        }
+    }
+
     /// Reacts to the bytes the device wrote.
     fn hear(&mut self, bytes: &[u8], out: &mut VecDeque<u8>) {
         let mut rest = bytes;
@@ -174,10 +184,15 @@ impl Server {
                     if self.script.other_model {
                         continue;
                     }
-                    self.send_instruction(out);
-                    if !self.script.silent {
-                        self.send_chunks(out, Span::all(self.chunking.total()));
+                    if self.script.ping_first {
+                        self.send(out, &Message::Ping(42));
+                        continue;
                     }
+                    self.start_round(out);
+                }
+                Message::Pong(nonce) => {
+                    self.script.pongs.push(nonce);
+                    self.start_round(out);
                 }
                 Message::Nack(Nack { round: 1, resend }) => {
                     self.script.nacks.push(resend);
@@ -328,6 +343,19 @@ fn a_whole_round_over_a_clean_line() {
     assert_eq!(out.upload, out.device_params);
     assert_ne!(out.upload, out.global);
     assert_eq!(out.elapsed_ms, 0, "nothing waited");
+}
+
+#[test]
+fn an_idle_device_answers_a_ping_with_its_nonce() {
+    let out = run(Script {
+        ping_first: true,
+        ..Script::default()
+    });
+    assert!(out.result.is_ok());
+    assert_eq!(out.script.pongs, [42]);
+    // The round the pong unlocked ran to the end.
+    assert_eq!(out.script.fit.unwrap().round, 1);
+    assert_eq!(out.upload, out.device_params);
 }
 
 #[test]

@@ -354,6 +354,8 @@ mod tests {
                 text: "model does not fit in 128 KiB",
             }),
             Message::Bye("done"),
+            Message::Ping(7),
+            Message::Pong(7),
         ])
     }
 

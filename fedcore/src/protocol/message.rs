@@ -14,7 +14,7 @@ use crate::scalar::Scalar;
 use crate::train::TrainConfig;
 
 /// Version of this protocol; a server refuses a hello with another.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What kind of participant says hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +275,8 @@ pub enum ErrorCode {
     Unexpected,
     /// Local training or evaluation failed.
     Training,
+    /// The participant failed the same way too often: it may not rejoin this run.
+    Dropped,
 }
 
 /// A peer reports an error; the text is for a human.
@@ -312,6 +314,10 @@ pub enum Message<'a> {
     Error(ErrorMsg<'a>),
     /// Either way: the conversation ends, with a reason for a human.
     Bye(&'a str),
+    /// Server → idle participant: are you still there? (a nonce to echo)
+    Ping(u32),
+    /// Participant → server: yes (the ping's nonce).
+    Pong(u32),
 }
 
 impl Message<'_> {
@@ -328,6 +334,8 @@ impl Message<'_> {
             Message::Nack(_) => "Nack",
             Message::Error(_) => "Error",
             Message::Bye(_) => "Bye",
+            Message::Ping(_) => "Ping",
+            Message::Pong(_) => "Pong",
         }
     }
 }

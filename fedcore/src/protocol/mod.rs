@@ -1,7 +1,8 @@
 //! The wire protocol, one for TCP and serial alike.
 //!
 //! - [`message`]: the messages (hello, welcome, fit and evaluate instructions,
-//!   parameter chunks, results, nack, error, bye), serde types encoded with postcard;
+//!   parameter chunks, results, nack, error, bye, ping and pong), serde types
+//!   encoded with postcard;
 //! - [`frame`]: framing (postcard + CRC32, COBS, 0x00 delimiter) and the
 //!   fixed-buffer [`Decoder`];
 //! - [`transfer`]: the lossy-transfer engine: chunking a vector for a peer's
@@ -23,6 +24,9 @@
 //!   EvaluateRes{round, examples, loss, accuracy, seconds}  ->
 //!                                   <-  Bye
 //! ```
+//! Between jobs the server pings an idle participant (`Ping(nonce)`, answered
+//! by `Pong(nonce)`), so one that hangs without closing its link is not
+//! counted as available.
 //! The aggregate of round r is evaluated by the participants as the first step
 //! of round r+1, so the global model crosses each link once per round.
 //! Frames never exceed the participant's declared max frame: parameters travel

@@ -8,10 +8,22 @@
 use fedcore::model::ModelSpec;
 use fedcore::protocol::transfer::Chunking;
 use fedcore::protocol::{
-    Encoding, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION, ParticipantKind,
+    Encoding, ErrorCode, ErrorMsg, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION,
+    ParticipantKind,
 };
 use fedhost::link::{HOST_MAX_FRAME, Link, chunking};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// How a scripted participant's session ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// The server said goodbye.
+    Bye,
+    /// The link closed or failed.
+    Lost,
+    /// The server sent an error (a refusal, or the verdict that dropped it).
+    Told(String),
+}
 
 /// Says hello as `name` holding `examples` training examples; the federation's
 /// model if welcomed.
@@ -19,7 +31,7 @@ pub async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
     name: &str,
     examples: u32,
-) -> Option<ModelSpec> {
+) -> Result<ModelSpec, Ending> {
     link.send(&Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         name,
@@ -31,10 +43,11 @@ pub async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
         auth: &[],
     }))
     .await
-    .ok()?;
+    .map_err(|_| Ending::Lost)?;
     match link.recv().await {
-        Ok(Message::Welcome(w)) => Some(w.model),
-        _ => None,
+        Ok(Message::Welcome(w)) => Ok(w.model),
+        Ok(Message::Error(e)) => Err(Ending::Told(e.text.to_string())),
+        _ => Err(Ending::Lost),
     }
 }
 
@@ -56,20 +69,36 @@ pub enum Behaviour {
     LyingEvaluation,
     /// Uploads the model scaled by 1e6.
     Scaled,
+    /// Answers with a training error of its own (as a client whose data is bad).
+    TrainingError,
+    /// Joins, then never answers anything, not even a ping.
+    Silent,
 }
 
-/// A participant on `io` that behaves as `behaviour` until goodbye or a closed link;
-/// true if it was told goodbye.
+/// A participant on `io` that behaves as `behaviour` (answering pings) until
+/// goodbye, an error from the server, or a closed link.
 pub async fn participant<T: AsyncRead + AsyncWrite + Unpin>(
     io: T,
     name: &str,
     examples: u32,
     behaviour: Behaviour,
-) -> bool {
+) -> Ending {
     let mut link = Link::new(io);
-    let Some(model) = hello(&mut link, name, examples).await else {
-        return false;
+    let model = match hello(&mut link, name, examples).await {
+        Ok(model) => model,
+        Err(ending) => return ending,
     };
+    if behaviour == Behaviour::Silent {
+        // Read (and ignore) until the server closes the link or says goodbye.
+        return loop {
+            match link.recv().await {
+                Ok(Message::Bye(_)) => break Ending::Bye,
+                Ok(Message::Error(e)) => break Ending::Told(e.text.to_string()),
+                Ok(_) => {}
+                Err(_) => break Ending::Lost,
+            }
+        };
+    }
     let c: Chunking = chunking(model.param_count(), HOST_MAX_FRAME, Encoding::F32).unwrap();
     let mut params = vec![0.0f32; model.param_count()];
     let eval = |round| match behaviour {
@@ -98,15 +127,23 @@ pub async fn participant<T: AsyncRead + AsyncWrite + Unpin>(
     };
     loop {
         let Ok(message) = link.recv().await else {
-            return false;
+            return Ending::Lost;
         };
         match message {
             Message::FitIns(ins) => {
                 if link.recv_params(ins.round, &mut params, &c).await.is_err() {
-                    return false;
+                    return Ending::Lost;
                 }
                 if ins.evaluate_first {
                     let _ = link.send(&Message::EvaluateRes(eval(ins.round - 1))).await;
+                }
+                if behaviour == Behaviour::TrainingError {
+                    let error = ErrorMsg {
+                        code: ErrorCode::Training,
+                        text: "label 11 is out of range for 10 classes",
+                    };
+                    let _ = link.send(&Message::Error(error)).await;
+                    continue;
                 }
                 let claimed = match behaviour {
                     Behaviour::Honest { delta, .. } => {
@@ -122,7 +159,9 @@ pub async fn participant<T: AsyncRead + AsyncWrite + Unpin>(
                         params.fill(0.0);
                         u32::MAX
                     }
-                    Behaviour::LyingEvaluation => examples,
+                    Behaviour::LyingEvaluation | Behaviour::TrainingError | Behaviour::Silent => {
+                        examples
+                    }
                     Behaviour::Scaled => {
                         params.iter_mut().for_each(|p| *p *= 1e6);
                         examples
@@ -140,12 +179,45 @@ pub async fn participant<T: AsyncRead + AsyncWrite + Unpin>(
             }
             Message::EvaluateIns(ins) => {
                 if link.recv_params(ins.round, &mut params, &c).await.is_err() {
-                    return false;
+                    return Ending::Lost;
                 }
                 let _ = link.send(&Message::EvaluateRes(eval(ins.round))).await;
             }
-            Message::Bye(_) => return true,
-            _ => return false,
+            Message::Ping(nonce) => {
+                let _ = link.send(&Message::Pong(nonce)).await;
+            }
+            Message::Bye(_) => return Ending::Bye,
+            Message::Error(e) => return Ending::Told(e.text.to_string()),
+            _ => return Ending::Lost,
         }
     }
+}
+
+/// A participant that joins again each time the server drops it, behaving as
+/// `behaviour`, until it is told goodbye or refused twice in a row, or
+/// `connect` finds no server; how each session ended.
+pub async fn rejoining<T, C>(
+    mut connect: impl FnMut() -> C,
+    name: &str,
+    examples: u32,
+    behaviour: Behaviour,
+) -> Vec<Ending>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    C: Future<Output = Option<T>>,
+{
+    let mut endings = Vec::new();
+    while let Some(io) = connect().await {
+        let ending = participant(io, name, examples, behaviour).await;
+        let refused_again = matches!(
+            (endings.last(), &ending),
+            (Some(Ending::Told(_)), Ending::Told(_))
+        );
+        let bye = ending == Ending::Bye;
+        endings.push(ending);
+        if bye || refused_again {
+            break;
+        }
+    }
+    endings
 }
