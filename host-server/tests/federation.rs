@@ -153,6 +153,60 @@ fn a_client_killed_mid_run_leaves_and_the_run_goes_on() {
     std::fs::remove_dir_all(&data).unwrap();
 }
 
+/// Writes `bytes` to a fresh connection (as much as the server takes) and
+/// reports how many it took before closing the connection, within 5 s.
+fn bytes_taken_before_closing(addr: &str, bytes: &[u8]) -> Option<usize> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let written = bytes
+        .chunks(4096)
+        .take_while(|chunk| socket.write_all(chunk).is_ok())
+        .count()
+        * 4096;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return Some(written),
+            // An error frame or two before the close is fine; a reset is a close.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(written),
+            Err(_) => return None, // still open after 5 s
+        }
+    }
+}
+
+#[test]
+fn connections_that_send_garbage_are_closed_at_their_first_bad_frame() {
+    let out = temp_dir("garbage");
+    let (_server, addr) = start_server(&out, &["--rounds", "1"]);
+    // A stream that never delimits a frame: the reader gives up at the largest
+    // frame (64 KiB), not at the sender's whim.
+    let endless = vec![0x55u8; 32 << 20];
+    // Small frames that are not frames: closed at the first.
+    let frames: Vec<u8> = std::iter::repeat_n([0x03u8, 0x01, 0x02, 0x00], 8 << 20)
+        .flatten()
+        .collect();
+    // A valid frame of a message other than Hello.
+    let mut ping = [0u8; 16];
+    let ping = fedcore::protocol::frame::encode(&fedcore::protocol::Message::Ping(1), &mut ping)
+        .unwrap()
+        .repeat(4 << 20);
+    for (what, bytes) in [("endless", &endless), ("frames", &frames), ("ping", &ping)] {
+        let taken = bytes_taken_before_closing(&addr, bytes);
+        assert!(taken.is_some(), "{what}: the connection stayed open");
+        // Far less than was offered (32 MiB, more than loopback's socket buffers
+        // hold): the server stopped reading at the first bad frame.
+        assert!(taken.unwrap() < bytes.len(), "{what}: {taken:?} of {}", bytes.len());
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn bad_flags_are_one_clear_error() {
     for args in [
@@ -169,6 +223,8 @@ fn bad_flags_are_one_clear_error() {
         &["--batch-size", "4000000000"],
         &["--max-update-norm", "-1"],
         &["--max-clients", "1", "--min-available-clients", "2"],
+        &["--heartbeat", "-1"],
+        &["--heartbeat", "NaN"],
     ] {
         let out = Command::new(bin("host-server"))
             .args(args)

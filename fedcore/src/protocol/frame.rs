@@ -114,6 +114,8 @@ pub struct Decoder<const N: usize> {
     len: usize,
     frame: usize,
     overflowed: bool,
+    /// The overflowing frame was reported before its delimiter came.
+    reported: bool,
 }
 
 impl<const N: usize> Default for Decoder<N> {
@@ -130,11 +132,17 @@ impl<const N: usize> Decoder<N> {
             len: 0,
             frame: 0,
             overflowed: false,
+            reported: false,
         }
     }
 
     /// Takes bytes until a frame ends (or the input does). Empty frames (a lone
     /// 0x00, which senders may use to flush a line) are skipped silently.
+    ///
+    /// A frame longer than the buffer is reported (`TooLong`) as soon as it
+    /// overflows, not at its delimiter, which may never come: a stream without
+    /// one is refused after `N` bytes. The rest of that frame is then skipped
+    /// silently, up to and including its delimiter.
     pub fn feed(&mut self, input: &[u8]) -> Feed {
         self.frame = 0;
         let mut used = 0;
@@ -142,13 +150,24 @@ impl<const N: usize> Decoder<N> {
             let rest = &input[used..];
             let Some(end) = rest.iter().position(|&b| b == 0) else {
                 self.push(rest);
+                if self.overflowed && !self.reported {
+                    self.reported = true;
+                    return Feed::Rejected {
+                        error: FrameError::TooLong,
+                        used: input.len(),
+                    };
+                }
                 return Feed::Consumed;
             };
             self.push(&rest[..end]);
             used += end + 1;
-            let (len, overflowed) = (self.len, self.overflowed);
+            let (len, overflowed, reported) = (self.len, self.overflowed, self.reported);
             self.len = 0;
             self.overflowed = false;
+            self.reported = false;
+            if overflowed && reported {
+                continue;
+            }
             if overflowed {
                 return Feed::Rejected {
                     error: FrameError::TooLong,
@@ -506,6 +525,29 @@ mod tests {
         let (got, errs) = decode_all::<64>(&frames(&msgs), &[]);
         assert_eq!(errs, [FrameError::TooLong]);
         assert_eq!(got, [postcard::to_allocvec(&msgs[1]).unwrap()]);
+    }
+
+    #[test]
+    fn a_stream_without_a_delimiter_is_refused_once_as_soon_as_it_overflows() {
+        let mut decoder = Decoder::<64>::new();
+        let mut reported_at = std::vec::Vec::new();
+        for piece in 0..1000 {
+            match decoder.feed(&[0x55; 16]) {
+                Feed::Consumed => {}
+                Feed::Rejected {
+                    error: FrameError::TooLong,
+                    used: 16,
+                } => reported_at.push(piece),
+                other => panic!("{other:?}"),
+            }
+        }
+        // The fifth piece takes it past 64 bytes: reported then, and only then.
+        assert_eq!(reported_at, [4]);
+        // Its delimiter ends it silently; the next frame decodes.
+        let mut rest = std::vec![0u8];
+        rest.extend(frames(&[Message::Ping(3)]));
+        assert!(matches!(decoder.feed(&rest), Feed::Frame { .. }));
+        assert_eq!(decoder.message(), Ok(Message::Ping(3)));
     }
 
     #[test]
