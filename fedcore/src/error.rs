@@ -123,6 +123,13 @@ pub enum Error {
     FrameTooLarge,
     /// A message could not be encoded with postcard.
     Encode,
+    /// A parameter chunk's payload is not a whole number of values.
+    PartialValue {
+        /// Its length in bytes.
+        bytes: usize,
+        /// Bytes per value of its encoding.
+        value_bytes: usize,
+    },
     /// A device's memory does not fit its RAM budget.
     OverBudget {
         /// Bytes the device needs.
@@ -234,6 +241,10 @@ impl fmt::Display for Error {
                 "message does not fit in the frame buffer: send smaller chunks or raise the max frame"
             ),
             Error::Encode => write!(f, "message could not be encoded"),
+            Error::PartialValue { bytes, value_bytes } => write!(
+                f,
+                "a parameter chunk of {bytes} bytes is not a whole number of {value_bytes}-byte values"
+            ),
             Error::OverBudget { needed, budget } => write!(
                 f,
                 "the device needs {needed} bytes of RAM but its budget is {budget} bytes ({} short): raise the RAM budget or pick a smaller model",

@@ -202,7 +202,11 @@ fn connections_that_send_garbage_are_closed_at_their_first_bad_frame() {
         assert!(taken.is_some(), "{what}: the connection stayed open");
         // Far less than was offered (32 MiB, more than loopback's socket buffers
         // hold): the server stopped reading at the first bad frame.
-        assert!(taken.unwrap() < bytes.len(), "{what}: {taken:?} of {}", bytes.len());
+        assert!(
+            taken.unwrap() < bytes.len(),
+            "{what}: {taken:?} of {}",
+            bytes.len()
+        );
     }
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -167,6 +167,15 @@ impl<'a> Values<'a> {
 
     /// Decodes into `out` (exactly `len()` long) in the receiver's scalar type.
     pub fn decode<S: Scalar>(&self, out: &mut [S]) -> Result<(), Error> {
+        if let Values::F32(b) | Values::Q16(b) = *self
+            && b.len() % 4 != 0
+        {
+            // Found by fuzzing: the stray bytes were silently dropped.
+            return Err(Error::PartialValue {
+                bytes: b.len(),
+                value_bytes: 4,
+            });
+        }
         if out.len() != self.len() {
             return Err(Error::BufferLength {
                 expected: self.len(),
@@ -337,5 +346,29 @@ impl Message<'_> {
             Message::Ping(_) => "Ping",
             Message::Pong(_) => "Pong",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_that_is_not_a_whole_number_of_values_is_refused() {
+        // Found by fuzzing (fuzz/corpus/message): one stray byte made a chunk
+        // of "0 values" that decoded fine, the byte silently dropped.
+        let mut out = [0.0f32; 1];
+        let stray = [0u8, 0, 128, 63, 7];
+        for values in [Values::F32(&stray), Values::Q16(&stray)] {
+            assert_eq!(
+                values.decode(&mut out),
+                Err(Error::PartialValue {
+                    bytes: 5,
+                    value_bytes: 4
+                })
+            );
+        }
+        Values::F32(&stray[..4]).decode(&mut out).unwrap();
+        assert_eq!(out, [1.0]);
     }
 }
