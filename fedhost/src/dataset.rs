@@ -66,6 +66,8 @@ pub struct ImageData {
     image_start: usize,
     label_start: usize,
     pixels: usize,
+    /// Samples, as the headers say (a file may run on past its data).
+    count: usize,
 }
 
 impl ImageData {
@@ -75,12 +77,14 @@ impl ImageData {
         let pixels = LabelledImages::new(img, lab)?.pixels();
         let header = |idx: &Idx<'_>| 4 + 4 * idx.dims().len();
         let (image_start, label_start) = (header(&img), header(&lab));
+        let count = lab.count();
         Ok(ImageData {
             images,
             labels,
             image_start,
             label_start,
             pixels,
+            count,
         })
     }
 
@@ -92,7 +96,7 @@ impl ImageData {
 
 impl Dataset for ImageData {
     fn len(&self) -> usize {
-        self.labels.len() - self.label_start
+        self.count
     }
 
     fn sample(&self, index: usize) -> Sample<'_> {
@@ -400,5 +404,38 @@ impl Dataset for Shard {
 
     fn sample(&self, index: usize) -> Sample<'_> {
         self.pool.sample(self.indices[index])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IDX file of unsigned bytes: magic, dimensions, data.
+    fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut file = vec![0, 0, 0x08, dims.len() as u8];
+        for d in dims {
+            file.extend(d.to_be_bytes());
+        }
+        file.extend_from_slice(data);
+        file
+    }
+
+    #[test]
+    fn a_file_that_runs_past_its_data_has_the_count_its_header_says() {
+        // Found by fuzzing (fuzz/corpus/idx): zero images, and a labels file
+        // with three bytes past its header; the length came from the file's
+        // size, so sample(0) indexed pixels that did not exist and panicked.
+        let images = idx(&[0, 0x0003_0209, 0x0909_0909], &[]);
+        let labels = idx(&[0], &[0, 8, 0]);
+        let data = ImageData::new(images, labels).unwrap();
+        assert_eq!(data.len(), 0);
+        // And with samples, every one is readable.
+        let images = idx(&[2, 2, 2], &[1, 2, 3, 4, 5, 6, 7, 8, 99, 99]);
+        let labels = idx(&[2], &[3, 4, 9, 9, 9]);
+        let data = ImageData::new(images, labels).unwrap();
+        assert_eq!(data.len(), 2);
+        assert_eq!(data.sample(1).pixels, [5, 6, 7, 8]);
+        assert_eq!(data.sample(1).label, 4);
     }
 }
