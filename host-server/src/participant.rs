@@ -583,22 +583,30 @@ mod tests {
     const BEAT: Duration = Duration::from_secs(1);
 
     fn shared() -> Arc<Shared> {
+        with_limits(Limits {
+            heartbeat: Some(BEAT),
+            ..Limits::default()
+        })
+    }
+
+    fn with_limits(limits: Limits) -> Arc<Shared> {
         Arc::new(Shared {
             registry: Registry::default(),
             model: ModelSpec::mlp(&[4, 3, 2]).unwrap(),
             uploads: Arc::new(Semaphore::new(1)),
-            limits: Limits {
-                heartbeat: Some(BEAT),
-                ..Limits::default()
-            },
+            limits,
             strikes: Strikes::new(3, 16),
         })
     }
 
-    /// Connects a participant named `name` to the server and says hello.
-    async fn joined(shared: &Arc<Shared>, name: &str) -> Link<DuplexStream> {
+    /// Connects a participant named `name` to the server and says hello;
+    /// the link and the server's answer (a welcome, or why not).
+    async fn hello(
+        shared: &Arc<Shared>,
+        name: &str,
+    ) -> (Link<DuplexStream>, Result<(), (ErrorCode, String)>) {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
-        tokio::spawn(serve(theirs, name.to_string(), Arc::clone(shared)));
+        tokio::spawn(serve(theirs, "peer".to_string(), Arc::clone(shared)));
         let mut link = Link::new(ours);
         link.send(&Message::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -612,8 +620,35 @@ mod tests {
         }))
         .await
         .unwrap();
-        assert!(matches!(link.recv().await, Ok(Message::Welcome(_))));
+        let answer = match link.recv().await {
+            Ok(Message::Welcome(_)) => Ok(()),
+            Ok(Message::Error(e)) => Err((e.code, e.text.to_string())),
+            other => panic!("{other:?}"),
+        };
+        (link, answer)
+    }
+
+    /// Connects a participant named `name` that is welcomed.
+    async fn joined(shared: &Arc<Shared>, name: &str) -> Link<DuplexStream> {
+        let (link, answer) = hello(shared, name).await;
+        assert_eq!(answer, Ok(()));
         link
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hello_beyond_max_clients_is_refused_and_the_others_stay() {
+        let shared = with_limits(Limits {
+            max_clients: 2,
+            ..Limits::default()
+        });
+        let _a = joined(&shared, "a").await;
+        let _b = joined(&shared, "b").await;
+        tokio::task::yield_now().await;
+        let (_, answer) = hello(&shared, "c").await;
+        let (code, text) = answer.unwrap_err();
+        assert_eq!(code, ErrorCode::Unsupported);
+        assert!(text.contains("at most 2 participants"), "{text}");
+        assert_eq!(shared.registry.len(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -657,36 +692,14 @@ mod tests {
                 .strikes
                 .failed("bad", crate::history::FailureKind::Rejected, "NaN");
         }
-        let refused = |name: String| {
-            let shared = Arc::clone(&shared);
-            async move {
-                let (ours, theirs) = tokio::io::duplex(1 << 16);
-                tokio::spawn(serve(theirs, "peer".into(), shared));
-                let mut link = Link::new(ours);
-                let hello = Hello {
-                    version: PROTOCOL_VERSION,
-                    name: &name,
-                    kind: ParticipantKind::Host,
-                    train_examples: 10,
-                    test_examples: 10,
-                    max_frame: HOST_MAX_FRAME as u32,
-                    encoding: Encoding::F32,
-                    auth: &[],
-                };
-                link.send(&Message::Hello(hello)).await.unwrap();
-                match link.recv().await {
-                    Ok(Message::Error(e)) => (e.code, e.text.to_string()),
-                    other => panic!("{other:?}"),
-                }
-            }
-        };
-        let (code, text) = refused("bad".into()).await;
+        let (code, text) = hello(&shared, "bad").await.1.unwrap_err();
         assert_eq!(code, ErrorCode::Dropped);
         assert!(
             text.starts_with("dropped from the federation: 3 failures"),
             "{text}"
         );
-        let (code, text) = refused("x".repeat(MAX_NAME_BYTES + 1)).await;
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let (code, text) = hello(&shared, &long).await.1.unwrap_err();
         assert_eq!(code, ErrorCode::Unsupported);
         assert!(text.contains("129 bytes long"), "{text}");
         assert!(shared.registry.is_empty());
