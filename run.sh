@@ -8,7 +8,7 @@
 #
 #   ./run.sh [--rounds N] [--clients N] [--model cnn|mlp:784-128-10] [--partition iid|dirichlet:A|seed]
 #            [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi|fedadagrad|median|trimmed-mean|krum]
-#            [--out DIR] [--port P (0: any free port)] [--data-dir DIR]
+#            [--out DIR] [--port P (0: any free port)] [--data-dir DIR] [--encoding f32|int8]
 #            [--devices N] [--device-baud B (0: unthrottled)] [--device-ber P (bit errors, e.g. 1e-4)]
 #                                                            devices need a model that fits
 #                                                            128 KiB, e.g. --model mlp:784-32-10
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
-devices=0 device_baud=115200 device_ber=0
+devices=0 device_baud=115200 device_ber=0 encoding=f32
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
@@ -30,6 +30,7 @@ while (($#)); do
     --devices) devices=${2:?--devices needs a number}; shift 2 ;;
     --device-baud) device_baud=${2:?--device-baud needs a baud rate}; shift 2 ;;
     --device-ber) device_ber=${2:?--device-ber needs a bit error rate}; shift 2 ;;
+    --encoding) encoding=${2:?--encoding needs f32 or int8}; shift 2 ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
@@ -102,7 +103,8 @@ listening=$(first_line "$out/server.out" "$server" "the server")
 addr=${listening#listening on }
 for ((i = 0; i < clients; i++)); do
   "$bin/host-client" --server "$addr" --client-index "$i" --num-clients "$participants" \
-    --partition "$partition" --data-dir "$data" --name "client" 2>"$out/client-$i.log" &
+    --partition "$partition" --data-dir "$data" --encoding "$encoding" --name "client" \
+    2>"$out/client-$i.log" &
   pids+=("$!")
 done
 echo "server, $clients clients and $devices devices started: $model, $strategy, $partition, $rounds rounds (logs in $out/)"

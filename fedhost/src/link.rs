@@ -58,6 +58,27 @@ pub enum LinkError {
     Protocol(String),
 }
 
+/// fedcore's wire encodings, as the hosts' `--encoding` flags name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WireEncoding {
+    /// One byte a value and a scale per chunk: a quarter of the bytes.
+    Int8,
+    /// Q16.16, four bytes a value: exact for a fixed-point device.
+    Q16,
+    /// IEEE f32, four bytes a value.
+    F32,
+}
+
+impl From<WireEncoding> for Encoding {
+    fn from(e: WireEncoding) -> Self {
+        match e {
+            WireEncoding::Int8 => Encoding::Int8,
+            WireEncoding::Q16 => Encoding::Q16,
+            WireEncoding::F32 => Encoding::F32,
+        }
+    }
+}
+
 /// Bytes taken from the stream per read. A frame may span many reads; a
 /// server holds one of these per connection, so it is kept small.
 const READ_BUFFER: usize = 16 << 10;

@@ -10,9 +10,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fedcore::model::ModelSpec;
-use fedcore::protocol::Encoding;
 use fedhost::dataset::DEFAULT_DATA_DIR;
-use fedhost::link::DEFAULT_BAUD;
+use fedhost::link::{DEFAULT_BAUD, WireEncoding};
 use fedhost::partition::Partition;
 use fedhost::share::ShareSpec;
 use firmware_sim::board::{self, Build, Numeric};
@@ -82,27 +81,6 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
         return Err(bad());
     }
     Ok((i, n))
-}
-
-/// fedcore's wire encodings, as the `--encoding` flag names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum WireEncoding {
-    /// One byte a value and a scale per chunk: a quarter of the bytes.
-    Int8,
-    /// Q16.16, four bytes a value: exact for a fixed-point device.
-    Q16,
-    /// IEEE f32, four bytes a value.
-    F32,
-}
-
-impl From<WireEncoding> for Encoding {
-    fn from(e: WireEncoding) -> Self {
-        match e {
-            WireEncoding::Int8 => Encoding::Int8,
-            WireEncoding::Q16 => Encoding::Q16,
-            WireEncoding::F32 => Encoding::F32,
-        }
-    }
 }
 
 fn main() -> ExitCode {

@@ -31,6 +31,8 @@ pub struct ParticipantConfig {
     pub connect_timeout: Duration,
     /// Poison every update this way (robustness experiments only).
     pub attack: Option<Attack>,
+    /// How parameters travel, both ways.
+    pub encoding: Encoding,
 }
 
 /// Runs one participant until the server says goodbye, returning its reason. A lost connection is
@@ -69,7 +71,7 @@ struct State {
 struct Model {
     spec: ModelSpec,
     params: Vec<f32>,
-    /// How the parameters are cut into chunks, both ways (this client's frames, f32).
+    /// How the parameters are cut into chunks, both ways (this client's frames and encoding).
     chunking: Chunking,
     /// Kept between rounds so its arena is allocated once.
     trainer: Option<Trainer<f32, Vec<f32>>>,
@@ -132,7 +134,7 @@ async fn session(
         train_examples: state.data.train.len() as u32,
         test_examples: state.data.test.len() as u32,
         max_frame: HOST_MAX_FRAME as u32,
-        encoding: Encoding::F32,
+        encoding: config.encoding,
         auth: &[],
     };
     link.send(&Message::Hello(hello)).await?;
@@ -152,7 +154,7 @@ async fn session(
         }
     };
     if state.model.as_ref().is_none_or(|m| m.spec != spec) {
-        let chunking = chunking(spec.param_count(), HOST_MAX_FRAME, Encoding::F32)
+        let chunking = chunking(spec.param_count(), HOST_MAX_FRAME, config.encoding)
             .context("the federation's model")
             .map_err(SessionError::Fatal)?;
         state.model = Some(Model {

@@ -97,6 +97,75 @@ fn a_federation_runs_and_its_history_adds_up() {
 }
 
 #[test]
+fn an_int8_client_trains_beside_an_f32_one_on_a_quarter_of_the_bytes() {
+    let (out, data) = (temp_dir("int8-out"), temp_dir("int8-data"));
+    mnist_subset(&data, 4000, 1000);
+    let (mut server, addr) = start_federation(&out, 3, "mlp:784-32-10", 2, &[]);
+    let mut clients = [
+        start_clients_with(
+            &addr,
+            &data,
+            0,
+            1,
+            2,
+            &["--encoding", "f32", "--name", "f32"],
+        ),
+        start_clients_with(
+            &addr,
+            &data,
+            1,
+            1,
+            2,
+            &["--encoding", "int8", "--name", "int8"],
+        ),
+    ];
+    assert!(wait(&mut server, Duration::from_secs(60)));
+    for client in &mut clients {
+        assert!(wait(client, Duration::from_secs(10)));
+    }
+    let history = History::read(&out.join("history_3.json")).unwrap();
+    for r in &history.rounds {
+        assert!(
+            r.aggregated && r.failures.is_empty(),
+            "round {}: {:?}",
+            r.round,
+            r.failures
+        );
+        // Names are the prefix and the client index: f32-0, int8-1.
+        let bytes = |prefix: &str| {
+            let p = r
+                .participants
+                .iter()
+                .find(|p| p.name.starts_with(prefix))
+                .unwrap();
+            p.bytes_sent + p.bytes_received
+        };
+        // One byte a value instead of four, plus a scale and a header per chunk.
+        let ratio = bytes("int8") as f64 / bytes("f32") as f64;
+        assert!(
+            (0.24..0.27).contains(&ratio),
+            "round {}: int8/f32 bytes {ratio}",
+            r.round
+        );
+        // Both evaluated the aggregate, and scored it alike.
+        let scores: Vec<f32> = r
+            .participants
+            .iter()
+            .filter_map(|p| p.evaluate.map(|e| e.accuracy))
+            .collect();
+        assert_eq!(scores.len(), 2);
+        assert!(
+            (scores[0] - scores[1]).abs() < 0.05,
+            "round {}: {scores:?}",
+            r.round
+        );
+    }
+    assert!(history.rounds.last().unwrap().accuracy_distributed.unwrap() > 0.8);
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
 fn a_client_killed_mid_run_leaves_and_the_run_goes_on() {
     let (out, data) = (temp_dir("kill-out"), temp_dir("kill-data"));
     mnist_subset(&data, 6000, 600);

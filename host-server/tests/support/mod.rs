@@ -110,6 +110,18 @@ pub fn start_server(out: &Path, args: &[&str]) -> (Proc, String) {
 
 /// Starts a client process running `here` virtual clients from `index` on, of `clients`.
 pub fn start_clients(addr: &str, data: &Path, index: usize, here: usize, clients: usize) -> Proc {
+    start_clients_with(addr, data, index, here, clients, &[])
+}
+
+/// [`start_clients`] with further flags.
+pub fn start_clients_with(
+    addr: &str,
+    data: &Path,
+    index: usize,
+    here: usize,
+    clients: usize,
+    extra: &[&str],
+) -> Proc {
     let child = Command::new(bin("host-client"))
         .args(["--clients", &here.to_string()])
         .args([
@@ -122,6 +134,7 @@ pub fn start_clients(addr: &str, data: &Path, index: usize, here: usize, clients
         ])
         .args(["--connect-timeout", "20", "--data-dir"])
         .arg(data)
+        .args(extra)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
