@@ -3,7 +3,9 @@
 # receiver, idx) under libFuzzer for SECONDS, starting from the seeds and the
 # corpus kept in fuzz/corpus/<target>/, merges what added coverage back into
 # that corpus (so `cargo test` replays it), keeps any crash in
-# fuzz/artifacts/<target>/, and prints a table: runs, coverage, corpus, crashes.
+# fuzz/artifacts/<target>/ (once fixed, move it to fuzz/regressions/<target>/,
+# which `cargo test` replays too and minimising never drops), and prints a
+# table: runs, coverage, corpus, crashes; then the corpus' line coverage.
 #
 # On the stable toolchain: cargo-fuzz needs nightly for its sanitizer flags, so
 # this builds the libfuzzer-sys entry points itself with rustc's stable

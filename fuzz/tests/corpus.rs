@@ -1,6 +1,8 @@
-//! Every seed and every input kept in `fuzz/corpus/<target>/` (what the fuzz
-//! campaigns of `bench/fuzz.sh` found interesting, crashes included once
-//! fixed), replayed through its target on every `cargo test`.
+//! Every seed, every input kept in `fuzz/corpus/<target>/` (what the fuzz
+//! campaigns of `bench/fuzz.sh` found interesting) and every input that once
+//! crashed a target, kept in `fuzz/regressions/<target>/` (the corpus is
+//! minimised by coverage, which would drop them), replayed through its target
+//! on every `cargo test`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,27 +10,30 @@ use std::path::Path;
 
 #[test]
 fn every_seed_and_corpus_input_passes_its_target() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let replay = |dir: &Path, target: fedfuzz::Target| {
+        let mut replayed = 0;
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries {
+                target(&std::fs::read(entry.unwrap().path()).unwrap());
+                replayed += 1;
+            }
+        }
+        replayed
+    };
     for &(name, target) in fedfuzz::TARGETS {
         let seeds = fedfuzz::seeds(name);
         assert!(!seeds.is_empty(), "{name} has no seeds");
         for seed in &seeds {
             target(seed);
         }
-        let dir = corpus.join(name);
-        let mut replayed = 0;
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries {
-                let path = entry.unwrap().path();
-                target(&std::fs::read(&path).unwrap());
-                replayed += 1;
-            }
-        }
+        let corpus = root.join("corpus").join(name);
         assert!(
-            replayed > 0,
+            replay(&corpus, target) > 0,
             "{} is empty: run bench/fuzz.sh",
-            dir.display()
+            corpus.display()
         );
+        replay(&root.join("regressions").join(name), target);
     }
 }
 
