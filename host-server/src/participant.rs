@@ -122,9 +122,16 @@ impl Registry {
         self.lock().is_empty()
     }
 
-    fn insert(&self, handle: Handle) {
-        self.lock().insert(handle.who.id, handle);
+    /// Enters `handle` unless `max` participants are connected already.
+    fn admit(&self, handle: Handle, max: usize) -> bool {
+        let mut participants = self.lock();
+        if participants.len() >= max {
+            return false;
+        }
+        participants.insert(handle.who.id, handle);
+        drop(participants);
         self.changed.notify_waiters();
+        true
     }
 
     fn remove(&self, id: u32) {
@@ -337,7 +344,6 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     let id = handle.who.id;
     let name = handle.who.name.clone();
     tracing::info!(id, %name, ?kind, "participant joined");
-    shared.registry.insert(handle);
     let mut heartbeat = Heartbeat::new(shared.limits.heartbeat);
     let ended = loop {
         let job = tokio::select! {
@@ -527,30 +533,38 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
             max: limits.max_examples,
         };
         Some((ErrorCode::Unsupported, e))
-    } else if shared.registry.len() >= limits.max_clients {
-        Some((
-            ErrorCode::Unsupported,
-            AdmissionError::Full(limits.max_clients),
-        ))
     } else {
         None
     };
     if let Some((code, refusal)) = refusal {
-        let _ = link
-            .send(&Message::Error(ErrorMsg {
-                code,
-                text: &refusal.to_string(),
-            }))
-            .await;
-        return Err(refusal);
+        return Err(refuse(link, code, refusal).await);
     }
     let id = shared.registry.next_id.fetch_add(1, Ordering::Relaxed);
-    link.send(&Message::Welcome(Welcome {
-        client_id: id,
-        model: shared.model.clone(),
-    }))
-    .await?;
     let (tx, rx) = mpsc::channel(4);
+    let handle = Handle {
+        who: Identity {
+            id,
+            name: hello.name,
+            kind,
+        },
+        jobs: tx,
+    };
+    // Counted and entered in one step, so hellos racing at the limit cannot
+    // both pass; jobs for it wait in its channel until the welcome is out.
+    if !shared.registry.admit(handle.clone(), limits.max_clients) {
+        let full = AdmissionError::Full(limits.max_clients);
+        return Err(refuse(link, ErrorCode::Unsupported, full).await);
+    }
+    let welcomed = link
+        .send(&Message::Welcome(Welcome {
+            client_id: id,
+            model: shared.model.clone(),
+        }))
+        .await;
+    if let Err(e) = welcomed {
+        shared.registry.remove(id);
+        return Err(e.into());
+    }
     let peer = Peer {
         kind,
         encoding: hello.encoding,
@@ -559,18 +573,20 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
         declared: hello.declared,
         max_update_norm: limits.max_update_norm,
     };
-    Ok((
-        Handle {
-            who: Identity {
-                id,
-                name: hello.name,
-                kind,
-            },
-            jobs: tx,
-        },
-        rx,
-        peer,
-    ))
+    Ok((handle, rx, peer))
+}
+
+/// Tells the peer why it is not admitted; the refusal, for the log.
+async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Link<T>,
+    code: ErrorCode,
+    refusal: AdmissionError,
+) -> AdmissionError {
+    let text = refusal.to_string();
+    let _ = link
+        .send(&Message::Error(ErrorMsg { code, text: &text }))
+        .await;
+    refusal
 }
 
 #[cfg(test)]
@@ -643,7 +659,6 @@ mod tests {
         });
         let _a = joined(&shared, "a").await;
         let _b = joined(&shared, "b").await;
-        tokio::task::yield_now().await;
         let (_, answer) = hello(&shared, "c").await;
         let (code, text) = answer.unwrap_err();
         assert_eq!(code, ErrorCode::Unsupported);

@@ -250,6 +250,119 @@ fn bytes_taken_before_closing(addr: &str, bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// Runs `work` on a fresh single-threaded runtime (the scripted peers are async).
+fn on_runtime<T>(work: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(work)
+}
+
+#[test]
+fn peers_with_nothing_valid_to_give_cannot_end_the_run() {
+    // Before, two peers claiming 0 examples alone in round 1 made the server
+    // exit 1 ("nothing to aggregate") with no history and no model.
+    let out = temp_dir("nothing-valid");
+    let (mut server, addr) = start_federation(
+        &out,
+        3,
+        "mlp:784-32-10",
+        2,
+        &["--max-strikes", "0", "--round-timeout", "10"],
+    );
+    let peers = std::thread::spawn(move || {
+        on_runtime(async move {
+            tokio::join!(
+                rejoining_over_tcp(addr.clone(), "zero", 1000, Behaviour::ZeroExamples),
+                rejoining_over_tcp(addr, "nanloss", 1000, Behaviour::NanMetrics),
+            )
+        })
+    });
+    assert!(
+        wait(&mut server, Duration::from_secs(60)),
+        "the server ran to the end, exit 0"
+    );
+    peers.join().unwrap();
+    let history = History::read(&out.join("history_3.json")).unwrap();
+    assert_eq!(history.rounds.len(), 3);
+    for r in &history.rounds {
+        assert!(
+            !r.aggregated,
+            "round {}: nothing valid, nothing aggregated",
+            r.round
+        );
+        let reasons: Vec<&str> = r
+            .failures
+            .iter()
+            .filter(|f| f.phase == host_server::history::Phase::Fit)
+            .map(|f| f.reason.as_str())
+            .collect();
+        assert_eq!(reasons.len(), 2, "round {}: {reasons:?}", r.round);
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("claims 0 training examples")),
+            "{reasons:?}"
+        );
+        assert!(reasons.iter().any(|r| r.contains("loss")), "{reasons:?}");
+    }
+    assert!(out.join("model_final.bin").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn hellos_beyond_the_limits_are_refused_with_the_limit_named() {
+    // Before, 200 peers that each said hello were all admitted, and a hello
+    // could declare any number of examples.
+    let out = temp_dir("limits");
+    let (_server, addr) = start_server(
+        &out,
+        &[
+            "--max-clients",
+            "1",
+            "--min-available-clients",
+            "1",
+            "--min-fit-clients",
+            "1",
+            "--min-evaluate-clients",
+            "1",
+            "--max-examples",
+            "100000",
+            "--round-timeout",
+            "60",
+        ],
+    );
+    let refusals = on_runtime(async move {
+        let connect = || async { tokio::net::TcpStream::connect(&addr).await.unwrap() };
+        // The first is admitted and then says nothing, holding its place.
+        let mut first = fedhost::link::Link::new(connect().await);
+        scripted::hello(&mut first, "first", 1000).await.unwrap();
+        let mut refusals = Vec::new();
+        for (name, examples) in [("second", 1000), ("big", 1_000_000_000)] {
+            let mut link = fedhost::link::Link::new(connect().await);
+            refusals.push(
+                scripted::hello(&mut link, name, examples)
+                    .await
+                    .unwrap_err(),
+            );
+        }
+        refusals
+    });
+    let [Ending::Told(full), Ending::Told(big)] = refusals.as_slice() else {
+        panic!("{refusals:?}");
+    };
+    assert!(
+        full.contains("takes at most 1 participants (--max-clients)"),
+        "{full}"
+    );
+    assert!(
+        big.contains("declares 1000000000 examples") && big.contains("--max-examples"),
+        "{big}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn connections_that_send_garbage_are_closed_at_their_first_bad_frame() {
     let out = temp_dir("garbage");

@@ -71,6 +71,8 @@ pub enum Behaviour {
     Scaled,
     /// Answers with a training error of its own (as a client whose data is bad).
     TrainingError,
+    /// Uploads the model unchanged and reports a NaN training loss.
+    NanMetrics,
     /// Joins, then never answers anything, not even a ping.
     Silent,
 }
@@ -159,9 +161,10 @@ pub async fn participant<T: AsyncRead + AsyncWrite + Unpin>(
                         params.fill(0.0);
                         u32::MAX
                     }
-                    Behaviour::LyingEvaluation | Behaviour::TrainingError | Behaviour::Silent => {
-                        examples
-                    }
+                    Behaviour::LyingEvaluation
+                    | Behaviour::TrainingError
+                    | Behaviour::NanMetrics
+                    | Behaviour::Silent => examples,
                     Behaviour::Scaled => {
                         params.iter_mut().for_each(|p| *p *= 1e6);
                         examples
@@ -171,7 +174,11 @@ pub async fn participant<T: AsyncRead + AsyncWrite + Unpin>(
                 let res = FitRes {
                     round: ins.round,
                     examples: claimed,
-                    loss: 0.1,
+                    loss: if behaviour == Behaviour::NanMetrics {
+                        f32::NAN
+                    } else {
+                        0.1
+                    },
                     accuracy: 0.5,
                     seconds: 0.0,
                 };
