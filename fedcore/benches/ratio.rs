@@ -1,0 +1,141 @@
+//! How close training runs to the machine: in one run, the one-core SGEMM peak
+//! of the library the f32 path multiplies with (matrixmultiply, through
+//! ndarray's `general_mat_mul`, as `fedcore::linalg` calls it), the same
+//! library on the products training does, and each model's training
+//! throughput as GFLOP/s and as a fraction of that peak.
+//!
+//! `cargo bench -p fedcore --bench ratio` (or `bench/ratio.sh`, which names the
+//! machine). Every figure is the median of several timed repetitions; one
+//! thread; the peak is the best of two measurements, before and after the
+//! training runs, so a noisy moment does not lower it. A sample's training FLOP
+//! are counted from the products it does: 2 per multiply-add forward, 2 for the
+//! weight gradient, and 2 more for the input gradient where a layer below needs
+//! one (the first layer with weights does not); element-wise work (ReLU,
+//! pooling, bias, softmax) is not counted.
+
+// A benchmark has nothing to recover to: failing loudly is right.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+#[path = "../tests/support/mnist.rs"]
+mod support;
+
+use std::time::Instant;
+
+use fedcore::model::{ModelSpec, Plan, init_params};
+use fedcore::rng::Rng;
+use fedcore::train::{TrainConfig, Trainer};
+use ndarray::Array2;
+
+const REPEATS: usize = 7;
+
+/// Median seconds of `REPEATS` runs of `work` (after one warm-up).
+fn median_seconds(mut work: impl FnMut()) -> f64 {
+    work();
+    let mut times: Vec<f64> = (0..REPEATS)
+        .map(|_| {
+            let t = Instant::now();
+            work();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[REPEATS / 2]
+}
+
+/// GFLOP/s of `C = A·B` for `(m, k, n)`, repeated to take at least ~50 ms.
+fn sgemm_gflops(m: usize, k: usize, n: usize) -> f64 {
+    let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.1);
+    let b = Array2::from_shape_fn((k, n), |(i, j)| ((i + j * 3) % 11) as f32 * 0.1);
+    let mut c = Array2::<f32>::zeros((m, n));
+    let flop = 2.0 * (m * k * n) as f64;
+    let reps = ((5e7 / flop).ceil() as usize).max(1);
+    let seconds = median_seconds(|| {
+        for _ in 0..reps {
+            ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+        }
+    });
+    flop * reps as f64 / seconds / 1e9
+}
+
+/// FLOP of one sample's forward and backward products.
+fn training_flop(plan: &Plan) -> f64 {
+    plan.stages()
+        .iter()
+        .map(|s| {
+            let (rows, k, units) = s.product_shape(1);
+            let products = if s.needs_input_grad { 3.0 } else { 2.0 };
+            2.0 * products * (rows * k * units) as f64
+        })
+        .sum()
+}
+
+/// The best square SGEMM, in GFLOP/s, printing each.
+fn square_peak() -> f64 {
+    [256, 512, 1024]
+        .into_iter()
+        .map(|size| {
+            let g = sgemm_gflops(size, size, size);
+            println!(
+                "{:<44} {g:>10.1}",
+                format!("{size} x {size} x {size} (square)")
+            );
+            g
+        })
+        .fold(0.0, f64::max)
+}
+
+fn main() {
+    println!("one thread; medians of {REPEATS} runs");
+    println!();
+    println!("SGEMM (matrixmultiply via ndarray), C = A·B");
+    println!("{:<44} {:>10}", "shape (m x k x n)", "GFLOP/s");
+    let before = square_peak();
+    let mnist = support::Mnist::load();
+    let batch = TrainConfig::default().batch_size as usize;
+    let models = ["cnn", "mlp:784-128-10"];
+    for model in models {
+        let spec: ModelSpec = model.parse().unwrap();
+        for stage in Plan::new(&spec).stages() {
+            let (m, k, n) = stage.product_shape(batch);
+            if m == 0 {
+                continue;
+            }
+            // Forward, and the weight gradient's product (k x m by m x n).
+            let label = format!("{model}: {m} x {k} x {n}");
+            println!("{label:<44} {:>10.1}", sgemm_gflops(m, k, n));
+            let label = format!("{model}: {k} x {m} x {n} (weight grad)");
+            println!("{label:<44} {:>10.1}", sgemm_gflops(k, m, n));
+        }
+    }
+    const SAMPLES: usize = 2048;
+    let data = mnist.train().slice(0..SAMPLES);
+    let mut trained = Vec::new();
+    for model in models {
+        let spec: ModelSpec = model.parse().unwrap();
+        let plan = Plan::new(&spec);
+        let mut params = vec![0.0f32; spec.param_count()];
+        init_params(&plan, &mut params, &mut Rng::new(1));
+        let mut trainer = Trainer::<f32, _>::new(&spec, &TrainConfig::default()).unwrap();
+        let seconds = median_seconds(|| {
+            trainer.fit(&mut params, &data, 3).unwrap();
+        });
+        trained.push((model, SAMPLES as f64 / seconds, training_flop(&plan)));
+    }
+    println!("again, after training:");
+    let peak = before.max(square_peak());
+    println!();
+    println!("peak (best square): {peak:.1} GFLOP/s");
+    println!();
+    println!(
+        "{:<18} {:>12} {:>13} {:>10} {:>9}",
+        "training (f32)", "samples/s", "MFLOP/sample", "GFLOP/s", "of peak"
+    );
+    for (model, rate, flop) in trained {
+        let gflops = rate * flop / 1e9;
+        println!(
+            "{model:<18} {rate:>12.0} {:>13.2} {gflops:>10.1} {:>8.1}%",
+            flop / 1e6,
+            100.0 * gflops / peak
+        );
+    }
+}
