@@ -3,10 +3,13 @@
 //! Layers express their heavy work as `C = A·B` (optionally `C += A·B`) over
 //! strided views of flat buffers, so a transposed operand is just a view with
 //! swapped strides and no copy. Under the `std` feature the f32 product runs on
-//! matrixmultiply's SGEMM (through ndarray's safe `general_mat_mul`, so this
-//! crate stays free of `unsafe`); without it, and for fixed point, a plain loop
-//! nest with a wide accumulator is used: bare-metal targets have no SIMD worth a
-//! blocked kernel, and fixed point needs its own 64-bit accumulation anyway.
+//! the `gemm` crate (of the faer project), which picks the widest vector unit at
+//! run time (AVX-512, AVX2+FMA, SSE, NEON); measured on our shapes it beat
+//! matrixmultiply, which stops at AVX2 (`bench/ratio.sh`). Without `std`, and
+//! for fixed point, a plain loop nest with a wide accumulator is used:
+//! bare-metal targets have no SIMD worth a blocked kernel, and fixed point needs
+//! its own 64-bit accumulation anyway. Tests hold the two f32 paths to each
+//! other.
 
 /// A read-only strided matrix view over a flat slice.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +27,18 @@ pub struct Mat<'a, S> {
 }
 
 impl<'a, S: Copy> Mat<'a, S> {
+    /// Whether every element the view reaches lies in its slice (an empty view always does).
+    pub fn in_bounds(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((self.cols - 1).checked_mul(self.col_stride))
+            .and_then(|(r, c)| r.checked_add(c))
+            .is_some_and(|last| last < self.data.len())
+    }
+
     /// A row-major `rows x cols` view.
     pub fn new(data: &'a [S], rows: usize, cols: usize) -> Self {
         Mat {
@@ -95,39 +110,64 @@ pub(crate) fn gemm_loops<S: Copy, Acc: Copy>(
     }
 }
 
-/// f32 `C = A·B` (or `C += A·B`): matrixmultiply's SGEMM when `std` is on.
+/// f32 `C = A·B` (or `C += A·B`): the `gemm` crate's kernels when `std` is on.
 #[cfg(feature = "std")]
 pub(crate) fn gemm_f32(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
-    use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
-    // Below this many multiply-adds SGEMM's packing costs more than it saves
-    // (the in-place trainer multiplies one weight row at a time). A single row
-    // (one sample) is a vector-matrix product, where packing gains nothing
-    // either; the loops also keep batch-1 training free of heap allocation
-    // (matrixmultiply allocates its packing buffers), which devices rely on.
+    // Below this many multiply-adds packing costs more than it saves (the
+    // in-place trainer multiplies one weight row at a time). A single row (one
+    // sample) is a vector-matrix product, where packing gains nothing either;
+    // the loops also keep batch-1 training free of heap allocation, which
+    // devices rely on.
     const SGEMM_MIN_MACS: usize = 4096;
-    if a.rows == 1 || a.rows * a.cols * b.cols < SGEMM_MIN_MACS {
+    let shapes_agree = a.cols == b.rows && c.rows == a.rows && c.cols == b.cols;
+    if a.rows == 1 || a.rows * a.cols * b.cols < SGEMM_MIN_MACS || !shapes_agree {
         return gemm_f32_loops(a, b, c, accumulate);
     }
-    let av = ArrayView2::from_shape(
-        (a.rows, a.cols).strides((a.row_stride, a.col_stride)),
-        a.data,
-    );
-    let bv = ArrayView2::from_shape(
-        (b.rows, b.cols).strides((b.row_stride, b.col_stride)),
-        b.data,
-    );
-    let (rows, cols) = (c.rows, c.cols);
-    // A view only fails to build when its slice is too short for its shape, which
-    // the layers' memory plan rules out; fall back to the loops rather than panic.
-    match (av, bv) {
-        (Ok(av), Ok(bv)) => match ArrayViewMut2::from_shape((rows, cols), &mut *c.data) {
-            Ok(mut cv) => {
-                let beta = if accumulate { 1.0 } else { 0.0 };
-                ndarray::linalg::general_mat_mul(1.0, &av, &bv, beta, &mut cv);
-            }
-            Err(_) => gemm_f32_loops(a, b, c, accumulate),
-        },
-        _ => gemm_f32_loops(a, b, c, accumulate),
+    // Every element a stride reaches must lie in its slice; the layers' memory
+    // plan ensures it, and this check is what makes the call below sound.
+    if !a.in_bounds() || !b.in_bounds() || c.data.len() < c.rows * c.cols {
+        return gemm_f32_loops(a, b, c, accumulate);
+    }
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let stride = |s: usize| isize::try_from(s).ok();
+    let (Some(a_rs), Some(a_cs), Some(b_rs), Some(b_cs), Some(c_rs)) = (
+        stride(a.row_stride),
+        stride(a.col_stride),
+        stride(b.row_stride),
+        stride(b.col_stride),
+        stride(n),
+    ) else {
+        return gemm_f32_loops(a, b, c, accumulate);
+    };
+    // `gemm` offers only this raw-pointer entry point (its kernels take
+    // strided pointers); no safe crate serves these shapes with AVX-512.
+    // SAFETY: the pointers come from live slices; every element the shapes and
+    // strides reach lies inside them (checked above); `c` is a unique borrow, so
+    // it aliases neither `a` nor `b`; nothing else runs while the call does
+    // (Parallelism::None).
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.data.as_mut_ptr(),
+            1,
+            c_rs,
+            accumulate,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -231,5 +271,34 @@ mod tests {
             true,
         );
         assert_eq!(fast, [27.0, 30.0, 33.0, 36.0]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// The std path (the gemm crate's kernels) and the portable loops the
+        /// devices run give the same products, for the shapes training uses
+        /// (tall, wide, K of 9 to 600), either operand transposed, with and
+        /// without accumulation.
+        #[test]
+        fn the_sgemm_path_and_the_portable_loops_agree(
+            m in 2usize..96, k in 9usize..600, n in 2usize..130,
+            a_t: bool, b_t: bool, accumulate: bool, seed: u64,
+        ) {
+            let mut rng = crate::rng::Rng::new(seed);
+            let mut fill = |len: usize| -> std::vec::Vec<f32> {
+                (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect()
+            };
+            let (a, b, c0) = (fill(m * k), fill(k * n), fill(m * n));
+            // A transposed operand is stored the other way round and viewed through `t()`.
+            let a_view = if a_t { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+            let b_view = if b_t { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
+            let (mut fast, mut slow) = (c0.clone(), c0);
+            gemm_f32(a_view, b_view, MatMut::new(&mut fast, m, n), accumulate);
+            gemm_f32_loops(a_view, b_view, MatMut::new(&mut slow, m, n), accumulate);
+            for (f, s) in fast.iter().zip(&slow) {
+                // Sums of k products of values in [-1, 1]: allow for rounding in another order.
+                proptest::prop_assert!((f - s).abs() <= 1e-5 * k as f32 + 1e-5, "{f} vs {s}");
+            }
+        }
     }
 }

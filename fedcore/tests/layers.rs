@@ -16,8 +16,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         "fedcore/src",
         &[
             "error",
-            "linalg",
             "rng",
+            "linalg",
             "data",
             "scalar",
             "compress",
