@@ -1,8 +1,8 @@
 //! How close training runs to the machine: in one run, the one-core SGEMM peak
-//! of the library the f32 path multiplies with (the gemm crate, as
-//! `fedcore::linalg` calls it), that library and matrixmultiply (what the path
-//! used before) on the products training does, and each model's training
-//! throughput as GFLOP/s and as a fraction of that peak.
+//! of the library the f32 path multiplies with (the gemm crate, timed through
+//! fedcore's own `Scalar::gemm`, as the layers call it), that path and
+//! matrixmultiply (what it used before) on the products training does, and
+//! each model's training throughput as GFLOP/s and as a fraction of that peak.
 //!
 //! `cargo bench -p fedcore --bench ratio` (or `bench/ratio.sh`, which names the
 //! machine). Every figure is the median of several timed repetitions; one
@@ -21,8 +21,10 @@ mod support;
 
 use std::time::Instant;
 
+use fedcore::linalg::{Mat, MatMut};
 use fedcore::model::{ModelSpec, Plan, init_params};
 use fedcore::rng::Rng;
+use fedcore::scalar::Scalar;
 use fedcore::train::{TrainConfig, Trainer};
 use ndarray::Array2;
 
@@ -55,35 +57,14 @@ fn sgemm_gflops(m: usize, k: usize, n: usize) -> (f64, f64) {
             ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut c);
         }
     });
+    // fedcore's own f32 product, as the layers call it (the gemm crate, past
+    // its size threshold, which every shape here passes).
     let (ap, bp) = (a.as_slice().unwrap(), b.as_slice().unwrap());
     let mut c = vec![0.0f32; m * n];
     let faer = median_seconds(|| {
         for _ in 0..reps {
-            // SAFETY: row-major buffers of exactly these shapes; `c` is unique.
-            #[allow(unsafe_code)]
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    ap.as_ptr(),
-                    1,
-                    k as isize,
-                    bp.as_ptr(),
-                    1,
-                    n as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            let (a, b) = (Mat::new(ap, m, k), Mat::new(bp, k, n));
+            <f32 as Scalar>::gemm(a, b, MatMut::new(&mut c, m, n), false);
         }
     });
     let rate = |seconds: f64| flop * reps as f64 / seconds / 1e9;
