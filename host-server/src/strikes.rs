@@ -11,7 +11,7 @@
 //! the line's or the server's, and a participant that rejoins is welcome).
 //!
 //! The record is bounded: it holds only names that are failing now or were
-//! dropped, at most [`Strikes::capacity`] of them.
+//! dropped, at most the capacity it was made with.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -46,18 +46,13 @@ impl Strikes {
         }
     }
 
-    /// Names it remembers at most.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
         // Every update is a single insert or field write: a poisoned lock is still sound.
         self.names.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a failure of this kind is the participant's own doing.
-    pub fn counts(kind: FailureKind) -> bool {
+    fn counts(kind: FailureKind) -> bool {
         matches!(
             kind,
             FailureKind::Rejected
@@ -193,7 +188,7 @@ mod tests {
         assert!(strikes.failed("bad", FailureKind::Rejected, "x").is_some());
         for i in 0..100 {
             strikes.failed(&format!("n{i}"), FailureKind::Rejected, "x");
-            assert!(strikes.lock().len() <= strikes.capacity());
+            assert!(strikes.lock().len() <= strikes.capacity);
         }
         assert!(strikes.dropped("bad").is_some());
     }
