@@ -148,8 +148,9 @@ pub fn receiver(data: &[u8]) {
         let Ok(chunk) = postcard::from_bytes::<ParamChunk<'_>>(record) else {
             continue;
         };
-        let before: Vec<u32> = dest.iter().map(|v| v.to_bits()).collect();
+        // Compared as bits: a NaN value is not equal to itself.
         let bits = |dest: &[f32]| -> Vec<u32> { dest.iter().map(|v| v.to_bits()).collect() };
+        let before = bits(&dest);
         match receiver.accept(&chunk, &mut dest) {
             Ok(fedcore::protocol::transfer::Arrival::New { .. }) => {
                 let index = (chunk.offset / chunking.per_chunk()) as usize;

@@ -631,11 +631,7 @@ fn hostile_peers_over_tcp_are_refused_then_dropped_and_the_model_is_the_honest_o
     let peers = {
         let addr = addr.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
+            on_runtime(async {
                 let mut peers = tokio::task::JoinSet::new();
                 for (name, examples, behaviour) in hostile {
                     let addr = addr.clone();
