@@ -44,17 +44,25 @@ fn median_seconds(mut work: impl FnMut()) -> f64 {
     times[REPEATS / 2]
 }
 
-/// GFLOP/s of `C = A·B` for `(m, k, n)` (row-major operands), repeated to take
-/// at least ~50 ms: `(matrixmultiply, gemm)`.
-fn sgemm_gflops(m: usize, k: usize, n: usize) -> (f64, f64) {
-    let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.1);
-    let b = Array2::from_shape_fn((k, n), |(i, j)| ((i + j * 3) % 11) as f32 * 0.1);
+/// GFLOP/s of `C = A·B` for `(m, k, n)`, repeated to take at least ~50 ms:
+/// `(matrixmultiply, gemm)`. A transposed operand (`a_t`, `b_t`) is stored the
+/// other way round and multiplied through a transposed view, as backward does.
+fn sgemm_gflops(m: usize, k: usize, n: usize, (a_t, b_t): (bool, bool)) -> (f64, f64) {
+    let fill = |rows: usize, cols: usize| {
+        Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 3) % 13) as f32 * 0.1)
+    };
+    let a = if a_t { fill(k, m) } else { fill(m, k) };
+    let b = if b_t { fill(n, k) } else { fill(k, n) };
     let mut c = Array2::<f32>::zeros((m, n));
     let flop = 2.0 * (m * k * n) as f64;
     let reps = ((5e7 / flop).ceil() as usize).max(1);
+    let (av, bv) = (
+        if a_t { a.t() } else { a.view() },
+        if b_t { b.t() } else { b.view() },
+    );
     let mm = median_seconds(|| {
         for _ in 0..reps {
-            ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+            ndarray::linalg::general_mat_mul(1.0, &av, &bv, 0.0, &mut c);
         }
     });
     // fedcore's own f32 product, as the layers call it (the gemm crate, past
@@ -63,7 +71,16 @@ fn sgemm_gflops(m: usize, k: usize, n: usize) -> (f64, f64) {
     let mut c = vec![0.0f32; m * n];
     let faer = median_seconds(|| {
         for _ in 0..reps {
-            let (a, b) = (Mat::new(ap, m, k), Mat::new(bp, k, n));
+            let a = if a_t {
+                Mat::new(ap, k, m).t()
+            } else {
+                Mat::new(ap, m, k)
+            };
+            let b = if b_t {
+                Mat::new(bp, n, k).t()
+            } else {
+                Mat::new(bp, k, n)
+            };
             <f32 as Scalar>::gemm(a, b, MatMut::new(&mut c, m, n), false);
         }
     });
@@ -93,7 +110,7 @@ fn square_peak() -> f64 {
     [256, 512, 1024]
         .into_iter()
         .map(|size| {
-            let rates = sgemm_gflops(size, size, size);
+            let rates = sgemm_gflops(size, size, size, (false, false));
             row(&format!("{size} x {size} x {size} (square)"), rates);
             rates.1
         })
@@ -119,12 +136,22 @@ fn main() {
             if m == 0 {
                 continue;
             }
-            // Forward, and the weight gradient's product (k x m by m x n).
-            row(&format!("{model}: {m} x {k} x {n}"), sgemm_gflops(m, k, n));
+            // Forward (A·W), the weight gradient (Aᵀ·dY) and, below the first
+            // layer, the input gradient (dY·Wᵀ), each with the layout backward uses.
+            row(
+                &format!("{model}: {m} x {k} x {n}"),
+                sgemm_gflops(m, k, n, (false, false)),
+            );
             row(
                 &format!("{model}: {k} x {m} x {n} (weight grad)"),
-                sgemm_gflops(k, m, n),
+                sgemm_gflops(k, m, n, (true, false)),
             );
+            if stage.needs_input_grad {
+                row(
+                    &format!("{model}: {m} x {n} x {k} (input grad)"),
+                    sgemm_gflops(m, n, k, (false, true)),
+                );
+            }
         }
     }
     const SAMPLES: usize = 2048;

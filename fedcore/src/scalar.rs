@@ -87,6 +87,16 @@ pub trait Scalar: Copy + Default + PartialOrd + Debug + Send + Sync + 'static {
     fn from_q16(q: i64) -> Self;
     /// `C = A·B`, or `C += A·B` when `accumulate`.
     fn gemm(a: Mat<'_, Self>, b: Mat<'_, Self>, c: MatMut<'_, Self>, accumulate: bool);
+    /// The same values as f32, when `Self` is f32 (the type the host kernels take).
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        let _ = values;
+        None
+    }
+    /// The same values as mutable f32, when `Self` is f32.
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+        let _ = values;
+        None
+    }
 
     /// The larger of two values.
     fn max(self, rhs: Self) -> Self {
@@ -145,6 +155,12 @@ impl Scalar for f32 {
     }
     fn gemm(a: Mat<'_, Self>, b: Mat<'_, Self>, c: MatMut<'_, Self>, accumulate: bool) {
         gemm_f32(a, b, c, accumulate)
+    }
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+        Some(values)
     }
 }
 

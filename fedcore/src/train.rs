@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::data::Dataset;
-use crate::model::network::{GradSink, backward, forward, softmax_xent};
+use crate::model::network::{GradSink, backward, forward, sgd_step, softmax_xent};
 use crate::model::{ModelSpec, Plan};
 use crate::rng::{Permutation, Rng};
 use crate::scalar::Scalar;
@@ -100,6 +100,41 @@ impl TrainConfig {
     }
 }
 
+/// Which kernels a trainer runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kernels {
+    /// The plain loops of every build, layer by layer: what devices run.
+    Portable,
+    /// The host's (f32 with `std`): each one-channel convolution with its ReLU
+    /// and pooling as one fused stage ([`Plan::fused`]), and the SGD step folded
+    /// into each weight-gradient product, so that no gradient buffer exists.
+    Fused,
+}
+
+impl Kernels {
+    /// The fastest kernels this build has for `S`: fused for f32 under `std`.
+    pub fn best<S: Scalar>() -> Self {
+        if cfg!(feature = "std") && S::as_f32(&[]).is_some() {
+            Kernels::Fused
+        } else {
+            Kernels::Portable
+        }
+    }
+
+    /// Whether this build can run these kernels on `S`.
+    fn available<S: Scalar>(self) -> bool {
+        self == Kernels::Portable || Self::best::<S>() == Kernels::Fused
+    }
+
+    fn plan(self, spec: &ModelSpec) -> Plan {
+        match self {
+            #[cfg(feature = "std")]
+            Kernels::Fused => Plan::fused(spec),
+            _ => Plan::new(spec),
+        }
+    }
+}
+
 /// Bytes a model needs to train, by purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Memory {
@@ -135,17 +170,24 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(plan: &Plan, cfg: &TrainConfig) -> Self {
+    fn new(plan: &Plan, cfg: &TrainConfig, kernels: Kernels) -> Self {
         let (b, p) = (cfg.batch_size as usize, plan.param_count());
         let in_place = cfg.in_place();
+        let fused = kernels == Kernels::Fused;
         Layout {
-            grads: if in_place { 0 } else { p },
+            // The fused kernels fold each step into its product: no gradients kept.
+            grads: if in_place || fused { 0 } else { p },
             velocity: if cfg.momentum > 0.0 { p } else { 0 },
             anchor: if cfg.proximal_mu > 0.0 { p } else { 0 },
             acts: b * plan.acts_len(),
             delta: b * plan.delta_len(),
             cols: b * plan.cols_len(),
-            row: if in_place { plan.widest_row() } else { 0 },
+            // The in-place row, and the scratch a fused stage's gradients pass through.
+            row: if in_place && !fused {
+                plan.widest_row().max(plan.fused_params())
+            } else {
+                plan.fused_params()
+            },
         }
     }
 
@@ -154,10 +196,12 @@ impl Layout {
     }
 }
 
-/// Exact bytes needed to train `spec` with `cfg` in scalar type `S`.
+/// Exact bytes needed to train `spec` with `cfg` in scalar type `S`, on the
+/// best kernels this build has for it ([`Kernels::best`]).
 pub fn memory<S: Scalar>(spec: &ModelSpec, cfg: &TrainConfig) -> Memory {
-    let plan = Plan::new(spec);
-    let l = Layout::new(&plan, cfg);
+    let kernels = Kernels::best::<S>();
+    let plan = kernels.plan(spec);
+    let l = Layout::new(&plan, cfg, kernels);
     let size = core::mem::size_of::<S>();
     Memory {
         parameters: plan.param_count() * size,
@@ -201,6 +245,7 @@ impl Stats {
 #[derive(Debug)]
 pub struct Trainer<S, B> {
     plan: Plan,
+    kernels: Kernels,
     cfg: TrainConfig,
     layout: Layout,
     arena: B,
@@ -219,16 +264,38 @@ struct Parts<'a, S> {
 }
 
 impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
-    /// Scalars the arena must hold for `spec` and `cfg`.
+    /// Scalars the arena must hold for `spec` and `cfg` on the best kernels.
     pub fn arena_len(spec: &ModelSpec, cfg: &TrainConfig) -> usize {
-        Layout::new(&Plan::new(spec), cfg).total()
+        Self::arena_len_on(spec, cfg, Kernels::best::<S>())
     }
 
-    /// A trainer working in `arena` (at least [`Trainer::arena_len`] scalars).
-    pub fn with_arena(spec: &ModelSpec, cfg: &TrainConfig, mut arena: B) -> Result<Self, Error> {
+    /// Scalars the arena must hold for `spec` and `cfg` on `kernels`.
+    pub fn arena_len_on(spec: &ModelSpec, cfg: &TrainConfig, kernels: Kernels) -> usize {
+        Layout::new(&kernels.plan(spec), cfg, kernels).total()
+    }
+
+    /// A trainer on the best kernels ([`Kernels::best`]) working in `arena` (at
+    /// least [`Trainer::arena_len`] scalars).
+    pub fn with_arena(spec: &ModelSpec, cfg: &TrainConfig, arena: B) -> Result<Self, Error> {
+        Self::with_kernels(spec, cfg, Kernels::best::<S>(), arena)
+    }
+
+    /// A trainer on `kernels` working in `arena` (at least
+    /// [`Trainer::arena_len_on`] scalars).
+    pub fn with_kernels(
+        spec: &ModelSpec,
+        cfg: &TrainConfig,
+        kernels: Kernels,
+        mut arena: B,
+    ) -> Result<Self, Error> {
         cfg.validate()?;
-        let plan = Plan::new(spec);
-        let layout = Layout::new(&plan, cfg);
+        if !kernels.available::<S>() {
+            return Err(Error::BadConfig(
+                "the fused kernels need f32 and fedcore's std feature",
+            ));
+        }
+        let plan = kernels.plan(spec);
+        let layout = Layout::new(&plan, cfg, kernels);
         let got = arena.as_mut().len();
         if got < layout.total() {
             return Err(Error::BufferLength {
@@ -238,6 +305,7 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
         }
         Ok(Trainer {
             plan,
+            kernels,
             cfg: *cfg,
             layout,
             arena,
@@ -258,7 +326,7 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
     /// Changes the settings (a new round may bring a new learning rate), if the arena still fits them.
     pub fn set_config(&mut self, cfg: &TrainConfig) -> Result<(), Error> {
         cfg.validate()?;
-        let layout = Layout::new(&self.plan, cfg);
+        let layout = Layout::new(&self.plan, cfg, self.kernels);
         let got = self.arena.as_mut().len();
         if got < layout.total() {
             return Err(Error::BufferLength {
@@ -316,6 +384,17 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
                 let step = lr.div(S::from_count(n as u32));
                 let mut dither = || if dithered { rng.next_u32() } else { 1 << 31 };
                 let deltas = (&mut *delta.0, &mut *delta.1);
+                #[cfg(feature = "std")]
+                if self.kernels == Kernels::Fused {
+                    let fold = crate::model::network::Fold {
+                        velocity: &mut *velocity,
+                        anchor: &*anchor,
+                        coeffs: [step, momentum, prox],
+                        scratch: &mut *row,
+                    };
+                    backward(plan, params, acts, cols, deltas, n, GradSink::Fold(fold));
+                    continue;
+                }
                 if cfg.in_place() {
                     // The same update as a mini-batch step without momentum, one row at a time.
                     let mut rule = |w: &mut [S], at: usize, g: &[S]| {
@@ -410,60 +489,15 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
 
 #[cfg(feature = "alloc")]
 impl<S: Scalar> Trainer<S, alloc::vec::Vec<S>> {
-    /// A trainer with a heap-allocated arena of exactly the size it needs.
+    /// A trainer on the best kernels with a heap-allocated arena of exactly the size it needs.
     pub fn new(spec: &ModelSpec, cfg: &TrainConfig) -> Result<Self, Error> {
-        let len = Self::arena_len(spec, cfg);
-        Self::with_arena(spec, cfg, alloc::vec![S::ZERO; len])
+        Self::new_on(spec, cfg, Kernels::best::<S>())
     }
-}
 
-/// One SGD step over `params` (all of them, or one weight row when training in
-/// place), from summed gradients `grads`: `velocity` and `anchor` are empty when
-/// momentum and FedProx are off. Each case is its
-/// own loop so that the common ones vectorise.
-fn sgd_step<S: Scalar>(
-    params: &mut [S],
-    grads: &[S],
-    velocity: &mut [S],
-    anchor: &[S],
-    [step, momentum, prox]: [S; 3],
-    dither: &mut impl FnMut() -> u32,
-) {
-    let mut update = |w: S, g: S, a: Option<S>| {
-        let upd = step.mul_dither(g, dither());
-        match a {
-            Some(a) => upd.add(prox.mul(w.sub(a))),
-            None => upd,
-        }
-    };
-    match (velocity.is_empty(), anchor.is_empty()) {
-        (true, true) => {
-            for (w, &g) in params.iter_mut().zip(grads) {
-                *w = w.sub(update(*w, g, None));
-            }
-        }
-        (false, true) => {
-            for ((w, &g), v) in params.iter_mut().zip(grads).zip(velocity.iter_mut()) {
-                *v = momentum.mul(*v).sub(update(*w, g, None));
-                *w = w.add(*v);
-            }
-        }
-        (true, false) => {
-            for ((w, &g), &a) in params.iter_mut().zip(grads).zip(anchor) {
-                *w = w.sub(update(*w, g, Some(a)));
-            }
-        }
-        (false, false) => {
-            for (((w, &g), v), &a) in params
-                .iter_mut()
-                .zip(grads)
-                .zip(velocity.iter_mut())
-                .zip(anchor)
-            {
-                *v = momentum.mul(*v).sub(update(*w, g, Some(a)));
-                *w = w.add(*v);
-            }
-        }
+    /// A trainer on `kernels` with a heap-allocated arena of exactly the size it needs.
+    pub fn new_on(spec: &ModelSpec, cfg: &TrainConfig, kernels: Kernels) -> Result<Self, Error> {
+        let len = Self::arena_len_on(spec, cfg, kernels);
+        Self::with_kernels(spec, cfg, kernels, alloc::vec![S::ZERO; len])
     }
 }
 
@@ -540,13 +574,163 @@ mod tests {
 
     #[test]
     fn reference_cnn_memory_counts_every_buffer() {
-        let m = memory::<f32>(&ModelSpec::reference_cnn(), &TrainConfig::default());
+        let (spec, cfg) = (ModelSpec::reference_cnn(), TrainConfig::default());
+        // The fused kernels: no gradients, no convolution output, its delta or
+        // im2col matrix; the scratch is two pooled-output deltas and the fused
+        // stage's 320 gradients.
+        let m = memory::<f32>(&spec, &cfg);
         assert_eq!(
             (m.parameters, m.gradients, m.optimizer_state),
-            (2_168_920, 2_168_920, 2_168_920)
+            (2_168_920, 0, 2_168_920)
         );
-        assert_eq!(m.activations, 32 * (784 + 21_632 + 5_408 + 100 + 10) * 4);
-        assert_eq!(m.scratch, 32 * (2 * 21_632 + 26 * 26 * 9) * 4);
+        assert_eq!(m.activations, 32 * (784 + 5_408 + 100 + 10) * 4);
+        assert_eq!(m.scratch, (32 * 2 * 5_408 + 320) * 4);
+        let fused = Trainer::<f32, std::vec::Vec<f32>>::arena_len(&spec, &cfg);
+        assert_eq!(fused * 4, m.total() - m.parameters);
+        // The portable loops keep them all.
+        let portable =
+            Trainer::<f32, std::vec::Vec<f32>>::arena_len_on(&spec, &cfg, Kernels::Portable);
+        let grads_and_velocity = 2 * 542_230;
+        let acts = 32 * (784 + 21_632 + 5_408 + 100 + 10);
+        let scratch = 32 * (2 * 21_632 + 26 * 26 * 9);
+        assert_eq!(portable, grads_and_velocity + acts + scratch);
+    }
+
+    #[test]
+    fn fixed_point_has_only_the_portable_kernels() {
+        let spec = ModelSpec::mlp(&[4, 3, 2]).unwrap();
+        assert_eq!(Kernels::best::<Fixed>(), Kernels::Portable);
+        assert_eq!(Kernels::best::<f32>(), Kernels::Fused);
+        assert!(matches!(
+            Trainer::<Fixed, _>::new_on(&spec, &TrainConfig::default(), Kernels::Fused),
+            Err(Error::BadConfig(_))
+        ));
+    }
+
+    /// Random images and labels, the same for every run of a test. Every
+    /// other image is flat in its first half (as digits are blank at their
+    /// edges, but not zero, so that the inputs carry gradient): pooling windows
+    /// there tie, and ties must be routed alike.
+    fn noise<const P: usize>(n: usize, classes: u8, seed: u64) -> Samples<P> {
+        let mut rng = Rng::new(seed);
+        Samples(
+            (0..n)
+                .map(|i| {
+                    let mut px = [0u8; P];
+                    px.iter_mut().for_each(|p| *p = rng.next_u32() as u8);
+                    if i % 2 == 1 {
+                        px[..P / 2].fill(200);
+                    }
+                    (px, (rng.next_u32() % u32::from(classes)) as u8)
+                })
+                .collect(),
+        )
+    }
+
+    /// The host kernels (fused convolution stage, step folded into each
+    /// product) train as the portable loops the devices run do: the same
+    /// parameters to float rounding after two epochs, for every optimizer
+    /// setting, on nets with a fused stage (filters a multiple of the kernel's
+    /// 16 lanes or not, pooling that drops an odd edge), one whose second
+    /// convolution stays unfused, and an MLP.
+    #[test]
+    fn fused_and_portable_kernels_train_alike() {
+        use crate::model::{Layer::*, Shape};
+        let nets = [
+            ModelSpec::new(
+                Shape::image(9, 10, 1),
+                &[
+                    Conv2d { filters: 20 },
+                    Relu,
+                    MaxPool2d,
+                    Flatten,
+                    Dense { units: 6 },
+                    Relu,
+                    Dense { units: 3 },
+                ],
+            ),
+            ModelSpec::new(
+                Shape::image(9, 10, 1),
+                &[
+                    Conv2d { filters: 16 },
+                    Relu,
+                    MaxPool2d,
+                    Flatten,
+                    Dense { units: 3 },
+                ],
+            ),
+            ModelSpec::new(
+                Shape::image(9, 10, 1),
+                &[
+                    Conv2d { filters: 3 },
+                    Relu,
+                    MaxPool2d,
+                    Conv2d { filters: 4 },
+                    Relu,
+                    Flatten,
+                    Dense { units: 3 },
+                ],
+            ),
+            ModelSpec::mlp(&[90, 7, 3]),
+        ];
+        let data = noise::<90>(13, 3, 7);
+        let base = TrainConfig {
+            epochs: 2,
+            batch_size: 4,
+            lr: 0.05,
+            ..TrainConfig::default()
+        };
+        let configs = [
+            base,
+            TrainConfig {
+                momentum: 0.0,
+                ..base
+            },
+            TrainConfig {
+                proximal_mu: 0.5,
+                ..base
+            },
+            TrainConfig {
+                momentum: 0.0,
+                proximal_mu: 0.5,
+                ..base
+            },
+            TrainConfig {
+                batch_size: 1,
+                momentum: 0.0,
+                ..base
+            },
+            TrainConfig {
+                batch_size: 1,
+                momentum: 0.0,
+                proximal_mu: 0.5,
+                ..base
+            },
+        ];
+        for spec in nets {
+            let spec = spec.unwrap();
+            let mut init = std::vec![0.0f32; spec.param_count()];
+            crate::model::init_params(&Plan::new(&spec), &mut init, &mut Rng::new(3));
+            for cfg in configs {
+                let run = |kernels| {
+                    let mut params = init.clone();
+                    let mut t = Trainer::<f32, _>::new_on(&spec, &cfg, kernels).unwrap();
+                    let fit = t.fit(&mut params, &data, 11).unwrap();
+                    (params, fit, t.evaluate(&init, &data).unwrap())
+                };
+                let (fast, fast_fit, fast_eval) = run(Kernels::Fused);
+                let (slow, slow_fit, slow_eval) = run(Kernels::Portable);
+                assert_eq!(fast_eval.correct, slow_eval.correct, "{cfg:?}");
+                assert!((fast_fit.loss() - slow_fit.loss()).abs() < 1e-4, "{cfg:?}");
+                assert_ne!(fast, init, "training changed the model");
+                for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+                    assert!(
+                        (f - s).abs() <= 1e-4 * (1.0 + s.abs()),
+                        "{cfg:?} param {i}: {f} vs {s}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "error",
             "rng",
             "linalg",
+            "kernels",
             "data",
             "scalar",
             "compress",
@@ -28,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "device",
         ],
     ),
-    ("fedcore/src/model", &["spec", "plan", "network"]),
+    ("fedcore/src/model", &["spec", "plan", "fused", "network"]),
     ("fedcore/src/protocol", &["message", "frame", "transfer"]),
     (
         "fedcore/src/device",

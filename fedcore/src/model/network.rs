@@ -12,8 +12,10 @@
 //! (the in-place batch-1 trainer, which owns no gradient buffer). In both cases a
 //! layer's input gradient is computed before its weights can change.
 
+#[cfg(feature = "std")]
+use super::fused;
 use crate::linalg::{Mat, MatMut};
-use crate::model::{Layer, Plan, Stage};
+use crate::model::{Fusion, Layer, Plan, Stage};
 use crate::scalar::Scalar;
 
 /// Applies a row of gradients `g` to the parameters `w` that start at index `at`.
@@ -23,13 +25,80 @@ pub(crate) type UpdateRule<'a, S> = dyn FnMut(&mut [S], usize, &[S]) + 'a;
 pub(crate) enum GradSink<'a, S> {
     /// Into a gradient buffer as long as the parameters.
     Store(&'a mut [S]),
-    /// Straight into the parameters, one row at a time through `row` scratch.
+    /// Straight into the parameters, one row at a time through `row` scratch
+    /// (as long as the widest parameter row, or a fused stage's parameters).
     Apply {
-        /// Scratch as long as the widest parameter row.
+        /// The scratch.
         row: &'a mut [S],
         /// The update rule.
         rule: &'a mut UpdateRule<'a, S>,
     },
+    /// Into an SGD step folded into each weight-gradient product (host kernels).
+    #[cfg(feature = "std")]
+    Fold(Fold<'a, S>),
+}
+
+/// The state of an SGD step taken layer by layer as backward reaches it.
+#[cfg(feature = "std")]
+pub(crate) struct Fold<'a, S> {
+    /// Momentum velocity, as long as the parameters (empty without momentum).
+    pub velocity: &'a mut [S],
+    /// FedProx anchor, as long as the parameters (empty without FedProx).
+    pub anchor: &'a [S],
+    /// `[step, momentum, prox]`, as [`sgd_step`] takes them.
+    pub coeffs: [S; 3],
+    /// Where a fused stage's gradients wait for their step (its parameter count).
+    pub scratch: &'a mut [S],
+}
+
+/// One SGD step over `params` (all of them, or one weight row when training in
+/// place), from summed gradients `grads`: `velocity` and `anchor` are empty when
+/// momentum and FedProx are off. Each case is its
+/// own loop so that the common ones vectorise.
+pub(crate) fn sgd_step<S: Scalar>(
+    params: &mut [S],
+    grads: &[S],
+    velocity: &mut [S],
+    anchor: &[S],
+    [step, momentum, prox]: [S; 3],
+    dither: &mut impl FnMut() -> u32,
+) {
+    let mut update = |w: S, g: S, a: Option<S>| {
+        let upd = step.mul_dither(g, dither());
+        match a {
+            Some(a) => upd.add(prox.mul(w.sub(a))),
+            None => upd,
+        }
+    };
+    match (velocity.is_empty(), anchor.is_empty()) {
+        (true, true) => {
+            for (w, &g) in params.iter_mut().zip(grads) {
+                *w = w.sub(update(*w, g, None));
+            }
+        }
+        (false, true) => {
+            for ((w, &g), v) in params.iter_mut().zip(grads).zip(velocity.iter_mut()) {
+                *v = momentum.mul(*v).sub(update(*w, g, None));
+                *w = w.add(*v);
+            }
+        }
+        (true, false) => {
+            for ((w, &g), &a) in params.iter_mut().zip(grads).zip(anchor) {
+                *w = w.sub(update(*w, g, Some(a)));
+            }
+        }
+        (false, false) => {
+            for (((w, &g), v), &a) in params
+                .iter_mut()
+                .zip(grads)
+                .zip(velocity.iter_mut())
+                .zip(anchor)
+            {
+                *v = momentum.mul(*v).sub(update(*w, g, Some(a)));
+                *w = w.add(*v);
+            }
+        }
+    }
 }
 
 /// Runs the net on `batch` samples already in the input slot of `acts`.
@@ -42,7 +111,10 @@ pub(crate) fn forward<S: Scalar>(
 ) {
     let cap = acts.len() / plan.acts_len().max(1);
     for st in plan.stages() {
-        let (n_in, n_out) = (st.input.len() * batch, st.output.len() * batch);
+        if st.fusion == Fusion::Absorbed {
+            continue;
+        }
+        let (n_in, n_out) = (st.input.len() * batch, st.written_len() * batch);
         if st.act_in == st.act_out {
             if st.layer == Layer::Relu {
                 for v in &mut acts[st.act_in * cap..st.act_in * cap + n_out] {
@@ -56,6 +128,10 @@ pub(crate) fn forward<S: Scalar>(
         let y = &mut hi[..n_out];
         let (w, b) = weights(st, params);
         match st.layer {
+            #[cfg(feature = "std")]
+            Layer::Conv2d { .. } if st.fusion == Fusion::ConvReluPool => {
+                fused::forward(st, x, (w, b), y, batch);
+            }
             Layer::Dense { .. } | Layer::Conv2d { .. } => {
                 let (rows, k, units) = st.product_shape(batch);
                 let a = if st.cols_len() > 0 {
@@ -92,7 +168,10 @@ pub(crate) fn backward<S: Scalar>(
     let cap = acts.len() / plan.acts_len().max(1);
     let (mut cur, mut next) = deltas;
     for st in plan.stages().iter().rev() {
-        let (n_in, n_out) = (st.input.len() * batch, st.output.len() * batch);
+        if st.fusion == Fusion::Absorbed {
+            continue;
+        }
+        let (n_in, n_out) = (st.input.len() * batch, st.written_len() * batch);
         let x = &acts[st.act_in * cap..st.act_in * cap + n_in];
         match st.layer {
             Layer::Relu => {
@@ -106,6 +185,11 @@ pub(crate) fn backward<S: Scalar>(
             Layer::MaxPool2d => {
                 let y = &acts[st.act_out * cap..st.act_out * cap + n_out];
                 maxpool_backward(st, x, y, &cur[..n_out], &mut next[..n_in], batch);
+            }
+            #[cfg(feature = "std")]
+            Layer::Conv2d { .. } if st.fusion == Fusion::ConvReluPool => {
+                let y = &acts[st.act_out * cap..st.act_out * cap + n_out];
+                fused_param_grads(st, params, x, (y, &cur[..n_out]), &mut sink, batch);
             }
             Layer::Dense { .. } | Layer::Conv2d { .. } => {
                 let (rows, k, units) = st.product_shape(batch);
@@ -232,6 +316,54 @@ fn param_grads<S: Scalar>(
             column_sums(dy.data, nb, row);
             let start = st.params + nw;
             rule(&mut params[start..start + nb], start, row);
+        }
+        #[cfg(feature = "std")]
+        GradSink::Fold(fold) => {
+            let span = st.params..st.params + nw + nb;
+            fused::update(
+                (a, dy),
+                &mut params[span.clone()],
+                fold.velocity.get_mut(span.clone()).unwrap_or(&mut []),
+                fold.anchor.get(span).unwrap_or(&[]),
+                fold.coeffs,
+            );
+        }
+    }
+}
+
+/// A fused stage's gradients, sent to `sink`: computed where the sink keeps
+/// them, or into scratch and from there through the update.
+#[cfg(feature = "std")]
+fn fused_param_grads<S: Scalar>(
+    st: &Stage,
+    params: &mut [S],
+    x: &[S],
+    outputs: (&[S], &[S]),
+    sink: &mut GradSink<'_, S>,
+    batch: usize,
+) {
+    let span = st.params..st.params + st.weight_count() + st.bias_count();
+    let kernel = st.params..st.params + st.weight_count();
+    match sink {
+        GradSink::Store(grads) => {
+            fused::param_grads(st, x, &params[kernel], outputs, &mut grads[span], batch);
+        }
+        GradSink::Apply { row, rule } => {
+            let g = &mut row[..span.len()];
+            fused::param_grads(st, x, &params[kernel], outputs, g, batch);
+            rule(&mut params[span.clone()], span.start, g);
+        }
+        GradSink::Fold(fold) => {
+            let g = &mut fold.scratch[..span.len()];
+            fused::param_grads(st, x, &params[kernel], outputs, g, batch);
+            sgd_step(
+                &mut params[span.clone()],
+                g,
+                fold.velocity.get_mut(span.clone()).unwrap_or(&mut []),
+                fold.anchor.get(span).unwrap_or(&[]),
+                fold.coeffs,
+                &mut || 1 << 31,
+            );
         }
     }
 }

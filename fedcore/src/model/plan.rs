@@ -5,6 +5,12 @@
 //! `get_weights()`), and each layer's slot in the activation arena, per sample.
 //! ReLU and Flatten work in place and share their input's slot. From the plan
 //! the exact memory a trainer needs follows (see [`crate::train::memory`]).
+//!
+//! A plan for the host kernels ([`Plan::fused`], `std` only) also marks each
+//! one-channel convolution followed by ReLU and 2x2 pooling as one fused stage
+//! (see `crate::kernels`): its output slot is the pooled one, and the memory the
+//! unfused block needed (the convolution's output, its delta and the im2col
+//! matrix) is not planned at all.
 
 use crate::model::{Layer, MAX_LAYERS, ModelSpec, Shape};
 
@@ -25,6 +31,20 @@ pub struct Stage {
     pub act_out: usize,
     /// Whether backward must produce the gradient of its input (some earlier layer has parameters).
     pub needs_input_grad: bool,
+    /// How the stage runs: alone, or fused with its neighbours.
+    pub fusion: Fusion,
+}
+
+/// How a stage runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fusion {
+    /// On its own.
+    Alone,
+    /// A one-channel 3x3 convolution that also applies the ReLU and the 2x2
+    /// pooling after it; its `act_out` is the pooled output's slot.
+    ConvReluPool,
+    /// Computed by the fused stage before it (that ReLU and that pooling).
+    Absorbed,
 }
 
 impl Stage {
@@ -60,6 +80,19 @@ impl Stage {
         }
     }
 
+    /// Values per sample the stage writes to its output slot: its output, or
+    /// for a fused stage the pooled output.
+    pub fn written_len(&self) -> usize {
+        match self.fusion {
+            Fusion::ConvReluPool => {
+                (self.output.height / 2) as usize
+                    * (self.output.width / 2) as usize
+                    * self.output.channels as usize
+            }
+            Fusion::Alone | Fusion::Absorbed => self.output.len(),
+        }
+    }
+
     /// Values per sample in the im2col matrix of a convolution, zero otherwise.
     pub fn cols_len(&self) -> usize {
         match self.layer {
@@ -87,14 +120,38 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Resolves `spec`.
+    /// Resolves `spec` for the portable kernels: every layer on its own.
     pub fn new(spec: &ModelSpec) -> Self {
+        Self::build(spec, false)
+    }
+
+    /// Resolves `spec` for the host kernels: each one-channel convolution that
+    /// needs no input gradient and is followed by ReLU and max pooling becomes
+    /// one fused stage.
+    #[cfg(feature = "std")]
+    pub fn fused(spec: &ModelSpec) -> Self {
+        Self::build(spec, true)
+    }
+
+    fn build(spec: &ModelSpec, fuse: bool) -> Self {
+        let layers: heapless::Vec<(Layer, Shape, Shape), MAX_LAYERS> = spec.shapes().collect();
         let mut stages = heapless::Vec::new();
         let (mut params, mut acts) = (0, spec.input().len());
         let (mut slot, mut delta, mut cols, mut widest) = (0, 0, 0, 0);
         let mut seen_params = false;
-        for (layer, input, output) in spec.shapes() {
-            let in_place = matches!(layer, Layer::Relu | Layer::Flatten);
+        let mut absorb = 0;
+        for (i, &(layer, input, output)) in layers.iter().enumerate() {
+            let fusion = if absorb > 0 {
+                absorb -= 1;
+                Fusion::Absorbed
+            } else if fuse && !seen_params && fusable(&layers[i..]) {
+                absorb = 2;
+                Fusion::ConvReluPool
+            } else {
+                Fusion::Alone
+            };
+            let in_place =
+                matches!(layer, Layer::Relu | Layer::Flatten) || fusion == Fusion::Absorbed;
             let act_out = if in_place { slot } else { acts };
             let stage = Stage {
                 layer,
@@ -104,15 +161,28 @@ impl Plan {
                 act_in: slot,
                 act_out,
                 needs_input_grad: seen_params,
+                fusion,
             };
-            if !in_place {
-                acts += output.len();
+            match fusion {
+                Fusion::ConvReluPool => acts += stage.written_len(),
+                Fusion::Absorbed => {}
+                Fusion::Alone => {
+                    if !in_place {
+                        acts += output.len();
+                    }
+                    cols = cols.max(stage.cols_len());
+                }
+            }
+            // Backward keeps a delta of every output but those computed inside a
+            // fused stage; the pooled output's delta is what the fused stage reads.
+            let inside = fusion == Fusion::ConvReluPool
+                || (fusion == Fusion::Absorbed && layer == Layer::Relu);
+            if !inside {
+                delta = delta.max(output.len());
             }
             slot = act_out;
             params += layer.param_count(input);
             seen_params |= layer.param_count(input) > 0;
-            delta = delta.max(output.len());
-            cols = cols.max(stage.cols_len());
             widest = widest.max(stage.bias_count());
             // A spec holds at most MAX_LAYERS layers, so this push always fits.
             let _ = stages.push(stage);
@@ -176,13 +246,38 @@ impl Plan {
     /// Whether `stage` is the last convolution in forward order (whose im2col
     /// matrix is still in the scratch when backward reaches it).
     pub fn is_last_conv(&self, stage: &Stage) -> bool {
-        self.stages.iter().rev().find(|s| s.cols_len() > 0) == Some(stage)
+        self.stages
+            .iter()
+            .rev()
+            .find(|s| s.cols_len() > 0 && s.fusion == Fusion::Alone)
+            == Some(stage)
+    }
+
+    /// Parameters of the largest fused stage: the scratch its gradients go
+    /// through on their way to the update (zero without fused stages).
+    pub fn fused_params(&self) -> usize {
+        self.stages
+            .iter()
+            .filter(|s| s.fusion == Fusion::ConvReluPool)
+            .map(|s| s.weight_count() + s.bias_count())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Offset of the logits slot, per sample.
     pub fn logits_slot(&self) -> usize {
         self.stages.last().map_or(0, |s| s.act_out)
     }
+}
+
+/// Whether `layers` starts with a block the host kernels fuse: a convolution
+/// over one channel, then ReLU, then max pooling.
+fn fusable(layers: &[(Layer, Shape, Shape)]) -> bool {
+    matches!(
+        layers,
+        [(Layer::Conv2d { .. }, input, _), (Layer::Relu, ..), (Layer::MaxPool2d, ..), ..]
+            if input.channels == 1
+    )
 }
 
 #[cfg(test)]
@@ -210,5 +305,72 @@ mod tests {
         // ReLU and Flatten work in place on their input's slot.
         assert_eq!(s[1].act_in, s[1].act_out);
         assert_eq!(s[3].act_out, s[2].act_out);
+    }
+
+    #[test]
+    fn a_fused_cnn_plans_only_the_pooled_output() {
+        let plan = Plan::fused(&ModelSpec::reference_cnn());
+        let s = plan.stages();
+        assert_eq!(s[0].fusion, Fusion::ConvReluPool);
+        assert_eq!(
+            (s[1].fusion, s[2].fusion),
+            (Fusion::Absorbed, Fusion::Absorbed)
+        );
+        assert!(s[3..].iter().all(|s| s.fusion == Fusion::Alone));
+        // The fused stage writes the pooled slot, which Flatten and Dense read.
+        assert_eq!(s[0].act_out, 784);
+        assert_eq!((s[2].act_out, s[3].act_in, s[4].act_in), (784, 784, 784));
+        // input 784 + pooled 5408 + dense 100 + dense 10; no im2col matrix; the
+        // widest delta is the pooled output's.
+        assert_eq!(plan.acts_len(), 784 + 5408 + 100 + 10);
+        assert_eq!((plan.cols_len(), plan.delta_len()), (0, 5408));
+        assert_eq!(plan.fused_params(), 320);
+        // Parameters are laid out as in the portable plan.
+        let portable = Plan::new(&ModelSpec::reference_cnn());
+        for (f, p) in s.iter().zip(portable.stages()) {
+            assert_eq!(f.params, p.params);
+        }
+        assert_eq!(portable.fused_params(), 0);
+    }
+
+    #[test]
+    fn only_a_first_one_channel_convolution_is_fused() {
+        use Layer::*;
+        let later = ModelSpec::new(
+            Shape::image(12, 12, 1),
+            &[
+                Conv2d { filters: 2 },
+                Relu,
+                Conv2d { filters: 3 },
+                Relu,
+                MaxPool2d,
+                Flatten,
+                Dense { units: 3 },
+            ],
+        )
+        .unwrap();
+        assert!(
+            Plan::fused(&later)
+                .stages()
+                .iter()
+                .all(|s| s.fusion == Fusion::Alone)
+        );
+        let three = ModelSpec::new(
+            Shape::image(8, 8, 3),
+            &[
+                Conv2d { filters: 2 },
+                Relu,
+                MaxPool2d,
+                Flatten,
+                Dense { units: 3 },
+            ],
+        )
+        .unwrap();
+        assert!(
+            Plan::fused(&three)
+                .stages()
+                .iter()
+                .all(|s| s.fusion == Fusion::Alone)
+        );
     }
 }

@@ -1,0 +1,279 @@
+//! Fused f32 kernels for hosts (the `std` build only): a one-channel 3x3
+//! convolution with its ReLU and 2x2 max pooling, forward and weight gradients.
+//!
+//! The portable path runs that block as im2col, a product with K = 9, a bias
+//! pass, a ReLU pass and a pooling pass, and backward as four more passes over
+//! the convolution's full output (26x26x32 values a sample in the reference CNN)
+//! before its product. Here each pooling window's four convolution outputs are
+//! computed in registers and only the pooled, rectified value is stored; the
+//! backward pass recomputes the window (the same code, so the same bits) to find
+//! which of the four won, and accumulates the weight gradient straight from the
+//! pooled gradient. The convolution's output, its gradient and the im2col matrix
+//! never exist. No GEMM library fuses a K = 9 product with what follows it, so
+//! this is written here, on `pulp` (the SIMD layer of the gemm crate the dense
+//! products use): the same code runs on AVX-512, AVX2+FMA or NEON, picked at run
+//! time, without unsafe code. Compiler auto-vectorisation of the plain loops was
+//! measured first and gave 128-bit code that made the block slower than
+//! im2col + GEMM.
+
+use pulp::{Arch, Simd, WithSimd};
+
+/// Filter vectors computed together: 32 filters a block with AVX-512.
+const VECS: usize = 2;
+
+/// A 3x3 convolution (valid, stride 1) over a one-channel image, then ReLU,
+/// then 2x2 max pooling (odd edges dropped). Images are row-major; outputs HWC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvPool {
+    /// Input rows.
+    pub height: usize,
+    /// Input columns.
+    pub width: usize,
+    /// Filters (output channels).
+    pub filters: usize,
+}
+
+impl ConvPool {
+    /// Pooled output rows and columns.
+    fn pooled(&self) -> (usize, usize) {
+        (
+            self.height.saturating_sub(2) / 2,
+            self.width.saturating_sub(2) / 2,
+        )
+    }
+
+    fn output_len(&self) -> usize {
+        let (ph, pw) = self.pooled();
+        ph * pw * self.filters
+    }
+
+    fn input_len(&self) -> usize {
+        self.height * self.width
+    }
+}
+
+/// Forward: `y` (pooled outputs, `batch` samples HWC) from `x` (`batch` images).
+pub(crate) fn conv_relu_pool(
+    shape: ConvPool,
+    x: &[f32],
+    kernel: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    batch: usize,
+) {
+    Arch::new().dispatch(Forward {
+        shape,
+        x: &x[..batch * shape.input_len()],
+        kernel,
+        bias,
+        y: &mut y[..batch * shape.output_len()],
+    });
+}
+
+/// Weight gradients: writes the summed kernel gradient (`9 x filters`) and bias
+/// gradient (`filters`) into `grads`, from the inputs `x`, the forward outputs
+/// `y` and their gradients `dy`.
+pub(crate) fn conv_relu_pool_grads(
+    shape: ConvPool,
+    x: &[f32],
+    kernel: &[f32],
+    (y, dy): (&[f32], &[f32]),
+    grads: &mut [f32],
+    batch: usize,
+) {
+    let n = batch * shape.output_len();
+    Arch::new().dispatch(Grads {
+        shape,
+        x: &x[..batch * shape.input_len()],
+        kernel,
+        y: &y[..n],
+        dy: &dy[..n],
+        grads: &mut grads[..10 * shape.filters],
+    });
+}
+
+/// The lanes `[f0, f0 + VECS·lanes)` of `row` (one value per filter), as
+/// vectors; zero past the row's end.
+#[inline(always)]
+fn load<S: Simd>(simd: S, row: &[f32], f0: usize) -> [S::f32s; VECS] {
+    core::array::from_fn(|v| simd.partial_load_f32s(lanes::<S>(row, f0, v)))
+}
+
+/// Stores `values` into the same lanes of `row` that [`load`] reads.
+#[inline(always)]
+fn store<S: Simd>(simd: S, row: &mut [f32], f0: usize, values: [S::f32s; VECS]) {
+    for (v, value) in values.into_iter().enumerate() {
+        let (start, end) = span::<S>(row.len(), f0, v);
+        simd.partial_store_f32s(&mut row[start..end], value);
+    }
+}
+
+fn span<S: Simd>(len: usize, f0: usize, v: usize) -> (usize, usize) {
+    let start = (f0 + v * S::F32_LANES).min(len);
+    (start, (start + S::F32_LANES).min(len))
+}
+
+fn lanes<S: Simd>(row: &[f32], f0: usize, v: usize) -> &[f32] {
+    let (start, end) = span::<S>(row.len(), f0, v);
+    &row[start..end]
+}
+
+/// The kernel's nine taps for the filters of the block at `f0`.
+#[inline(always)]
+fn taps<S: Simd>(simd: S, kernel: &[f32], filters: usize, f0: usize) -> [[S::f32s; VECS]; 9] {
+    core::array::from_fn(|t| load(simd, &kernel[t * filters..(t + 1) * filters], f0))
+}
+
+/// The four convolution outputs (without bias) of pooling window `(i, j)`, in
+/// the order top-left, top-right, bottom-left, bottom-right.
+#[inline(always)]
+fn window<S: Simd>(
+    simd: S,
+    img: &[f32],
+    width: usize,
+    (i, j): (usize, usize),
+    taps: &[[S::f32s; VECS]; 9],
+) -> [[S::f32s; VECS]; 4] {
+    let rows: [&[f32]; 4] = core::array::from_fn(|r| &img[(2 * i + r) * width + 2 * j..][..4]);
+    let mut out = [[simd.splat_f32s(0.0); VECS]; 4];
+    for (at, acc) in out.iter_mut().enumerate() {
+        let (dr, dc) = (at / 2, at % 2);
+        for (t, tap) in taps.iter().enumerate() {
+            let x = simd.splat_f32s(rows[dr + t / 3][dc + t % 3]);
+            for v in 0..VECS {
+                acc[v] = simd.mul_add_f32s(x, tap[v], acc[v]);
+            }
+        }
+    }
+    out
+}
+
+#[inline(always)]
+fn max4<S: Simd>(simd: S, w: &[[S::f32s; VECS]; 4]) -> [S::f32s; VECS] {
+    core::array::from_fn(|v| {
+        simd.max_f32s(
+            simd.max_f32s(w[0][v], w[1][v]),
+            simd.max_f32s(w[2][v], w[3][v]),
+        )
+    })
+}
+
+struct Forward<'a> {
+    shape: ConvPool,
+    x: &'a [f32],
+    kernel: &'a [f32],
+    bias: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl WithSimd for Forward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Forward {
+            shape,
+            x,
+            kernel,
+            bias,
+            y,
+        } = self;
+        let (f, (ph, pw)) = (shape.filters, shape.pooled());
+        let zero = simd.splat_f32s(0.0);
+        for f0 in (0..f).step_by(VECS * S::F32_LANES) {
+            let taps = taps(simd, kernel, f, f0);
+            let b = load(simd, &bias[..f], f0);
+            let images = x.chunks_exact(shape.input_len());
+            for (img, out) in images.zip(y.chunks_exact_mut(shape.output_len())) {
+                for i in 0..ph {
+                    for j in 0..pw {
+                        let best = max4(simd, &window(simd, img, shape.width, (i, j), &taps));
+                        let pooled = core::array::from_fn(|v| {
+                            simd.max_f32s(simd.add_f32s(best[v], b[v]), zero)
+                        });
+                        let at = (i * pw + j) * f;
+                        store(simd, &mut out[at..at + f], f0, pooled);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each pooled gradient goes to the first window position holding the maximum
+/// (as the portable pooling routes it), and only where the ReLU passed (`y > 0`).
+struct Grads<'a> {
+    shape: ConvPool,
+    x: &'a [f32],
+    kernel: &'a [f32],
+    y: &'a [f32],
+    dy: &'a [f32],
+    grads: &'a mut [f32],
+}
+
+impl WithSimd for Grads<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Grads {
+            shape,
+            x,
+            kernel,
+            y,
+            dy,
+            grads,
+        } = self;
+        let (f, (ph, pw), n) = (shape.filters, shape.pooled(), shape.output_len());
+        let zero = simd.splat_f32s(0.0);
+        for f0 in (0..f).step_by(VECS * S::F32_LANES) {
+            let taps = taps(simd, kernel, f, f0);
+            let mut dw = [[zero; VECS]; 9];
+            let mut db = [zero; VECS];
+            let samples = x.chunks_exact(shape.input_len());
+            for ((img, ys), dys) in samples.zip(y.chunks_exact(n)).zip(dy.chunks_exact(n)) {
+                for i in 0..ph {
+                    for j in 0..pw {
+                        let at = (i * pw + j) * f;
+                        let (yv, g) = (
+                            load(simd, &ys[at..at + f], f0),
+                            load(simd, &dys[at..at + f], f0),
+                        );
+                        let mut rest: [S::f32s; VECS] = core::array::from_fn(|v| {
+                            simd.select_f32s(simd.greater_than_f32s(yv[v], zero), g[v], zero)
+                        });
+                        for v in 0..VECS {
+                            db[v] = simd.add_f32s(db[v], rest[v]);
+                        }
+                        let win = window(simd, img, shape.width, (i, j), &taps);
+                        let best = max4(simd, &win);
+                        let rows: [&[f32]; 4] = core::array::from_fn(|r| {
+                            &img[(2 * i + r) * shape.width + 2 * j..][..4]
+                        });
+                        for (at, pre) in win.iter().enumerate() {
+                            // The first position at the maximum takes what is left of the gradient.
+                            let mut gp = [zero; VECS];
+                            for v in 0..VECS {
+                                let hit = simd.equal_f32s(pre[v], best[v]);
+                                gp[v] = simd.select_f32s(hit, rest[v], zero);
+                                rest[v] = simd.select_f32s(hit, zero, rest[v]);
+                            }
+                            let (dr, dc) = (at / 2, at % 2);
+                            for (t, row) in dw.iter_mut().enumerate() {
+                                let xv = simd.splat_f32s(rows[dr + t / 3][dc + t % 3]);
+                                for v in 0..VECS {
+                                    row[v] = simd.mul_add_f32s(xv, gp[v], row[v]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let (gw, gb) = grads.split_at_mut(9 * f);
+            for (t, row) in dw.into_iter().enumerate() {
+                store(simd, &mut gw[t * f..(t + 1) * f], f0, row);
+            }
+            store(simd, &mut gb[..f], f0, db);
+        }
+    }
+}
