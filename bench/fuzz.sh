@@ -81,7 +81,8 @@ done
 # (source-based coverage; needs rustup's llvm-tools component).
 tools=$(rustc --print sysroot)/lib/rustlib/$host/bin
 if [[ -x $tools/llvm-cov ]]; then
-  test_bin=$(RUSTFLAGS="-Cinstrument-coverage" cargo test --release --quiet -p fedfuzz --test corpus \
+  # Instrumented build scripts write profiles too: into the work folder, not the repo.
+  test_bin=$(RUSTFLAGS="-Cinstrument-coverage" LLVM_PROFILE_FILE="$work/build-%p-%m.profraw" cargo test --release --quiet -p fedfuzz --test corpus \
     --target-dir target/coverage --no-run --message-format=json |
     python3 -c 'import json,sys; print(*[m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "corpus"])')
   LLVM_PROFILE_FILE="$work/corpus-%p.profraw" "$test_bin" --quiet every_seed > /dev/null
