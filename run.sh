@@ -9,6 +9,7 @@
 #   ./run.sh [--rounds N] [--clients N] [--model cnn|mlp:784-128-10] [--partition iid|dirichlet:A|seed]
 #            [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi|fedadagrad|median|trimmed-mean|krum]
 #            [--out DIR] [--port P (0: any free port)] [--data-dir DIR] [--encoding f32|int8]
+#            [--train-slots N (clients training at once; default: the cores; 0: no turns)]
 #            [--devices N] [--device-baud B (0: unthrottled)] [--device-ber P (bit errors, e.g. 1e-4)]
 #                                                            devices need a model that fits
 #                                                            128 KiB, e.g. --model mlp:784-32-10
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
-devices=0 device_baud=115200 device_ber=0 encoding=f32
+devices=0 device_baud=115200 device_ber=0 encoding=f32 train_slots=$(nproc)
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
@@ -31,7 +32,8 @@ while (($#)); do
     --device-baud) device_baud=${2:?--device-baud needs a baud rate}; shift 2 ;;
     --device-ber) device_ber=${2:?--device-ber needs a bit error rate}; shift 2 ;;
     --encoding) encoding=${2:?--encoding needs f32 or int8}; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --train-slots) train_slots=${2:?--train-slots needs a number}; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -104,6 +106,7 @@ addr=${listening#listening on }
 for ((i = 0; i < clients; i++)); do
   "$bin/host-client" --server "$addr" --client-index "$i" --num-clients "$participants" \
     --partition "$partition" --data-dir "$data" --encoding "$encoding" --name "client" \
+    --train-slots "$train_slots" --slot-dir "$out/.train-slots" \
     2>"$out/client-$i.log" &
   pids+=("$!")
 done

@@ -347,6 +347,18 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
         data: &impl Dataset,
         seed: u64,
     ) -> Result<Stats, Error> {
+        self.fit_with(params, data, seed, |_| {})
+    }
+
+    /// [`Trainer::fit`], calling `between(samples)` between batches with the
+    /// samples trained so far: where a host can give its core away for a while.
+    pub fn fit_with(
+        &mut self,
+        params: &mut [S],
+        data: &impl Dataset,
+        seed: u64,
+        mut between: impl FnMut(usize),
+    ) -> Result<Stats, Error> {
         self.check(params.len(), data)?;
         let (plan, cfg) = (&self.plan, self.cfg);
         let Parts {
@@ -367,12 +379,17 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
         let dithered = S::NEEDS_DITHER && cfg.rounding == Rounding::Stochastic;
         let batch = cfg.batch_size as usize;
         let mut stats = Stats::default();
+        let mut trained = 0;
         for _ in 0..cfg.epochs {
             stats = Stats::default();
             let order = Permutation::new(data.len() as u32, &mut rng);
             let index = |i: usize| order.get(i as u32) as usize;
             for start in (0..data.len()).step_by(batch) {
+                if trained > 0 {
+                    between(trained);
+                }
                 let n = batch.min(data.len() - start);
+                trained += n;
                 let label = |k: usize| data.sample(index(start + k)).label;
                 load(plan, acts, data, n, |k| index(start + k));
                 forward(plan, params, acts, cols, n);

@@ -4,10 +4,13 @@
 //! is up), introduces itself, and then does what the server asks: train on its
 //! shard from the global model it is sent, or evaluate that model on its test
 //! shard. Many virtual clients can share one process and one copy of the data;
-//! their training runs on blocking threads, at most one per core.
+//! their training runs on blocking threads, at most one per core, and with
+//! `--train-slots` at most one per core of the machine across processes.
 //!
 //! - [`attack`]: poisoned updates, for robustness experiments (`--attack`);
+//! - [`slots`]: machine-wide training slots, so client processes take turns;
 //! - [`participant`]: one participant's conversation with the server.
 
 pub mod attack;
 pub mod participant;
+pub mod slots;

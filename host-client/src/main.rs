@@ -15,6 +15,7 @@ use fedhost::partition::Partition;
 use fedhost::share::ShareSpec;
 use host_client::attack::Attack;
 use host_client::participant::{self, ParticipantConfig};
+use host_client::slots::SlotConfig;
 use tokio::sync::Semaphore;
 
 /// A participant of the federation: trains on its share of a dataset when the server asks.
@@ -64,6 +65,14 @@ struct JoinArgs {
     /// Name prefix shown in the server's history.
     #[arg(long, default_value = "client")]
     name: String,
+    /// Take turns with the other client processes of this machine: at most N
+    /// of them train at once (N = its cores keeps them from time-slicing each
+    /// other). Every cooperating process names the same --slot-dir. 0: off.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    train_slots: u32,
+    /// Folder of the training slots' lock files (created if missing).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("fedlearn-train-slots"))]
+    slot_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +148,10 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
             connect_timeout: Duration::from_secs(args.connect_timeout),
             attack: args.attack,
             encoding: args.encoding.into(),
+            train_slots: (args.train_slots > 0).then(|| SlotConfig {
+                dir: args.slot_dir.clone(),
+                count: args.train_slots as usize,
+            }),
         };
         tasks.spawn(participant::run(config, data, Arc::clone(&cores)));
     }

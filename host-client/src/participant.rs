@@ -17,6 +17,7 @@ use fedhost::link::{HOST_MAX_FRAME, Link, LinkError, chunking};
 use fedhost::share::Share;
 
 use crate::attack::Attack;
+use crate::slots::{SlotConfig, Slots};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -33,6 +34,8 @@ pub struct ParticipantConfig {
     pub attack: Option<Attack>,
     /// How parameters travel, both ways.
     pub encoding: Encoding,
+    /// Machine-wide training slots to take turns in (none: train when asked).
+    pub train_slots: Option<SlotConfig>,
 }
 
 /// Runs one participant until the server says goodbye, returning its reason. A lost connection is
@@ -43,9 +46,16 @@ pub async fn run(
     data: Arc<Share>,
     cores: Arc<Semaphore>,
 ) -> anyhow::Result<String> {
+    let slots = match &config.train_slots {
+        Some(slots) => Some(Arc::new(Slots::open(slots).with_context(|| {
+            format!("cannot open the training slots in {}", slots.dir.display())
+        })?)),
+        None => None,
+    };
     let mut state = State {
         data,
         cores,
+        slots,
         model: None,
     };
     loop {
@@ -63,6 +73,7 @@ pub async fn run(
 struct State {
     data: Arc<Share>,
     cores: Arc<Semaphore>,
+    slots: Option<Arc<Slots>>,
     /// The model, once the server has named it.
     model: Option<Model>,
 }
@@ -175,7 +186,7 @@ async fn session(
                 if ins.evaluate_first {
                     // The parameters are the aggregate of the previous round: score them first.
                     let res = evaluate(
-                        &state.cores,
+                        (&state.cores, &state.slots),
                         model,
                         &state.data.test,
                         ins.round.saturating_sub(1),
@@ -188,11 +199,11 @@ async fn session(
                 let seed = ins.seed;
                 let global = config.attack.map(|_| model.params.clone());
                 let stats = compute(
-                    &state.cores,
+                    (&state.cores, &state.slots),
                     model,
                     ins.config,
                     &state.data.train,
-                    move |t, p, d| t.fit(p, d, seed),
+                    move |t, p, d, between| t.fit_with(p, d, seed, between),
                 )
                 .await;
                 let stats = report(&mut link, stats).await?;
@@ -217,7 +228,13 @@ async fn session(
                 let model = state.model.as_mut().ok_or_else(|| fatal("no model"))?;
                 link.recv_params(ins.round, &mut model.params, &model.chunking)
                     .await?;
-                let res = evaluate(&state.cores, model, &state.data.test, ins.round).await;
+                let res = evaluate(
+                    (&state.cores, &state.slots),
+                    model,
+                    &state.data.test,
+                    ins.round,
+                )
+                .await;
                 let res = report(&mut link, res).await?;
                 link.send(&Message::EvaluateRes(res)).await?;
             }
@@ -238,15 +255,19 @@ async fn session(
 
 /// Scores the held parameters on `test` as the evaluation of `round`.
 async fn evaluate(
-    cores: &Arc<Semaphore>,
+    cores: Cores<'_>,
     model: &mut Model,
     test: &Shard,
     round: u32,
 ) -> Result<EvaluateRes, SessionError> {
     let t = Instant::now();
-    let stats = compute(cores, model, TrainConfig::evaluation(), test, |t, p, d| {
-        t.evaluate(p, d)
-    })
+    let stats = compute(
+        cores,
+        model,
+        TrainConfig::evaluation(),
+        test,
+        |t, p, d, _| t.evaluate(p, d),
+    )
     .await?;
     let (examples, loss, accuracy) = (stats.examples, stats.loss(), stats.accuracy());
     Ok(EvaluateRes {
@@ -280,17 +301,27 @@ fn fatal(what: &str) -> SessionError {
     SessionError::Fatal(anyhow::anyhow!("{what}"))
 }
 
-/// Runs `work` on a blocking thread once a core is free, with a trainer for
-/// `cfg` (the held one when its arena fits) and the parameters moved there and back.
+/// This process's cores, and the machine's training slots when configured.
+type Cores<'a> = (&'a Arc<Semaphore>, &'a Option<Arc<Slots>>);
+
+/// Runs `work` on a blocking thread once a core of this process is free and in
+/// a machine-wide training slot if there are slots, with a trainer for `cfg`
+/// (the held one when its arena fits) and the parameters moved there and back.
 async fn compute<R: Send + 'static>(
-    cores: &Arc<Semaphore>,
+    (cores, slots): Cores<'_>,
     model: &mut Model,
     cfg: TrainConfig,
     data: &Shard,
-    work: impl FnOnce(&mut Trainer<f32, Vec<f32>>, &mut Vec<f32>, &Shard) -> Result<R, fedcore::Error>
+    work: impl FnOnce(
+        &mut Trainer<f32, Vec<f32>>,
+        &mut Vec<f32>,
+        &Shard,
+        &mut dyn FnMut(usize),
+    ) -> Result<R, fedcore::Error>
     + Send
     + 'static,
 ) -> Result<R, SessionError> {
+    let slots = slots.clone();
     let permit = Arc::clone(cores)
         .acquire_owned()
         .await
@@ -308,7 +339,13 @@ async fn compute<R: Send + 'static>(
             Some(t) => t,
             None => Trainer::new(&spec, &cfg)?,
         };
-        let result = work(&mut trainer, &mut params, &data);
+        let mut turn = slots.as_deref().map(Slots::take);
+        let mut between = |trained| {
+            if let Some(turn) = turn.as_mut() {
+                turn.between(trained);
+            }
+        };
+        let result = work(&mut trainer, &mut params, &data, &mut between);
         Ok::<_, fedcore::Error>((result, trainer, params))
     })
     .await
