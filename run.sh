@@ -10,6 +10,8 @@
 #            [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi|fedadagrad|median|trimmed-mean|krum]
 #            [--out DIR] [--port P (0: any free port)] [--data-dir DIR] [--encoding f32|int8]
 #            [--train-slots N (clients training at once; default: the cores; 0: no turns)]
+#            [--seed S (the model's initialisation and the rounds' sample orders)]
+#            [--momentum-state round|persist (local momentum restarts each round, or carries over)]
 #            [--devices N] [--device-baud B (0: unthrottled)] [--device-ber P (bit errors, e.g. 1e-4)]
 #                                                            devices need a model that fits
 #                                                            128 KiB, e.g. --model mlp:784-32-10
@@ -17,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
-devices=0 device_baud=115200 device_ber=0 encoding=f32 train_slots=$(nproc)
+devices=0 device_baud=115200 device_ber=0 encoding=f32 train_slots=$(nproc) seed=0 momentum_state=round
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
@@ -33,7 +35,9 @@ while (($#)); do
     --device-ber) device_ber=${2:?--device-ber needs a bit error rate}; shift 2 ;;
     --encoding) encoding=${2:?--encoding needs f32 or int8}; shift 2 ;;
     --train-slots) train_slots=${2:?--train-slots needs a number}; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --seed) seed=${2:?--seed needs a number}; shift 2 ;;
+    --momentum-state) momentum_state=${2:?--momentum-state needs round or persist}; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -96,7 +100,7 @@ done
 : > "$out/server.out"
 "$bin/host-server" --bind "127.0.0.1:$port" --rounds "$rounds" --model "$model" --strategy "$strategy" \
   --min-available-clients "$participants" --min-fit-clients "$participants" \
-  --min-evaluate-clients "$participants" "${serial[@]}" \
+  --min-evaluate-clients "$participants" --seed "$seed" --momentum-state "$momentum_state" "${serial[@]}" \
   --out "$out" --log-file "$out/server.log" > >(tee "$out/server.out") &
 server=$!
 pids+=("$server")

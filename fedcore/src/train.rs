@@ -33,6 +33,17 @@ pub enum Rounding {
     Stochastic,
 }
 
+/// Whether SGD momentum carries over from one fit to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MomentumState {
+    /// Every fit starts from zero velocity.
+    Round,
+    /// The velocity of the previous fit carries over while the weights are
+    /// reset to the global model: what a Keras client that keeps one compiled
+    /// model for the whole run does (the reference lab's).
+    Persist,
+}
+
 /// Local training settings (what a round's fit instruction carries).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -48,6 +59,8 @@ pub struct TrainConfig {
     pub proximal_mu: f32,
     /// Rounding of the fixed-point update.
     pub rounding: Rounding,
+    /// Whether momentum carries over between fits.
+    pub momentum_state: MomentumState,
 }
 
 impl Default for TrainConfig {
@@ -60,6 +73,7 @@ impl Default for TrainConfig {
             momentum: 0.9,
             proximal_mu: 0.0,
             rounding: Rounding::Stochastic,
+            momentum_state: MomentumState::Round,
         }
     }
 }
@@ -249,6 +263,8 @@ pub struct Trainer<S, B> {
     cfg: TrainConfig,
     layout: Layout,
     arena: B,
+    /// Whether the arena's velocity is the last fit's (kept for `MomentumState::Persist`).
+    velocity_kept: bool,
     _scalar: PhantomData<S>,
 }
 
@@ -309,6 +325,7 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
             cfg: *cfg,
             layout,
             arena,
+            velocity_kept: false,
             _scalar: PhantomData,
         })
     }
@@ -334,13 +351,17 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
                 got,
             });
         }
+        // A new layout puts other buffers where the velocity was.
+        self.velocity_kept &= layout == self.layout;
         self.cfg = *cfg;
         self.layout = layout;
         Ok(())
     }
 
     /// Trains `params` for the configured epochs on `data`; returns the last epoch's stats.
-    /// Momentum starts from zero and the FedProx anchor is `params` as given.
+    /// Momentum starts from zero (or, with [`MomentumState::Persist`], from where
+    /// the previous fit on this trainer left it) and the FedProx anchor is
+    /// `params` as given.
     pub fn fit(
         &mut self,
         params: &mut [S],
@@ -370,7 +391,10 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
             cols,
             row,
         } = split(self.arena.as_mut(), &self.layout);
-        velocity.fill(S::ZERO);
+        if !(cfg.momentum_state == MomentumState::Persist && self.velocity_kept) {
+            velocity.fill(S::ZERO);
+        }
+        self.velocity_kept = !velocity.is_empty();
         anchor.copy_from_slice(&params[..anchor.len()]);
         let mut rng = Rng::new(seed);
         let lr = S::from_f32(cfg.lr);
@@ -622,6 +646,62 @@ mod tests {
             Trainer::<Fixed, _>::new_on(&spec, &TrainConfig::default(), Kernels::Fused),
             Err(Error::BadConfig(_))
         ));
+    }
+
+    type HostTrainer = Trainer<f32, std::vec::Vec<f32>>;
+
+    #[test]
+    fn persisted_momentum_carries_over_until_the_layout_changes() {
+        let spec = ModelSpec::mlp(&[90, 7, 3]).unwrap();
+        let data = noise::<90>(16, 3, 5);
+        let mut init = std::vec![0.0f32; spec.param_count()];
+        crate::model::init_params(&Plan::new(&spec), &mut init, &mut Rng::new(2));
+        let cfg = |momentum_state| TrainConfig {
+            batch_size: 4,
+            momentum_state,
+            ..TrainConfig::default()
+        };
+        // The second of two fits from the same weights, on one trainer.
+        let second_fit = |trainer: &mut HostTrainer, between: &dyn Fn(&mut HostTrainer)| {
+            let mut p = init.clone();
+            trainer.fit(&mut p, &data, 1).unwrap();
+            between(trainer);
+            let mut p = init.clone();
+            trainer.fit(&mut p, &data, 1).unwrap();
+            p
+        };
+        let fresh = {
+            let mut p = init.clone();
+            Trainer::<f32, _>::new(&spec, &cfg(MomentumState::Round))
+                .unwrap()
+                .fit(&mut p, &data, 1)
+                .unwrap();
+            p
+        };
+        let nothing = |_: &mut HostTrainer| {};
+        let round = second_fit(
+            &mut Trainer::new(&spec, &cfg(MomentumState::Round)).unwrap(),
+            &nothing,
+        );
+        assert_eq!(round, fresh, "momentum restarts every fit");
+        let persist = cfg(MomentumState::Persist);
+        let kept = second_fit(&mut Trainer::new(&spec, &persist).unwrap(), &nothing);
+        assert_ne!(kept, fresh, "the first fit's velocity carried over");
+        // Evaluating on the same trainer leaves the velocity alone...
+        let evaluated = second_fit(&mut Trainer::new(&spec, &persist).unwrap(), &|t| {
+            t.evaluate(&init, &data).unwrap();
+        });
+        assert_eq!(evaluated, kept);
+        // ...but settings that move the arena's buffers start it again from zero.
+        let relaid = second_fit(&mut Trainer::new(&spec, &persist).unwrap(), &|t| {
+            t.set_config(&TrainConfig {
+                momentum: 0.0,
+                ..persist
+            })
+            .unwrap();
+            t.set_config(&persist).unwrap();
+        });
+        assert_eq!(relaid, fresh);
     }
 
     /// Random images and labels, the same for every run of a test. Every

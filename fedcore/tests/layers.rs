@@ -64,7 +64,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "summary",
         ],
     ),
-    ("host-client/src", &["attack", "participant"]),
+    ("host-client/src", &["attack", "slots", "participant"]),
     ("firmware-sim/src", &["line", "uart", "board"]),
 ];
 

@@ -201,7 +201,7 @@ async fn session(
                 let stats = compute(
                     (&state.cores, &state.slots),
                     model,
-                    ins.config,
+                    Some(ins.config),
                     &state.data.train,
                     move |t, p, d, between| t.fit_with(p, d, seed, between),
                 )
@@ -261,14 +261,9 @@ async fn evaluate(
     round: u32,
 ) -> Result<EvaluateRes, SessionError> {
     let t = Instant::now();
-    let stats = compute(
-        cores,
-        model,
-        TrainConfig::evaluation(),
-        test,
-        |t, p, d, _| t.evaluate(p, d),
-    )
-    .await?;
+    // The held trainer as it is (its arena serves evaluation too), so that a
+    // velocity kept for the next fit survives.
+    let stats = compute(cores, model, None, test, |t, p, d, _| t.evaluate(p, d)).await?;
     let (examples, loss, accuracy) = (stats.examples, stats.loss(), stats.accuracy());
     Ok(EvaluateRes {
         round,
@@ -306,11 +301,12 @@ type Cores<'a> = (&'a Arc<Semaphore>, &'a Option<Arc<Slots>>);
 
 /// Runs `work` on a blocking thread once a core of this process is free and in
 /// a machine-wide training slot if there are slots, with a trainer for `cfg`
-/// (the held one when its arena fits) and the parameters moved there and back.
+/// (the held one when its arena fits; with no `cfg`, the held one as it is, or
+/// one for evaluation) and the parameters moved there and back.
 async fn compute<R: Send + 'static>(
     (cores, slots): Cores<'_>,
     model: &mut Model,
-    cfg: TrainConfig,
+    cfg: Option<TrainConfig>,
     data: &Shard,
     work: impl FnOnce(
         &mut Trainer<f32, Vec<f32>>,
@@ -334,10 +330,13 @@ async fn compute<R: Send + 'static>(
     );
     let joined = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let reused = trainer.and_then(|mut t| t.set_config(&cfg).is_ok().then_some(t));
+        let reused = trainer.and_then(|mut t| match cfg {
+            Some(cfg) => t.set_config(&cfg).is_ok().then_some(t),
+            None => Some(t),
+        });
         let mut trainer = match reused {
             Some(t) => t,
-            None => Trainer::new(&spec, &cfg)?,
+            None => Trainer::new(&spec, &cfg.unwrap_or_else(TrainConfig::evaluation))?,
         };
         let mut turn = slots.as_deref().map(Slots::take);
         let mut between = |trained| {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fedcore::model::ModelSpec;
-use fedcore::train::{Rounding, TrainConfig};
+use fedcore::train::{MomentumState, Rounding, TrainConfig};
 use fedhost::link::DEFAULT_ADDRESS;
 use host_server::config::{Krum, Limits, SerialLine, ServerConfig, ServerTuning, Strategy};
 use host_server::federation::{self, Progress};
@@ -36,6 +36,15 @@ enum Command {
         #[arg(short, long, default_value = "compare.png")]
         output: PathBuf,
     },
+}
+
+/// `--momentum-state`: fedcore's [`MomentumState`] on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MomentumArg {
+    /// Momentum restarts from zero every round.
+    Round,
+    /// Momentum carries over from one round to the next.
+    Persist,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +88,11 @@ struct RunArgs {
     /// Local momentum.
     #[arg(long, default_value_t = 0.9)]
     momentum: f32,
+    /// Whether local momentum carries over between rounds: round (it restarts
+    /// from zero every round) or persist (a client keeps its velocity while its
+    /// weights are reset to the global model, as the reference's Keras clients do).
+    #[arg(long, value_enum, default_value_t = MomentumArg::Round)]
+    momentum_state: MomentumArg,
     /// FedProx proximal coefficient (with --strategy fedprox).
     #[arg(long, default_value_t = 0.01)]
     proximal_mu: f32,
@@ -168,6 +182,10 @@ impl RunArgs {
                 momentum: self.momentum,
                 proximal_mu: self.strategy.local_mu(self.proximal_mu),
                 rounding: Rounding::Stochastic,
+                momentum_state: match self.momentum_state {
+                    MomentumArg::Round => MomentumState::Round,
+                    MomentumArg::Persist => MomentumState::Persist,
+                },
             },
             trim_fraction: self.trim_fraction,
             krum: Krum {

@@ -17,6 +17,6 @@ pub mod network;
 pub mod plan;
 pub mod spec;
 
-pub use network::init_params;
+pub use network::{Initializer, init_params};
 pub use plan::{Fusion, Plan, Stage};
 pub use spec::{Layer, MAX_LAYERS, ModelSpec, Shape};

@@ -262,16 +262,62 @@ pub(crate) fn softmax_xent<S: Scalar>(
     (loss, correct)
 }
 
-/// He-uniform initialisation (weights uniform in ±sqrt(6 / fan_in), biases zero),
-/// drawn in f32 and converted, so every scalar type starts from the same model.
+/// How Keras initialises a layer's kernel (biases start at zero either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initializer {
+    /// Uniform in ±sqrt(6 / (fan_in + fan_out)): Keras' default.
+    GlorotUniform,
+    /// Uniform in ±sqrt(6 / fan_in).
+    HeUniform,
+}
+
+impl Initializer {
+    /// What the model's Keras code initialises `stage` with: the reference CNN
+    /// ([`ModelSpec::reference_cnn`](crate::model::ModelSpec::reference_cnn))
+    /// asks for he_uniform on its convolution and first dense layer; every other
+    /// layer, and every layer of any other model, keeps Keras' default.
+    pub fn keras(plan: &Plan, stage: &Stage) -> Self {
+        let reference = *plan.spec() == crate::model::ModelSpec::reference_cnn();
+        let first_dense = plan
+            .stages()
+            .iter()
+            .find(|s| matches!(s.layer, Layer::Dense { .. }));
+        let asks_for_he = matches!(stage.layer, Layer::Conv2d { .. }) || Some(stage) == first_dense;
+        if reference && asks_for_he {
+            Initializer::HeUniform
+        } else {
+            Initializer::GlorotUniform
+        }
+    }
+
+    /// The bound of the uniform draw for a layer with these fans.
+    fn limit(self, fan_in: usize, fan_out: usize) -> f32 {
+        let fan = match self {
+            Initializer::GlorotUniform => fan_in + fan_out,
+            Initializer::HeUniform => fan_in,
+        };
+        crate::scalar::float::sqrt(6.0 / fan.max(1) as f32)
+    }
+}
+
+/// Initialises `params` as Keras initialises the model (see
+/// [`Initializer::keras`]): kernels uniform within their initializer's bound,
+/// biases zero; drawn in f32 and converted, so every scalar type starts from
+/// the same model.
 pub fn init_params<S: Scalar>(plan: &Plan, params: &mut [S], rng: &mut crate::rng::Rng) {
     for st in plan.stages() {
         let (nw, nb) = (st.weight_count(), st.bias_count());
         if nw == 0 {
             continue;
         }
-        let fan_in = (nw / nb) as f32;
-        let limit = crate::scalar::float::sqrt(6.0 / fan_in);
+        // Keras' fans: a kernel's inputs and outputs per unit, times the
+        // receptive field (3x3) for a convolution.
+        let fan_in = nw / nb;
+        let fan_out = match st.layer {
+            Layer::Conv2d { .. } => 9 * nb,
+            _ => nb,
+        };
+        let limit = Initializer::keras(plan, st).limit(fan_in, fan_out);
         let (w, b) = params[st.params..st.params + nw + nb].split_at_mut(nw);
         for v in w {
             *v = S::from_f32((2.0 * rng.uniform() - 1.0) * limit);
@@ -514,6 +560,44 @@ mod tests {
     use std::vec::Vec;
 
     const BATCH: usize = 3;
+
+    /// The largest absolute kernel value and bias of each parameter layer.
+    fn init_bounds(spec: &ModelSpec) -> Vec<(f32, f32)> {
+        let plan = Plan::new(spec);
+        let mut params = std::vec![0.0f32; plan.param_count()];
+        init_params(&plan, &mut params, &mut Rng::new(9));
+        plan.stages()
+            .iter()
+            .filter(|s| s.weight_count() > 0)
+            .map(|s| {
+                let (w, b) = weights(s, &params);
+                let max = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                (max(w), max(b))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn models_start_as_keras_initialises_them() {
+        // The reference CNN: he_uniform on the convolution (fan_in 9) and the first
+        // dense layer (5408), glorot_uniform on the output layer (100 + 10).
+        let cnn = init_bounds(&ModelSpec::reference_cnn());
+        let bounds = [
+            (6.0f32 / 9.0).sqrt(),
+            (6.0f32 / 5408.0).sqrt(),
+            (6.0f32 / 110.0).sqrt(),
+        ];
+        for ((w, b), bound) in cnn.iter().zip(bounds) {
+            assert_eq!(*b, 0.0);
+            assert!(*w <= bound && *w > 0.9 * bound, "{w} vs {bound}");
+        }
+        // Any other model keeps Keras' default everywhere: glorot_uniform.
+        let mlp = init_bounds(&ModelSpec::mlp(&[784, 128, 10]).unwrap());
+        let bounds = [(6.0f32 / 912.0).sqrt(), (6.0f32 / 138.0).sqrt()];
+        for ((w, _), bound) in mlp.iter().zip(bounds) {
+            assert!(*w <= bound && *w > 0.9 * bound, "{w} vs {bound}");
+        }
+    }
 
     /// Small nets that between them exercise every layer, and every input gradient.
     fn nets() -> Vec<ModelSpec> {

@@ -14,7 +14,7 @@ use crate::scalar::Scalar;
 use crate::train::TrainConfig;
 
 /// Version of this protocol; a server refuses a hello with another.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// What kind of participant says hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
