@@ -11,7 +11,7 @@
 #            [--out DIR] [--port P (0: any free port)] [--data-dir DIR] [--encoding f32|int8]
 #            [--train-slots N (clients training at once; default: the cores; 0: no turns)]
 #            [--seed S (the model's initialisation and the rounds' sample orders)]
-#            [--momentum-state round|persist (local momentum restarts each round, or carries over)]
+#            [--momentum-state persist|round (local momentum carries over between rounds, or restarts)]
 #            [--devices N] [--device-baud B (0: unthrottled)] [--device-ber P (bit errors, e.g. 1e-4)]
 #                                                            devices need a model that fits
 #                                                            128 KiB, e.g. --model mlp:784-32-10
@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
-devices=0 device_baud=115200 device_ber=0 encoding=f32 train_slots=$(nproc) seed=0 momentum_state=round
+devices=0 device_baud=115200 device_ber=0 encoding=f32 train_slots=$(nproc) seed=0 momentum_state=persist
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;

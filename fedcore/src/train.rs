@@ -64,7 +64,8 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The reference lab's settings: 1 epoch, batch 32, lr 0.01, momentum 0.9.
+    /// The reference lab's settings: 1 epoch, batch 32, lr 0.01, momentum 0.9,
+    /// kept from one fit to the next as its Keras clients keep it.
     fn default() -> Self {
         TrainConfig {
             epochs: 1,
@@ -73,7 +74,7 @@ impl Default for TrainConfig {
             momentum: 0.9,
             proximal_mu: 0.0,
             rounding: Rounding::Stochastic,
-            momentum_state: MomentumState::Round,
+            momentum_state: MomentumState::Persist,
         }
     }
 }

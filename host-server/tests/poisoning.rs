@@ -62,7 +62,10 @@ fn one_poisoned_client_of_five_wrecks_fedavg_but_not_the_robust_strategies() {
     for (name, args, within) in [
         ("poison-median", &["--strategy", "median"][..], 0.01),
         ("poison-trimmed", &["--strategy", "trimmed-mean"], 0.01),
-        ("poison-krum", &["--strategy", "krum"], 0.01),
+        // Krum keeps one update of five a round, so it trails FedAvg by about a
+        // point with no attacker at all (94.3-94.6% against 95.7%, measured
+        // with bench/poison.sh's runs under both --momentum-state values).
+        ("poison-krum", &["--strategy", "krum"], 0.015),
         (
             "poison-multi-krum",
             &["--strategy", "krum", "--krum-keep", "3"],
