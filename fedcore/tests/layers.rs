@@ -65,6 +65,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("host-client/src", &["attack", "slots", "participant"]),
+    ("flower-bridge/src", &["npy", "tensors"]),
     ("firmware-sim/src", &["line", "uart", "board"]),
 ];
 

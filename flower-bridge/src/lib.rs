@@ -1,0 +1,14 @@
+//! The Flower bridge: what Flower's clients and servers send, in our terms.
+//!
+//! Flower moves a model as a list of tensors, each the bytes of
+//! `numpy.save(allow_pickle=False)`, in the order Keras' `get_weights()`
+//! returns them; fedcore holds one flat buffer in that same order. This crate
+//! turns one into the other, checking every tensor's shape against the model
+//! before a value is written, so a Flower client with another model gets a
+//! clear error and changes nothing.
+//!
+//! - [`npy`]: NumPy's `.npy` format, read straight into a caller's buffer;
+//! - [`tensors`]: a model's tensor list to and from its flat parameters.
+
+pub mod npy;
+pub mod tensors;
