@@ -65,7 +65,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("host-client/src", &["attack", "slots", "participant"]),
-    ("flower-bridge/src", &["npy", "tensors"]),
+    ("flower-bridge/src", &["npy", "tensors", "legacy"]),
     ("firmware-sim/src", &["line", "uart", "board"]),
 ];
 

@@ -8,7 +8,10 @@
 //! clear error and changes nothing.
 //!
 //! - [`npy`]: NumPy's `.npy` format, read straight into a caller's buffer;
-//! - [`tensors`]: a model's tensor list to and from its flat parameters.
+//! - [`tensors`]: a model's tensor list to and from its flat parameters;
+//! - [`legacy`]: Flower's original gRPC protocol (`start_numpy_client`,
+//!   `start_server`): its messages, and models, configs and metrics in them.
 
+pub mod legacy;
 pub mod npy;
 pub mod tensors;
