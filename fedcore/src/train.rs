@@ -116,7 +116,7 @@ impl TrainConfig {
 }
 
 /// Which kernels a trainer runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
     /// The plain loops of every build, layer by layer: what devices run.
     Portable,
