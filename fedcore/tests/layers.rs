@@ -58,6 +58,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "exchange",
             "strikes",
             "participant",
+            "flower",
             "round",
             "checkpoint",
             "federation",
@@ -65,7 +66,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("host-client/src", &["attack", "slots", "participant"]),
-    ("flower-bridge/src", &["npy", "tensors", "legacy"]),
+    ("flower-bridge/src", &["npy", "tensors", "legacy", "join"]),
     ("firmware-sim/src", &["line", "uart", "board"]),
 ];
 

@@ -10,8 +10,11 @@
 //! - [`npy`]: NumPy's `.npy` format, read straight into a caller's buffer;
 //! - [`tensors`]: a model's tensor list to and from its flat parameters;
 //! - [`legacy`]: Flower's original gRPC protocol (`start_numpy_client`,
-//!   `start_server`): its messages, and models, configs and metrics in them.
+//!   `start_server`): its messages, and models, configs and metrics in them;
+//! - [`join`]: that protocol's stream, served to Flower clients or opened to a
+//!   Flower server.
 
+pub mod join;
 pub mod legacy;
 pub mod npy;
 pub mod tensors;

@@ -191,6 +191,7 @@ mod tests {
             out: dir.to_path_buf(),
             seed: 3,
             serial: Vec::new(),
+            flower_bind: None,
             limits: Limits::default(),
             resume: true,
         }

@@ -259,6 +259,8 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Serial lines with a device on them.
     pub serial: Vec<SerialLine>,
+    /// Address Flower clients of the original protocol join on, if any.
+    pub flower_bind: Option<SocketAddr>,
     /// What participants may claim, and how many may join.
     pub limits: Limits,
     /// Continue the run whose checkpoint is in `out` instead of starting anew.

@@ -218,20 +218,19 @@ pub async fn fit<T: AsyncRead + AsyncWrite + Unpin>(
         .upload
         .ok_or_else(|| JobError::Protocol("no update".into()))?;
     // Nothing the participant sent touches anything before it passes.
-    validate::fit(&res, &params, &peer.declared)?;
-    if let Some(ev) = &evaluation {
-        validate::evaluation(ev, &peer.declared)?;
-    }
-    if let Some(max) = peer.max_update_norm {
-        let norm = validate::clip(&mut params, global, max);
-        if norm > f64::from(max) {
-            tracing::info!(round, norm, max, "update clipped to the norm bound");
-        }
-    }
+    validate::accept_fit(
+        &res,
+        &mut params,
+        evaluation.as_ref(),
+        global,
+        &peer.declared,
+        peer.max_update_norm,
+    )?;
     let compute = f64::from(res.seconds) + evaluation.map_or(0.0, |e| f64::from(e.seconds));
     Ok(FitDone {
         params,
         res,
+        scored: true,
         evaluation,
         traffic: talk.traffic(compute),
         slot,

@@ -1,8 +1,9 @@
 //! The round loop: sample, send, collect under a deadline, aggregate, evaluate, record.
 //!
 //! Participants come from a [`Listener`] (TCP in the binary, in-memory pipes
-//! in tests) and from the serial lines named in the config (one task each, for
-//! the whole run); the loop treats them alike. What each round did is written
+//! in tests), from the serial lines named in the config (one task each, for
+//! the whole run) and from Flower's stream ([`crate::flower`]); the loop
+//! treats them alike. What each round did is written
 //! down by [`crate::round`].
 
 use std::path::PathBuf;
@@ -91,6 +92,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Listener for mpsc::Rece
 pub async fn run(
     config: ServerConfig,
     listener: impl Listener,
+    flower: Option<TcpListener>,
     progress: &dyn Progress,
 ) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&config.out)
@@ -103,6 +105,7 @@ pub async fn run(
         strikes: Strikes::new(config.limits.max_strikes, 4 * config.limits.max_clients),
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+    let flower = flower.map(|l| tokio::spawn(crate::flower::serve(l, Arc::clone(&shared))));
     let lines: Vec<_> = config
         .serial
         .iter()
@@ -121,7 +124,7 @@ pub async fn run(
     // Each connection task leaves the registry once its goodbye is written: wait for
     // that, so clients hear it before the process exits, instead of a dropped link.
     shared.registry.wait_empty(GOODBYE_WAIT).await;
-    for line in lines {
+    for line in lines.into_iter().chain(flower) {
         line.abort();
     }
     result

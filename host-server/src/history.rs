@@ -23,6 +23,20 @@ pub enum LinkKind {
     Tcp,
     /// A serial line.
     Serial,
+    /// A Flower client on Flower's original gRPC stream (`start_numpy_client`).
+    #[serde(rename = "flower-legacy")]
+    FlowerLegacy,
+}
+
+impl LinkKind {
+    /// The name the history and the summary give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkKind::Tcp => "tcp",
+            LinkKind::Serial => "serial",
+            LinkKind::FlowerLegacy => "flower-legacy",
+        }
+    }
 }
 
 /// Who a record is about: the server-given id, the name it gave, its link.
@@ -111,7 +125,8 @@ pub struct ParticipantRecord {
     /// Resend requests this round, both ways (a lossy line's repairs).
     #[serde(default)]
     pub resends: u32,
-    /// Its training report.
+    /// Its training report (none when it did not train, or trained without
+    /// reporting its training loss and accuracy, as a Flower client may).
     pub fit: Option<Scores>,
     /// Its evaluation report.
     pub evaluate: Option<Scores>,
@@ -381,7 +396,7 @@ impl History {
         for (i, p) in at {
             let s = &mut all[i];
             s.rounds_present += 1;
-            s.rounds_trained += u32::from(p.fit.is_some());
+            s.rounds_trained += u32::from(p.examples > 0);
             s.examples = s.examples.max(p.examples);
             s.bytes_per_round += (p.bytes_sent + p.bytes_received) as f64;
             s.seconds_per_round += p.seconds;

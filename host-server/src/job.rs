@@ -9,6 +9,7 @@ use std::sync::Arc;
 use fedcore::protocol::{EvaluateRes, FitRes};
 use fedcore::train::TrainConfig;
 use fedhost::link::LinkError;
+use flower_bridge::legacy::LegacyError;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
@@ -34,6 +35,9 @@ pub struct FitDone {
     pub params: Vec<f32>,
     /// Its report.
     pub res: FitRes,
+    /// Whether the report's training loss and accuracy are the participant's
+    /// (a Flower client need not report them: then they are 0 and recorded nowhere).
+    pub scored: bool,
     /// Its evaluation of the previous aggregate, when asked for.
     pub evaluation: Option<EvaluateRes>,
     /// Bytes and time.
@@ -78,6 +82,10 @@ pub enum JobError {
     /// Its answer failed validation: it never touched the model or the metrics.
     #[error("its answer was refused: {0}")]
     Rejected(#[from] Rejection),
+    /// A Flower client's answer could not be read (another model's tensors,
+    /// no example count, a missing metric) or reported its own failure.
+    #[error("its Flower answer was refused: {0}")]
+    Flower(#[from] LegacyError),
     /// It held an upload slot without sending anything for too long.
     #[error("it sent nothing for {0:?} in the middle of its update")]
     NoProgress(std::time::Duration),
@@ -96,6 +104,8 @@ impl JobError {
             JobError::Deadline => FailureKind::Deadline,
             JobError::Stalled { .. } | JobError::NoProgress(_) => FailureKind::Stalled,
             JobError::Rejected(_) => FailureKind::Rejected,
+            JobError::Flower(LegacyError::Status { .. }) => FailureKind::Participant,
+            JobError::Flower(_) => FailureKind::Rejected,
             JobError::Link(_) => FailureKind::Link,
             JobError::Participant(_) => FailureKind::Participant,
             JobError::Protocol(_) | JobError::Transfer(_) => FailureKind::Protocol,

@@ -9,6 +9,7 @@
 //! - [`exchange`]: one job's conversation over a link, a driver of fedcore's transfer engine;
 //! - [`strikes`]: participants that fail the same way again and again, and the dropped;
 //! - [`participant`]: connections, their handshake, heartbeats, and the jobs they carry out;
+//! - [`flower`]: Flower clients of the original protocol as participants;
 //! - [`round`]: one round's bookkeeping;
 //! - [`checkpoint`]: what a killed run needs to resume after its last completed round;
 //! - [`federation`]: the round loop (sample, send, collect, aggregate, evaluate, record);
@@ -20,6 +21,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod exchange;
 pub mod federation;
+pub mod flower;
 pub mod history;
 pub mod job;
 pub mod participant;

@@ -153,6 +153,12 @@ struct RunArgs {
     /// firmware-sim prints its pty path). Devices count as clients.
     #[arg(long = "serial", value_name = "PATH[@BAUD]")]
     serial: Vec<SerialLine>,
+    /// Also take Flower clients of the original protocol (flwr 1.0-1.42
+    /// `start_numpy_client` / `start_client`, gRPC) on this address; they
+    /// train and evaluate beside ours, on the same model (their tensors must
+    /// have its shapes), as kind flower-legacy.
+    #[arg(long, value_name = "HOST:PORT")]
+    flower_bind: Option<SocketAddr>,
     /// Write logs to this file instead of standard error.
     #[arg(long)]
     log_file: Option<PathBuf>,
@@ -201,6 +207,7 @@ impl RunArgs {
             out: self.resume.unwrap_or(self.out),
             seed: self.seed,
             serial: self.serial,
+            flower_bind: self.flower_bind,
             limits: Limits {
                 max_clients: self.max_clients,
                 max_examples: self.max_examples,
@@ -281,7 +288,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let progress = Bar(bar);
-        let outcome = federation::run(config.clone(), listener, &progress).await?;
+        let flower = match config.flower_bind {
+            Some(addr) => {
+                let flower = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for Flower clients on {addr}"))?;
+                println!("flower listening on {}", flower.local_addr()?);
+                Some(flower)
+            }
+            None => None,
+        };
+        let outcome = federation::run(config.clone(), listener, flower, &progress).await?;
         progress.0.finish();
         println!();
         print!(

@@ -134,7 +134,8 @@ impl Registry {
         true
     }
 
-    fn remove(&self, id: u32) {
+    /// Takes participant `id` out.
+    pub(crate) fn remove(&self, id: u32) {
         self.lock().remove(&id);
         self.changed.notify_waiters();
     }
@@ -416,18 +417,13 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         heartbeat.heard();
-        match outcome {
-            Ok(()) => shared.strikes.succeeded(&name),
-            Err(failed) => {
-                // A failed job leaves the link in an unknown state: close it.
-                match shared.strikes.failed(&name, failed.kind, &failed.reason) {
-                    Some(verdict) => {
-                        tracing::warn!(id, %name, "{verdict}");
-                        break Ended::Dropped(verdict);
-                    }
-                    None => break Ended::Failed,
-                }
-            }
+        if let Some(verdict) = shared.strikes.record(&name, &outcome) {
+            tracing::warn!(id, %name, "{verdict}");
+            break Ended::Dropped(verdict);
+        }
+        // A failed job leaves the link in an unknown state: close it.
+        if outcome.is_err() {
+            break Ended::Failed;
         }
     };
     shared.registry.remove(id);
@@ -505,6 +501,38 @@ impl Heartbeat {
     }
 }
 
+/// Gives a participant named `name` an id and enters it in the registry,
+/// unless its name is too long, it was dropped, or the federation is full
+/// (then the code to tell it and why). Jobs for it wait in the channel.
+pub(crate) fn enter(
+    shared: &Shared,
+    name: String,
+    kind: LinkKind,
+) -> Result<(Handle, mpsc::Receiver<Job>), (ErrorCode, AdmissionError)> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err((ErrorCode::Unsupported, AdmissionError::Name(name.len())));
+    }
+    if let Some(verdict) = shared.strikes.dropped(&name) {
+        return Err((ErrorCode::Dropped, AdmissionError::Dropped(verdict)));
+    }
+    let id = shared.registry.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(4);
+    let handle = Handle {
+        who: Identity { id, name, kind },
+        jobs: tx,
+    };
+    // Counted and entered in one step, so hellos racing at the limit cannot
+    // both pass.
+    if !shared
+        .registry
+        .admit(handle.clone(), shared.limits.max_clients)
+    {
+        let full = AdmissionError::Full(shared.limits.max_clients);
+        return Err((ErrorCode::Unsupported, full));
+    }
+    Ok((handle, rx))
+}
+
 /// Checks the hello's version, gives the participant an id and the model.
 async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
@@ -520,13 +548,6 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
         .max(hello.declared.test_examples);
     let refusal = if hello.version != PROTOCOL_VERSION {
         Some((ErrorCode::Version, AdmissionError::Version(hello.version)))
-    } else if hello.name.len() > MAX_NAME_BYTES {
-        Some((
-            ErrorCode::Unsupported,
-            AdmissionError::Name(hello.name.len()),
-        ))
-    } else if let Some(verdict) = shared.strikes.dropped(&hello.name) {
-        Some((ErrorCode::Dropped, AdmissionError::Dropped(verdict)))
     } else if most > limits.max_examples {
         let e = AdmissionError::Examples {
             declared: most,
@@ -539,22 +560,11 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
     if let Some((code, refusal)) = refusal {
         return Err(refuse(link, code, refusal).await);
     }
-    let id = shared.registry.next_id.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(4);
-    let handle = Handle {
-        who: Identity {
-            id,
-            name: hello.name,
-            kind,
-        },
-        jobs: tx,
+    let (handle, rx) = match enter(shared, hello.name, kind) {
+        Ok(entered) => entered,
+        Err((code, refusal)) => return Err(refuse(link, code, refusal).await),
     };
-    // Counted and entered in one step, so hellos racing at the limit cannot
-    // both pass; jobs for it wait in its channel until the welcome is out.
-    if !shared.registry.admit(handle.clone(), limits.max_clients) {
-        let full = AdmissionError::Full(limits.max_clients);
-        return Err(refuse(link, ErrorCode::Unsupported, full).await);
-    }
+    let id = handle.who.id;
     let welcomed = link
         .send(&Message::Welcome(Welcome {
             client_id: id,

@@ -39,11 +39,13 @@ impl RoundBook {
     pub fn trained(&mut self, who: &Identity, done: &FitDone, previous: Option<&mut RoundRecord>) {
         let r = done.res;
         self.trained += 1;
-        self.train_loss.add(u64::from(r.examples), r.loss);
-        self.train_accuracy.add(u64::from(r.examples), r.accuracy);
         let p = self.record.participant(who);
         p.examples = r.examples;
-        p.fit = Some(Scores::from(r));
+        if done.scored {
+            self.train_loss.add(u64::from(r.examples), r.loss);
+            self.train_accuracy.add(u64::from(r.examples), r.accuracy);
+            p.fit = Some(Scores::from(r));
+        }
         p.add(&done.traffic);
         if let (Some(ev), Some(prev)) = (done.evaluation, previous) {
             prev.participant(who).evaluate = Some(Scores::from(ev));

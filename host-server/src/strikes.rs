@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::history::FailureKind;
+use crate::job::Failed;
 
 /// Strikes against names, and the dropped.
 #[derive(Debug)]
@@ -60,6 +61,17 @@ impl Strikes {
                 | FailureKind::Protocol
                 | FailureKind::Deadline
         )
+    }
+
+    /// Records how `name`'s job ended; the verdict if this failure drops it.
+    pub fn record(&self, name: &str, outcome: &Result<(), Failed>) -> Option<String> {
+        match outcome {
+            Ok(()) => {
+                self.succeeded(name);
+                None
+            }
+            Err(failed) => self.failed(name, failed.kind, &failed.reason),
+        }
     }
 
     /// `name` carried out a job: its strikes are cleared.

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use crate::config::ServerConfig;
 use crate::federation::Outcome;
-use crate::history::LinkKind;
 
 /// The summary of a finished run that took `wall` in all.
 pub fn render(config: &ServerConfig, outcome: &Outcome, wall: Duration) -> String {
@@ -45,10 +44,7 @@ pub fn render(config: &ServerConfig, outcome: &Outcome, wall: Duration) -> Strin
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for p in outcome.history.participants() {
-        let kind = match p.kind {
-            LinkKind::Tcp => "tcp",
-            LinkKind::Serial => "serial",
-        };
+        let kind = p.kind.name();
         let _ = writeln!(
             out,
             "| {} | {kind} | {}/{} | {} | {:.1} KB | {:.2} | {:.2} | {} | {} | {} |",

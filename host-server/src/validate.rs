@@ -33,7 +33,9 @@ pub enum Rejection {
         count: usize,
     },
     /// A training example count of 0 or above what it declared.
-    #[error("it claims {claimed} training examples, but declared {declared} when it joined")]
+    #[error(
+        "it claims {claimed} training examples; it may claim 1 to {declared} (what it declared when it joined, or --max-examples)"
+    )]
     TrainExamples {
         /// What the result says.
         claimed: u32,
@@ -41,7 +43,9 @@ pub enum Rejection {
         declared: u32,
     },
     /// A test example count above what it declared.
-    #[error("it claims {claimed} test examples, but declared {declared} when it joined")]
+    #[error(
+        "it claims {claimed} test examples; it may claim at most {declared} (what it declared when it joined, or --max-examples)"
+    )]
     TestExamples {
         /// What the result says.
         claimed: u32,
@@ -88,6 +92,34 @@ pub fn fit(res: &FitRes, update: &[f32], declared: &Declared) -> Result<(), Reje
             first,
             count: 1 + bad.count(),
         });
+    }
+    Ok(())
+}
+
+/// Checks a fit's report, its update and the evaluation that came with it;
+/// then, with a bound, clips the update to at most `max_update_norm` from `global`.
+pub fn accept_fit(
+    res: &FitRes,
+    update: &mut [f32],
+    evaluation: Option<&EvaluateRes>,
+    global: &[f32],
+    declared: &Declared,
+    max_update_norm: Option<f32>,
+) -> Result<(), Rejection> {
+    fit(res, update, declared)?;
+    if let Some(ev) = evaluation {
+        self::evaluation(ev, declared)?;
+    }
+    if let Some(max) = max_update_norm {
+        let norm = clip(update, global, max);
+        if norm > f64::from(max) {
+            tracing::info!(
+                round = res.round,
+                norm,
+                max,
+                "update clipped to the norm bound"
+            );
+        }
     }
     Ok(())
 }

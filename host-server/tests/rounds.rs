@@ -59,6 +59,7 @@ fn config(out: &std::path::Path, participants: usize) -> ServerConfig {
         out: out.to_path_buf(),
         seed: 5,
         serial: Vec::new(),
+        flower_bind: None,
         server_eval: None,
         limits: Limits::default(),
         resume: false,
@@ -79,6 +80,15 @@ struct Federated {
 /// Runs `config` with the two honest participants (+1 on 100 examples scoring
 /// 0.5, -1 on 300 scoring 0.8), who must be told goodbye, and the `others`.
 async fn federate(config: ServerConfig, others: &[(&'static str, Behaviour)]) -> Federated {
+    federate_with(config, others, None).await
+}
+
+/// [`federate`], also taking Flower clients on `flower`.
+async fn federate_with(
+    config: ServerConfig,
+    others: &[(&'static str, Behaviour)],
+    flower: Option<tokio::net::TcpListener>,
+) -> Federated {
     let (connect, listener) = mpsc::channel(16);
     let mut participants = tokio::task::JoinSet::new();
     // The others join first (they get the lowest ids, so jobs reach them first).
@@ -106,7 +116,9 @@ async fn federate(config: ServerConfig, others: &[(&'static str, Behaviour)]) ->
     let started = tokio::time::Instant::now();
     let progress = Count::default();
     let seed = config.seed;
-    let outcome = federation::run(config, listener, &progress).await.unwrap();
+    let outcome = federation::run(config, listener, flower, &progress)
+        .await
+        .unwrap();
     let virtual_time = started.elapsed();
     let (honest, endings): (Vec<_>, Vec<_>) = participants
         .join_all()
@@ -356,5 +368,173 @@ async fn a_participant_that_fails_the_same_way_is_told_why_and_dropped_and_the_r
             "{name}: {verdict}"
         );
         assert_eq!(refusal, verdict, "{name}");
+    }
+}
+
+/// What a scripted Flower client (original protocol) does with a fit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum FlowerBehaviour {
+    /// Adds 1 to every parameter on 400 examples, reports no training
+    /// metrics (as the reference lab's client), and scores 0.9 on 400.
+    Honest,
+    /// Answers with another model's tensors.
+    WrongShapes,
+    /// Answers with bytes that are not `.npy`.
+    Garbage,
+    /// Leaves `num_examples` out (0 on the wire).
+    NoExamples,
+}
+
+/// A Flower client on the original stream to `addr`, which rejoins after
+/// each refusal (a hostile one would) until the server says goodbye; what
+/// ended each of its streams.
+async fn flower_client(addr: std::net::SocketAddr, behaviour: FlowerBehaviour) -> Vec<String> {
+    use flower_bridge::legacy::proto::{client_message, server_message};
+    use flower_bridge::legacy::{self, proto};
+    let spec = model();
+    let mut endings = Vec::new();
+    while let Ok(mut stream) = flower_bridge::join::connect(addr).await {
+        let reason = loop {
+            let msg = match stream.recv().await {
+                Ok(msg) => msg,
+                Err(e) => break e.to_string(),
+            };
+            let answer = match msg.msg {
+                Some(server_message::Msg::FitIns(ins)) => {
+                    let mut params = vec![0.0; spec.param_count()];
+                    legacy::read_parameters(&spec, &ins.parameters.unwrap(), &mut params).unwrap();
+                    params.iter_mut().for_each(|p| *p += 1.0);
+                    let mut res = client_message::FitRes {
+                        status: None,
+                        parameters: Some(legacy::parameters(&spec, &params)),
+                        num_examples: 400,
+                        metrics: Default::default(),
+                    };
+                    match behaviour {
+                        FlowerBehaviour::Honest => {}
+                        FlowerBehaviour::WrongShapes => {
+                            let other = ModelSpec::mlp(&[4, 4, 2]).unwrap();
+                            let wrong = vec![0.0; other.param_count()];
+                            res.parameters = Some(legacy::parameters(&other, &wrong));
+                        }
+                        FlowerBehaviour::Garbage => {
+                            res.parameters = Some(proto::Parameters {
+                                tensors: vec![b"garbage".to_vec(); 4],
+                                tensor_type: legacy::TENSOR_TYPE.into(),
+                            });
+                        }
+                        FlowerBehaviour::NoExamples => res.num_examples = 0,
+                    }
+                    proto::ClientMessage {
+                        msg: Some(client_message::Msg::FitRes(res)),
+                    }
+                }
+                // The hostile ones evaluate over no examples: no weight.
+                Some(server_message::Msg::EvaluateIns(_)) => match behaviour {
+                    FlowerBehaviour::Honest => legacy::evaluate_res(400, 0.1, 0.9),
+                    _ => legacy::evaluate_res(0, 1.0, 0.0),
+                },
+                Some(server_message::Msg::ReconnectIns(_)) => {
+                    stream.send(legacy::disconnect_res()).await.unwrap();
+                    endings.push("goodbye".to_string());
+                    return endings;
+                }
+                other => panic!("{other:?}"),
+            };
+            if let Err(e) = stream.send(answer).await {
+                break e.to_string();
+            }
+        };
+        endings.push(reason);
+    }
+    endings
+}
+
+#[tokio::test]
+async fn flower_clients_train_beside_ours_and_their_bad_answers_never_touch_the_model() {
+    let flower = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = flower.local_addr().unwrap();
+    let behaviours = [
+        FlowerBehaviour::Honest,
+        FlowerBehaviour::WrongShapes,
+        FlowerBehaviour::Garbage,
+        FlowerBehaviour::NoExamples,
+    ];
+    let clients: Vec<_> = behaviours
+        .iter()
+        .map(|&b| tokio::spawn(flower_client(addr, b)))
+        .collect();
+    let out = tempfile::tempdir().unwrap();
+    let Federated { outcome, first, .. } =
+        federate_with(config(out.path(), 6), &[], Some(flower)).await;
+    let rounds = &outcome.history.rounds;
+    assert_eq!(rounds.len(), ROUNDS as usize);
+    for r in rounds {
+        assert!(r.aggregated, "round {}", r.round);
+        // The honest Flower client weighs 400 beside 100 and 300 of ours...
+        let mut weights: Vec<(&str, u32)> = r
+            .participants
+            .iter()
+            .filter(|p| p.examples > 0)
+            .map(|p| (p.kind.name(), p.examples))
+            .collect();
+        weights.sort();
+        assert_eq!(
+            weights,
+            [("flower-legacy", 400), ("tcp", 100), ("tcp", 300)],
+            "round {}",
+            r.round
+        );
+        // ...its accuracy enters the weighted mean: (400 x 0.9 + 100 x 0.5 + 300 x 0.8) / 800...
+        let accuracy = r.accuracy_distributed.unwrap();
+        assert!(
+            (accuracy - 0.8125).abs() < 1e-6,
+            "round {}: {accuracy}",
+            r.round
+        );
+        // ...and, reporting no training metrics, it leaves the training mean to ours.
+        assert_eq!(r.fit_metrics.train_accuracy, Some(0.5));
+        // Each hostile one was refused, saying why.
+        let mut refused: Vec<&str> = r
+            .failures
+            .iter()
+            .filter(|f| f.phase == Phase::Fit)
+            .map(|f| {
+                assert_eq!(f.kind, Some(FailureKind::Rejected), "{f:?}");
+                f.reason.as_str()
+            })
+            .collect();
+        refused.sort();
+        assert_eq!(refused.len(), 3, "round {}: {refused:?}", r.round);
+        for (reason, want) in refused.iter().zip([
+            "tensor 0 has shape [4, 4]",
+            "tensor 0: not a .npy",
+            "claims 0 training examples",
+        ]) {
+            assert!(reason.contains(want), "{reason:?} lacks {want:?}");
+        }
+    }
+    // FedAvg of +1 (400), +1 (100) and -1 (300): +0.25 a round, exactly; the
+    // refused answers moved nothing.
+    for (l, f) in final_model(out.path()).iter().zip(&first) {
+        assert!((l - (f + 0.25 * ROUNDS as f32)).abs() < 1e-5, "{l} vs {f}");
+    }
+    // Every Flower client heard Flower's goodbye; the hostile ones first heard,
+    // each round, why they were refused.
+    for (client, behaviour) in clients.into_iter().zip(behaviours) {
+        let endings = client.await.unwrap();
+        assert_eq!(
+            endings.last().map(String::as_str),
+            Some("goodbye"),
+            "{behaviour:?}"
+        );
+        let refusals = endings.len() - 1;
+        match behaviour {
+            FlowerBehaviour::Honest => assert_eq!(refusals, 0, "{endings:?}"),
+            _ => {
+                assert_eq!(refusals, ROUNDS as usize, "{behaviour:?}: {endings:?}");
+                assert!(endings[0].contains("refused"), "{endings:?}");
+            }
+        }
     }
 }
