@@ -86,6 +86,18 @@ pub fn start_federation(
 
 /// Starts the server on an ephemeral port; returns it and its address.
 pub fn start_server(out: &Path, args: &[&str]) -> (Proc, String) {
+    let (server, mut lines) = start_server_announcing(out, args, 1);
+    let addr = lines
+        .remove(0)
+        .strip_prefix("listening on ")
+        .expect("the server announces its address")
+        .to_string();
+    (server, addr)
+}
+
+/// Starts the server on an ephemeral port; returns it and the first `lines`
+/// lines it prints (its addresses: ours, then Flower's with --flower-bind).
+pub fn start_server_announcing(out: &Path, args: &[&str], lines: usize) -> (Proc, Vec<String>) {
     let mut child = Command::new(bin("host-server"))
         .args(["--bind", "127.0.0.1:0", "--out"])
         .arg(out)
@@ -96,16 +108,59 @@ pub fn start_server(out: &Path, args: &[&str]) -> (Proc, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let announced = (0..lines)
+        .map(|_| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            line.trim().to_string()
+        })
+        .collect();
+    // The rest (the summary) is read and dropped, so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (Proc(child), announced)
+}
+
+/// The Python of the Flower venv, which `flower/venv.sh` builds once (flwr and
+/// numpy from PyPI). Without Python or PyPI this fails, saying so, unless
+/// `FLOWER_TESTS=skip`: then `None`, and the caller says it skipped.
+pub fn flower_python() -> Option<PathBuf> {
+    if std::env::var("FLOWER_TESTS").as_deref() == Ok("skip") {
+        eprintln!("FLOWER_TESTS=skip: the Flower test is skipped");
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flower/venv.sh");
+    let made = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        made.status.success(),
+        "{} could not build the Flower venv (Python 3 and PyPI are needed; \
+         FLOWER_TESTS=skip skips the Flower tests)",
+        script.display()
+    );
+    Some(PathBuf::from(
+        String::from_utf8(made.stdout).unwrap().trim(),
+    ))
+}
+
+/// Starts `flower/<script>` on the Flower venv's `python` with `args`, its
+/// output to `log`, telemetry off.
+pub fn start_python(python: &Path, script: &str, args: &[&str], log: &Path) -> Proc {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(python)
+        .arg(root.join("flower").join(script))
+        .args(args)
+        .current_dir(&root)
+        .env("FLWR_TELEMETRY_ENABLED", "0")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
         .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("the server announces its address")
-        .to_string();
-    (Proc(child), addr)
+    Proc(child)
 }
 
 /// Starts a client process running `here` virtual clients from `index` on, of `clients`.
