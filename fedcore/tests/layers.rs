@@ -65,7 +65,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "summary",
         ],
     ),
-    ("host-client/src", &["attack", "slots", "participant"]),
+    (
+        "host-client/src",
+        &["attack", "slots", "local", "participant"],
+    ),
     ("flower-bridge/src", &["npy", "tensors", "legacy", "join"]),
     ("firmware-sim/src", &["line", "uart", "board"]),
 ];

@@ -9,8 +9,10 @@
 //!
 //! - [`attack`]: poisoned updates, for robustness experiments (`--attack`);
 //! - [`slots`]: machine-wide training slots, so client processes take turns;
+//! - [`local`]: a participant's data, model, and training on this machine's cores;
 //! - [`participant`]: one participant's conversation with the server.
 
 pub mod attack;
+pub mod local;
 pub mod participant;
 pub mod slots;

@@ -14,6 +14,7 @@ use fedhost::link::{DEFAULT_ADDRESS, WireEncoding};
 use fedhost::partition::Partition;
 use fedhost::share::ShareSpec;
 use host_client::attack::Attack;
+use host_client::local::Local;
 use host_client::participant::{self, ParticipantConfig};
 use host_client::slots::SlotConfig;
 use tokio::sync::Semaphore;
@@ -147,6 +148,10 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
     let cores = Arc::new(Semaphore::new(
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     ));
+    let slots = (args.train_slots > 0).then(|| SlotConfig {
+        dir: args.slot_dir.clone(),
+        count: args.train_slots as usize,
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for (index, share) in (first..).zip(shares) {
         let data = Arc::new(share);
@@ -156,12 +161,9 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
             connect_timeout: Duration::from_secs(args.connect_timeout),
             attack: args.attack,
             encoding: args.encoding.into(),
-            train_slots: (args.train_slots > 0).then(|| SlotConfig {
-                dir: args.slot_dir.clone(),
-                count: args.train_slots as usize,
-            }),
         };
-        tasks.spawn(participant::run(config, data, Arc::clone(&cores)));
+        let local = Local::new(data, Arc::clone(&cores), slots.as_ref())?;
+        tasks.spawn(participant::run(config, local));
     }
     while let Some(done) = tasks.join_next().await {
         let reason = done.context("participant task")??;
