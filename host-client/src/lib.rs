@@ -10,9 +10,11 @@
 //! - [`attack`]: poisoned updates, for robustness experiments (`--attack`);
 //! - [`slots`]: machine-wide training slots, so client processes take turns;
 //! - [`local`]: a participant's data, model, and training on this machine's cores;
-//! - [`participant`]: one participant's conversation with the server.
+//! - [`participant`]: one participant's conversation with the server;
+//! - [`flower`]: one participant's conversation with a Flower server.
 
 pub mod attack;
+pub mod flower;
 pub mod local;
 pub mod participant;
 pub mod slots;

@@ -1,6 +1,7 @@
 //! host-client: joins a federation over TCP as one or many participants, or
 //! scores a saved model.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,12 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fedcore::model::ModelSpec;
 use fedcore::train::{TrainConfig, Trainer};
 use fedhost::dataset::DEFAULT_DATA_DIR;
 use fedhost::link::{DEFAULT_ADDRESS, WireEncoding};
 use fedhost::partition::Partition;
 use fedhost::share::ShareSpec;
 use host_client::attack::Attack;
+use host_client::flower::{self, FlowerConfig};
 use host_client::local::Local;
 use host_client::participant::{self, ParticipantConfig};
 use host_client::slots::SlotConfig;
@@ -34,6 +37,14 @@ struct JoinArgs {
     /// Server address (host:port).
     #[arg(long, default_value = DEFAULT_ADDRESS)]
     server: String,
+    /// Join a Flower server instead (flwr 1.0-1.42 `start_server`, the
+    /// original gRPC protocol), training --model with fedcore.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["server", "attack", "encoding"])]
+    flower_server: Option<SocketAddr>,
+    /// The model a Flower server trains (it does not say): cnn (the reference
+    /// CNN) or an MLP such as mlp:784-128-10. Our server names its own.
+    #[arg(long, default_value = "cnn", requires = "flower_server")]
+    model: ModelSpec,
     /// This client's index among --num-clients (the first one when --clients > 1).
     #[arg(long, default_value_t = 0)]
     client_index: usize,
@@ -163,11 +174,24 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
             encoding: args.encoding.into(),
         };
         let local = Local::new(data, Arc::clone(&cores), slots.as_ref())?;
-        tasks.spawn(participant::run(config, local));
+        match args.flower_server {
+            Some(server) => {
+                let config = FlowerConfig {
+                    server,
+                    name: config.name,
+                    model: args.model.clone(),
+                    train: TrainConfig::default(),
+                    seed: args.seed.wrapping_add(index as u64),
+                    connect_timeout: config.connect_timeout,
+                };
+                tasks.spawn(flower::run(config, local))
+            }
+            None => tasks.spawn(participant::run(config, local)),
+        };
     }
     while let Some(done) = tasks.join_next().await {
         let reason = done.context("participant task")??;
-        tracing::info!("the server said goodbye: {reason}");
+        tracing::info!("done: {reason}");
     }
     Ok(())
 }

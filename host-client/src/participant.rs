@@ -64,29 +64,36 @@ impl From<LinkError> for SessionError {
 }
 
 async fn connect(config: &ParticipantConfig) -> anyhow::Result<TcpStream> {
-    let deadline = Instant::now() + config.connect_timeout;
+    let what = format!("the server at {}", config.server);
+    let socket = with_retries(&what, config.connect_timeout, || {
+        TcpStream::connect(&config.server)
+    })
+    .await?;
+    socket.set_nodelay(true)?;
+    Ok(socket)
+}
+
+/// Tries `attempt` until it succeeds, backing off from 50 ms to 2 s between
+/// tries, for at most `timeout`; `what` names what it reaches, for the error.
+pub async fn with_retries<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    timeout: Duration,
+    mut attempt: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(50);
     loop {
-        match TcpStream::connect(&config.server).await {
-            Ok(socket) => {
-                socket.set_nodelay(true)?;
-                return Ok(socket);
-            }
+        match attempt().await {
+            Ok(done) => return Ok(done),
             Err(e) if Instant::now() + backoff < deadline => {
                 // Jitter (0.5x to 1.5x) keeps a fleet that lost its server together
                 // (a restart) from reconnecting in lockstep.
                 let wait = backoff.mul_f64(rand::random_range(0.5..1.5));
-                tracing::debug!(server = %config.server, "not reachable yet ({e}); retrying in {wait:?}");
+                tracing::debug!("{what} is not reachable yet ({e}); retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            Err(e) => {
-                bail!(
-                    "cannot reach the server at {} within {:?}: {e}",
-                    config.server,
-                    config.connect_timeout
-                )
-            }
+            Err(e) => bail!("cannot reach {what} within {timeout:?}: {e}"),
         }
     }
 }

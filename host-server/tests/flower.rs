@@ -1,5 +1,7 @@
-//! Flower's own Python clients in our federations, through the real binaries:
-//! flwr 1.42 from the venv `flower/venv.sh` builds (flwr and numpy only).
+//! Flower's own Python programs and ours in one federation, through the real
+//! binaries, both ways: Flower's clients under our server, our clients under
+//! Flower's server. flwr 1.42 from the venv `flower/venv.sh` builds (flwr and
+//! numpy only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use host_server::history::{History, LinkKind};
 use support::{
-    Proc, flower_python, start_clients, start_python, start_server_announcing, temp_dir, wait,
+    Proc, bin, flower_python, start_clients, start_python, start_server_announcing, temp_dir, wait,
 };
 
 #[test]
@@ -19,24 +21,13 @@ fn a_flower_numpy_client_trains_beside_two_of_ours() {
     };
     let out = temp_dir("flower-legacy");
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
-    let mut args = vec!["--rounds", "3", "--model", "mlp:784-32-10"];
-    for min in [
-        "--min-available-clients",
-        "--min-fit-clients",
-        "--min-evaluate-clients",
-    ] {
-        args.extend([min, "3"]);
-    }
-    args.extend(["--flower-bind", "127.0.0.1:0"]);
-    let (mut server, lines) = start_server_announcing(&out, &args, 2);
-    let addr = lines[0].strip_prefix("listening on ").unwrap();
-    let flower = lines[1].strip_prefix("flower listening on ").unwrap();
+    let (mut server, addr, flower) = start_flower_listener(&out, "3", "3");
     // Ours: two of three shares of the full training set; the Flower client the
     // reference lab's shape (one epoch, SGD 0.01 momentum 0.9, batch 32) on 6,000.
-    let mut ours = start_clients(addr, &data, 0, 2, 3);
+    let mut ours = start_clients(&addr, &data, 0, 2, 3);
     let python_args = [
         "--server",
-        flower,
+        &flower,
         "--model",
         "mlp:784-32-10",
         "--examples",
@@ -126,5 +117,167 @@ fn a_flower_numpy_client_trains_beside_two_of_ours() {
         accuracy[2] > accuracy[0] && accuracy[2] > 0.9,
         "accuracy by round {accuracy:?}"
     );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn two_of_our_clients_train_under_flowers_own_server() {
+    let Some(python) = flower_python() else {
+        return;
+    };
+    let out = temp_dir("flower-server");
+    // Flower's server takes a port, not port 0: one the system just gave out.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let record = out.join("flower-history.json");
+    let server_args = [
+        "--address",
+        &addr,
+        "--rounds",
+        "3",
+        "--clients",
+        "2",
+        "--out",
+        record.to_str().unwrap(),
+    ];
+    let mut server = start_python(&python, "server.py", &server_args, &out.join("server.log"));
+    // Two participants in one process, on two of three shares.
+    let mut ours = start_flower_clients(&addr, "mlp:784-32-10", 2, &out.join("clients.log"));
+    let log = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    assert!(
+        wait(&mut ours, Duration::from_secs(300)),
+        "our clients failed:\n{}",
+        log("clients.log")
+    );
+    assert!(
+        wait(&mut server, Duration::from_secs(30)),
+        "Flower's server failed:\n{}",
+        log("server.log")
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    let rounds = record["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    let mut accuracy = Vec::new();
+    for r in rounds {
+        let round = &r["round"];
+        assert_eq!(
+            (r["fit_failures"].as_u64(), r["evaluate_failures"].as_u64()),
+            (Some(0), Some(0))
+        );
+        // Both trained on their 20,000 examples and reported fedcore's metrics.
+        let fits = r["fit"].as_array().unwrap();
+        assert_eq!(fits.len(), 2, "round {round}");
+        for fit in fits {
+            assert_eq!(fit["examples"], 20000, "round {round}");
+            let train_accuracy = fit["metrics"]["accuracy"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&train_accuracy), "round {round}");
+        }
+        // Flower's aggregate is the example-weighted mean of what ours reported.
+        let evaluations = r["evaluate"].as_array().unwrap();
+        assert_eq!(evaluations.len(), 2, "round {round}");
+        let (n, sum) = evaluations.iter().fold((0.0, 0.0), |(n, s), e| {
+            let w = e["examples"].as_f64().unwrap();
+            (n + w, s + w * e["accuracy"].as_f64().unwrap())
+        });
+        let aggregated = r["accuracy"].as_f64().unwrap();
+        assert!((sum / n - aggregated).abs() < 1e-9, "round {round}");
+        accuracy.push(aggregated);
+    }
+    assert!(
+        accuracy[2] > accuracy[0] && accuracy[2] > 0.9,
+        "accuracy by round {accuracy:?}"
+    );
+    assert!(log("clients.log").contains("the Flower server ended the run"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Starts `clients` of our participants in one process joining the Flower
+/// server at `addr` as Flower clients, holding `model`; their log goes to `log`.
+fn start_flower_clients(addr: &str, model: &str, clients: usize, log: &std::path::Path) -> Proc {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+    Proc(
+        std::process::Command::new(bin("host-client"))
+            .args(["--flower-server", addr, "--model", model])
+            .args(["--clients", &clients.to_string(), "--num-clients", "3"])
+            .args(["--connect-timeout", "60", "--data-dir"])
+            .arg(&data)
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Starts our server for `rounds` rounds of mlp:784-32-10 with Flower's
+/// listener, waiting for and asking `participants` each round; it, its own
+/// address and the Flower listener's.
+fn start_flower_listener(
+    out: &std::path::Path,
+    rounds: &str,
+    participants: &str,
+) -> (Proc, String, String) {
+    let mut args = vec!["--rounds", rounds, "--model", "mlp:784-32-10"];
+    for min in [
+        "--min-available-clients",
+        "--min-fit-clients",
+        "--min-evaluate-clients",
+    ] {
+        args.extend([min, participants]);
+    }
+    args.extend(["--flower-bind", "127.0.0.1:0"]);
+    let (server, lines) = start_server_announcing(out, &args, 2);
+    let ours = lines[0].strip_prefix("listening on ").unwrap();
+    let flower = lines[1].strip_prefix("flower listening on ").unwrap();
+    (server, ours.to_string(), flower.to_string())
+}
+
+#[test]
+fn our_flower_client_and_our_flower_listener_speak_flowers_protocol_and_refuse_another_model() {
+    // One that holds another model fails at the first model it is sent, naming the tensor.
+    let out = temp_dir("flower-other");
+    let (mut server, _, flower) = start_flower_listener(&out, "1", "1");
+    let mut other = start_flower_clients(&flower, "mlp:784-16-10", 1, &out.join("other.log"));
+    assert!(!wait(&mut other, Duration::from_secs(60)));
+    let said = std::fs::read_to_string(out.join("other.log")).unwrap();
+    assert!(
+        said.contains("the Flower server's model is not mlp:784-16-10")
+            && said.contains("tensor 0 has shape [784, 32]"),
+        "{said}"
+    );
+    assert!(wait(&mut server, Duration::from_secs(60)));
+    let history = History::read(&out.join("history_1.json")).unwrap();
+    assert!(!history.rounds[0].aggregated);
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // Two that hold the model train in Flower's protocol, start to end.
+    let out = temp_dir("flower-ours");
+    let (mut server, _, flower) = start_flower_listener(&out, "2", "2");
+    let mut ours = start_flower_clients(&flower, "mlp:784-32-10", 2, &out.join("clients.log"));
+    assert!(
+        wait(&mut server, Duration::from_secs(120)),
+        "the server failed"
+    );
+    assert!(
+        wait(&mut ours, Duration::from_secs(20)),
+        "our clients failed"
+    );
+    let history = History::read(&out.join("history_2.json")).unwrap();
+    for r in &history.rounds {
+        assert!(r.aggregated, "round {}", r.round);
+        let trained: Vec<_> = r
+            .participants
+            .iter()
+            .filter(|p| p.examples == 20000)
+            .map(|p| p.kind)
+            .collect();
+        assert_eq!(trained, [LinkKind::FlowerLegacy; 2], "round {}", r.round);
+        // Our client reports its training loss and accuracy in Flower's metrics.
+        assert!(r.fit_metrics.train_accuracy.is_some(), "round {}", r.round);
+    }
+    assert!(history.rounds[1].accuracy_distributed.unwrap() > 0.85);
     std::fs::remove_dir_all(&out).unwrap();
 }
