@@ -69,7 +69,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         "host-client/src",
         &["attack", "slots", "local", "participant"],
     ),
-    ("flower-bridge/src", &["npy", "tensors", "legacy", "join"]),
+    (
+        "flower-bridge/src",
+        &["proto", "npy", "tensors", "legacy", "join"],
+    ),
     ("firmware-sim/src", &["line", "uart", "board"]),
 ];
 

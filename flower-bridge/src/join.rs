@@ -18,9 +18,9 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::legacy::MAX_MESSAGE;
-use crate::legacy::proto::flower_service_client::FlowerServiceClient;
-use crate::legacy::proto::flower_service_server::{FlowerService, FlowerServiceServer};
-use crate::legacy::proto::{ClientMessage, ServerMessage};
+use crate::proto::flower_service_client::FlowerServiceClient;
+use crate::proto::flower_service_server::{FlowerService, FlowerServiceServer};
+use crate::proto::{ClientMessage, ServerMessage};
 
 /// Why a stream stopped carrying messages.
 #[derive(Debug, Error)]
@@ -189,8 +189,8 @@ pub async fn connect(addr: SocketAddr) -> Result<ServerStream, StreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::legacy::proto::{client_message, server_message};
     use crate::legacy::{evaluate_res, goodbye};
+    use crate::proto::{client_message, server_message};
 
     #[tokio::test]
     async fn a_client_and_a_server_talk_turn_by_turn_over_loopback() {

@@ -15,14 +15,8 @@ use thiserror::Error;
 
 use crate::tensors::{self, TensorError};
 
-/// The generated messages and service.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod proto {
-    tonic::include_proto!("flwr.proto");
-}
-
-use proto::{
-    ClientMessage, Parameters, Scalar, ServerMessage, client_message, scalar, server_message,
+use crate::proto::{
+    self, ClientMessage, Parameters, Scalar, ServerMessage, client_message, scalar, server_message,
 };
 
 /// What Flower names a tensor list of `numpy.save` bytes.

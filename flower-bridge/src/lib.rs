@@ -7,6 +7,7 @@
 //! before a value is written, so a Flower client with another model gets a
 //! clear error and changes nothing.
 //!
+//! - [`proto`]: the messages of Flower's two protocols, generated;
 //! - [`npy`]: NumPy's `.npy` format, read straight into a caller's buffer;
 //! - [`tensors`]: a model's tensor list to and from its flat parameters;
 //! - [`legacy`]: Flower's original gRPC protocol (`start_numpy_client`,
@@ -17,4 +18,5 @@
 pub mod join;
 pub mod legacy;
 pub mod npy;
+pub mod proto;
 pub mod tensors;

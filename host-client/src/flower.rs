@@ -22,7 +22,8 @@ use fedcore::model::{ModelSpec, Plan, init_params};
 use fedcore::rng::Rng;
 use fedcore::train::TrainConfig;
 use flower_bridge::join::{self, ServerStream};
-use flower_bridge::legacy::{self, proto::server_message::Msg};
+use flower_bridge::legacy;
+use flower_bridge::proto::server_message::Msg;
 
 use crate::local::Local;
 use crate::participant::with_retries;

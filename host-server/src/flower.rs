@@ -24,7 +24,8 @@ use std::time::Duration;
 use fedcore::model::ModelSpec;
 use fedcore::protocol::{EvaluateRes, FitRes};
 use flower_bridge::join::{self, ClientStream};
-use flower_bridge::legacy::{self, proto::client_message};
+use flower_bridge::legacy;
+use flower_bridge::proto::client_message;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -178,7 +179,7 @@ async fn evaluation(
 
 async fn send(
     stream: &mut ClientStream,
-    msg: legacy::proto::ServerMessage,
+    msg: flower_bridge::proto::ServerMessage,
 ) -> Result<(), JobError> {
     stream
         .send(msg)

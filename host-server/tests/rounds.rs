@@ -389,8 +389,8 @@ enum FlowerBehaviour {
 /// each refusal (a hostile one would) until the server says goodbye; what
 /// ended each of its streams.
 async fn flower_client(addr: std::net::SocketAddr, behaviour: FlowerBehaviour) -> Vec<String> {
-    use flower_bridge::legacy::proto::{client_message, server_message};
-    use flower_bridge::legacy::{self, proto};
+    use flower_bridge::proto::{client_message, server_message};
+    use flower_bridge::{legacy, proto};
     let spec = model();
     let mut endings = Vec::new();
     while let Ok(mut stream) = flower_bridge::join::connect(addr).await {
