@@ -67,7 +67,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "host-client/src",
-        &["attack", "slots", "local", "participant"],
+        &["attack", "slots", "local", "participant", "flower"],
     ),
     (
         "flower-bridge/src",
