@@ -71,7 +71,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "flower-bridge/src",
-        &["proto", "npy", "tensors", "legacy", "join"],
+        &["proto", "npy", "tensors", "legacy", "objects", "join"],
     ),
     ("firmware-sim/src", &["line", "uart", "board"]),
 ];

@@ -12,11 +12,14 @@
 //! - [`tensors`]: a model's tensor list to and from its flat parameters;
 //! - [`legacy`]: Flower's original gRPC protocol (`start_numpy_client`,
 //!   `start_server`): its messages, and models, configs and metrics in them;
-//! - [`join`]: that protocol's stream, served to Flower clients or opened to a
+//! - [`objects`]: the content-addressed objects the current protocol (the
+//!   Fleet API) moves a message's content as, to and from our model;
+//! - [`join`]: the original protocol's stream, served to Flower clients or opened to a
 //!   Flower server.
 
 pub mod join;
 pub mod legacy;
 pub mod npy;
+pub mod objects;
 pub mod proto;
 pub mod tensors;
