@@ -59,6 +59,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "strikes",
             "participant",
             "flower",
+            "supernode",
             "round",
             "checkpoint",
             "federation",
@@ -71,7 +72,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "flower-bridge/src",
-        &["proto", "npy", "tensors", "legacy", "objects", "join"],
+        &[
+            "proto",
+            "npy",
+            "tensors",
+            "legacy",
+            "objects",
+            "superlink",
+            "join",
+        ],
     ),
     ("firmware-sim/src", &["line", "uart", "board"]),
 ];

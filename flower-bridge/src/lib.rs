@@ -14,6 +14,7 @@
 //!   `start_server`): its messages, and models, configs and metrics in them;
 //! - [`objects`]: the content-addressed objects the current protocol (the
 //!   Fleet API) moves a message's content as, to and from our model;
+//! - [`superlink`]: the Fleet API served to Flower's SuperNodes;
 //! - [`join`]: the original protocol's stream, served to Flower clients or opened to a
 //!   Flower server.
 
@@ -22,4 +23,5 @@ pub mod legacy;
 pub mod npy;
 pub mod objects;
 pub mod proto;
+pub mod superlink;
 pub mod tensors;

@@ -290,7 +290,7 @@ fn config_int(v: i64) -> ConfigRecordValue {
 /// its objects and its tree.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    /// The message as `pull-messages` returns it.
+    /// The message as `pull-messages` returns it (its content an empty record).
     pub message: proto::Message,
     /// Its object tree, rooted at the message.
     pub tree: ObjectTree,
@@ -329,6 +329,9 @@ pub fn instruction(spec: &ModelSpec, params: &[f32], round: u32, metadata: Metad
     if let Some(m) = message.metadata.as_mut() {
         m.message_id = tree.object_id.clone();
     }
+    // On the wire the content is present but empty (Flower's SuperNode takes a
+    // message with neither content nor error for a malformed one).
+    message.content = Some(proto::RecordDict::default());
     Outgoing {
         message,
         tree,

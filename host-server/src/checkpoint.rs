@@ -192,6 +192,9 @@ mod tests {
             seed: 3,
             serial: Vec::new(),
             flower_bind: None,
+            superlink_bind: None,
+            fab: None,
+            flower_node_keys: None,
             limits: Limits::default(),
             resume: true,
         }

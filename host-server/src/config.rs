@@ -261,6 +261,12 @@ pub struct ServerConfig {
     pub serial: Vec<SerialLine>,
     /// Address Flower clients of the original protocol join on, if any.
     pub flower_bind: Option<SocketAddr>,
+    /// Address of the Fleet API for Flower SuperNodes, if any.
+    pub superlink_bind: Option<SocketAddr>,
+    /// The FAB whose ClientApp the SuperNodes run.
+    pub fab: Option<PathBuf>,
+    /// Public keys (PEM) of the only SuperNodes admitted, if any.
+    pub flower_node_keys: Option<PathBuf>,
     /// What participants may claim, and how many may join.
     pub limits: Limits,
     /// Continue the run whose checkpoint is in `out` instead of starting anew.

@@ -14,6 +14,7 @@ use anyhow::Context;
 use fedcore::model::{Plan, init_params};
 use fedcore::rng::Rng;
 use fedcore::train::{Stats, TrainConfig, Trainer};
+use flower_bridge::superlink::{NodeHandle, SuperLink};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -47,6 +48,15 @@ pub struct Outcome {
 pub trait Progress {
     /// A round finished.
     fn round(&self, record: &RoundRecord);
+}
+
+/// Flower's listeners, when the run takes Flower participants.
+#[derive(Default)]
+pub struct FlowerListeners {
+    /// The original protocol's gRPC stream (`--flower-bind`).
+    pub legacy: Option<TcpListener>,
+    /// The Fleet API for SuperNodes (`--superlink-bind`), its SuperLink and the nodes it activates.
+    pub fleet: Option<(TcpListener, SuperLink, mpsc::Receiver<NodeHandle>)>,
 }
 
 /// A source of participant connections.
@@ -92,7 +102,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Listener for mpsc::Rece
 pub async fn run(
     config: ServerConfig,
     listener: impl Listener,
-    flower: Option<TcpListener>,
+    flower: FlowerListeners,
     progress: &dyn Progress,
 ) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&config.out)
@@ -105,7 +115,17 @@ pub async fn run(
         strikes: Strikes::new(config.limits.max_strikes, 4 * config.limits.max_clients),
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
-    let flower = flower.map(|l| tokio::spawn(crate::flower::serve(l, Arc::clone(&shared))));
+    let legacy = flower
+        .legacy
+        .map(|l| tokio::spawn(crate::flower::serve(l, Arc::clone(&shared))));
+    let fleet = flower.fleet.map(|(listener, superlink, nodes)| {
+        tokio::spawn(crate::supernode::serve(
+            listener,
+            superlink,
+            nodes,
+            Arc::clone(&shared),
+        ))
+    });
     let lines: Vec<_> = config
         .serial
         .iter()
@@ -124,7 +144,7 @@ pub async fn run(
     // Each connection task leaves the registry once its goodbye is written: wait for
     // that, so clients hear it before the process exits, instead of a dropped link.
     shared.registry.wait_empty(GOODBYE_WAIT).await;
-    for line in lines.into_iter().chain(flower) {
+    for line in lines.into_iter().chain(legacy).chain(fleet) {
         line.abort();
     }
     result

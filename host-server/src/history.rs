@@ -26,6 +26,8 @@ pub enum LinkKind {
     /// A Flower client on Flower's original gRPC stream (`start_numpy_client`).
     #[serde(rename = "flower-legacy")]
     FlowerLegacy,
+    /// A Flower SuperNode on the Fleet API (`flower-supernode`).
+    Supernode,
 }
 
 impl LinkKind {
@@ -35,6 +37,7 @@ impl LinkKind {
             LinkKind::Tcp => "tcp",
             LinkKind::Serial => "serial",
             LinkKind::FlowerLegacy => "flower-legacy",
+            LinkKind::Supernode => "supernode",
         }
     }
 }

@@ -10,6 +10,8 @@ use fedcore::protocol::{EvaluateRes, FitRes};
 use fedcore::train::TrainConfig;
 use fedhost::link::LinkError;
 use flower_bridge::legacy::LegacyError;
+use flower_bridge::objects::ObjectError;
+use flower_bridge::superlink::NodeError;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
@@ -86,6 +88,13 @@ pub enum JobError {
     /// no example count, a missing metric) or reported its own failure.
     #[error("its Flower answer was refused: {0}")]
     Flower(#[from] LegacyError),
+    /// A SuperNode left, or its reply broke the Fleet API.
+    #[error("{0}")]
+    Supernode(#[from] NodeError),
+    /// A SuperNode's reply could not be read (missing or altered objects,
+    /// another model's arrays, no `num-examples`) or carried its own error.
+    #[error("its reply was refused: {0}")]
+    Reply(#[from] ObjectError),
     /// It held an upload slot without sending anything for too long.
     #[error("it sent nothing for {0:?} in the middle of its update")]
     NoProgress(std::time::Duration),
@@ -106,6 +115,10 @@ impl JobError {
             JobError::Rejected(_) => FailureKind::Rejected,
             JobError::Flower(LegacyError::Status { .. }) => FailureKind::Participant,
             JobError::Flower(_) => FailureKind::Rejected,
+            JobError::Supernode(NodeError::Gone(_)) => FailureKind::Gone,
+            JobError::Supernode(NodeError::Protocol(_)) => FailureKind::Protocol,
+            JobError::Reply(ObjectError::Reported { .. }) => FailureKind::Participant,
+            JobError::Reply(_) => FailureKind::Rejected,
             JobError::Link(_) => FailureKind::Link,
             JobError::Participant(_) => FailureKind::Participant,
             JobError::Protocol(_) | JobError::Transfer(_) => FailureKind::Protocol,

@@ -10,6 +10,7 @@
 //! - [`strikes`]: participants that fail the same way again and again, and the dropped;
 //! - [`participant`]: connections, their handshake, heartbeats, and the jobs they carry out;
 //! - [`flower`]: Flower clients of the original protocol as participants;
+//! - [`supernode`]: Flower SuperNodes (the current protocol) as participants;
 //! - [`round`]: one round's bookkeeping;
 //! - [`checkpoint`]: what a killed run needs to resume after its last completed round;
 //! - [`federation`]: the round loop (sample, send, collect, aggregate, evaluate, record);
@@ -29,4 +30,5 @@ pub mod plot;
 pub mod round;
 pub mod strikes;
 pub mod summary;
+pub mod supernode;
 pub mod validate;

@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 use fedcore::model::ModelSpec;
 use fedcore::train::{MomentumState, Rounding, TrainConfig};
 use fedhost::link::DEFAULT_ADDRESS;
+use flower_bridge::superlink::{self, Fab, SuperLink};
 use host_server::config::{Krum, Limits, SerialLine, ServerConfig, ServerTuning, Strategy};
-use host_server::federation::{self, Progress};
+use host_server::federation::{self, FlowerListeners, Progress};
 use host_server::history::{History, RoundRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -159,6 +160,18 @@ struct RunArgs {
     /// have its shapes), as kind flower-legacy.
     #[arg(long, value_name = "HOST:PORT")]
     flower_bind: Option<SocketAddr>,
+    /// Also serve Flower's Fleet API (flwr 1.42, the current protocol) on this
+    /// address: unchanged `flower-supernode --insecure --superlink HOST:PORT`s
+    /// join, run the ClientApp of --fab, and train beside ours as kind supernode.
+    #[arg(long, value_name = "HOST:PORT", requires = "fab")]
+    superlink_bind: Option<SocketAddr>,
+    /// The Flower App Bundle (`flwr build`) whose ClientApp SuperNodes run.
+    #[arg(long, value_name = "FILE", requires = "superlink_bind")]
+    fab: Option<PathBuf>,
+    /// Admit only SuperNodes whose public keys (PEM, as `flower-supernode
+    /// --auth-supernode-private-key` signs with) are in this file.
+    #[arg(long, value_name = "FILE", requires = "superlink_bind")]
+    flower_node_keys: Option<PathBuf>,
     /// Write logs to this file instead of standard error.
     #[arg(long)]
     log_file: Option<PathBuf>,
@@ -208,6 +221,9 @@ impl RunArgs {
             seed: self.seed,
             serial: self.serial,
             flower_bind: self.flower_bind,
+            superlink_bind: self.superlink_bind,
+            fab: self.fab,
+            flower_node_keys: self.flower_node_keys,
             limits: Limits {
                 max_clients: self.max_clients,
                 max_examples: self.max_examples,
@@ -288,16 +304,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let progress = Bar(bar);
-        let flower = match config.flower_bind {
-            Some(addr) => {
-                let flower = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen for Flower clients on {addr}"))?;
-                println!("flower listening on {}", flower.local_addr()?);
-                Some(flower)
-            }
-            None => None,
-        };
+        let flower = flower_listeners(&config).await?;
         let outcome = federation::run(config.clone(), listener, flower, &progress).await?;
         progress.0.finish();
         println!();
@@ -307,6 +314,40 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// Binds Flower's listeners the config asks for, and reads the FAB and keys
+/// they need; each bound address is printed, as ours is.
+async fn flower_listeners(config: &ServerConfig) -> anyhow::Result<FlowerListeners> {
+    let mut flower = FlowerListeners::default();
+    if let Some(addr) = config.flower_bind {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for Flower clients on {addr}"))?;
+        println!("flower listening on {}", listener.local_addr()?);
+        flower.legacy = Some(listener);
+    }
+    if let (Some(addr), Some(fab)) = (config.superlink_bind, &config.fab) {
+        let bytes = std::fs::read(fab).with_context(|| format!("cannot read {}", fab.display()))?;
+        let fab_read = Fab::new(bytes).with_context(|| format!("--fab {}", fab.display()))?;
+        let keys = match &config.flower_node_keys {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let keys = superlink::read_keys(&text)
+                    .map_err(|e| anyhow::anyhow!("--flower-node-keys {}: {e}", path.display()))?;
+                Some(keys)
+            }
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for Flower SuperNodes on {addr}"))?;
+        println!("superlink listening on {}", listener.local_addr()?);
+        let (link, nodes) = SuperLink::new(fab_read, keys);
+        flower.fleet = Some((listener, link, nodes));
+    }
+    Ok(flower)
 }
 
 fn init_logging(file: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -60,6 +60,9 @@ fn config(out: &std::path::Path, participants: usize) -> ServerConfig {
         seed: 5,
         serial: Vec::new(),
         flower_bind: None,
+        superlink_bind: None,
+        fab: None,
+        flower_node_keys: None,
         server_eval: None,
         limits: Limits::default(),
         resume: false,
@@ -80,14 +83,14 @@ struct Federated {
 /// Runs `config` with the two honest participants (+1 on 100 examples scoring
 /// 0.5, -1 on 300 scoring 0.8), who must be told goodbye, and the `others`.
 async fn federate(config: ServerConfig, others: &[(&'static str, Behaviour)]) -> Federated {
-    federate_with(config, others, None).await
+    federate_with(config, others, federation::FlowerListeners::default()).await
 }
 
 /// [`federate`], also taking Flower clients on `flower`.
 async fn federate_with(
     config: ServerConfig,
     others: &[(&'static str, Behaviour)],
-    flower: Option<tokio::net::TcpListener>,
+    flower: federation::FlowerListeners,
 ) -> Federated {
     let (connect, listener) = mpsc::channel(16);
     let mut participants = tokio::task::JoinSet::new();
@@ -465,8 +468,15 @@ async fn flower_clients_train_beside_ours_and_their_bad_answers_never_touch_the_
         .map(|&b| tokio::spawn(flower_client(addr, b)))
         .collect();
     let out = tempfile::tempdir().unwrap();
-    let Federated { outcome, first, .. } =
-        federate_with(config(out.path(), 6), &[], Some(flower)).await;
+    let Federated { outcome, first, .. } = federate_with(
+        config(out.path(), 6),
+        &[],
+        federation::FlowerListeners {
+            legacy: Some(flower),
+            fleet: None,
+        },
+    )
+    .await;
     let rounds = &outcome.history.rounds;
     assert_eq!(rounds.len(), ROUNDS as usize);
     for r in rounds {

@@ -1,0 +1,1 @@
+"""fedapp: a NumPy Flower app whose ClientApp trains beside our Rust clients."""

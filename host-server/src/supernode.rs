@@ -1,0 +1,256 @@
+//! Flower SuperNodes (the current protocol) as participants (`--superlink-bind`).
+//!
+//! flower-bridge serves the Fleet API ([`flower_bridge::superlink`]); every
+//! SuperNode that activates becomes a participant named `supernode-<node id>`
+//! of kind `supernode`, running the ClientApp of the FAB given with `--fab`.
+//! A fit is a `train` message carrying the global model as `arrays` and the
+//! round as `config` `server-round`; the reply must carry `arrays` of the
+//! model's shapes and `metrics` with `num-examples` (its weight), and may
+//! carry `loss` and `accuracy`; an evaluation is an `evaluate` message whose
+//! reply's `metrics` hold `num-examples` and `accuracy` (or `eval_acc`) and
+//! `loss` (or `eval_loss`). Everything is checked by flower-bridge and then
+//! validated like our participants' answers. A SuperNode that deactivates or
+//! stops heartbeating leaves; a failed job is a failure like any other, but
+//! the node stays (it keeps polling) unless its strikes drop it. The Fleet
+//! API has no goodbye: at the end of the run the nodes simply get no more
+//! messages, and wait for the next run.
+
+use std::sync::Arc;
+
+use fedcore::protocol::{EvaluateRes, FitRes};
+use flower_bridge::objects::{self, Metrics, ObjectError};
+use flower_bridge::superlink::{Ask, NodeHandle, SuperLink};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::history::{LinkKind, Traffic};
+use crate::job::{EvaluateDone, FitDone, FitJob, Job, JobError, answer_by};
+use crate::participant::{self, Shared};
+use crate::validate::{self, Declared};
+
+/// Serves the Fleet API on `listener` for the whole run; every node that
+/// activates gets a session.
+pub async fn serve(
+    listener: TcpListener,
+    superlink: SuperLink,
+    mut nodes: mpsc::Receiver<NodeHandle>,
+    shared: Arc<Shared>,
+) {
+    let server = superlink.serve(listener);
+    tokio::pin!(server);
+    loop {
+        tokio::select! {
+            ended = &mut server => {
+                if let Err(e) = ended {
+                    tracing::error!("the Fleet API listener failed: {e}");
+                }
+                return;
+            }
+            Some(node) = nodes.recv() => {
+                tokio::spawn(session(node, Arc::clone(&shared)));
+            }
+        }
+    }
+}
+
+async fn session(mut node: NodeHandle, shared: Arc<Shared>) {
+    let name = format!("supernode-{}", node.node_id);
+    let (handle, mut jobs) = match participant::enter(&shared, name.clone(), LinkKind::Supernode) {
+        Ok(entered) => entered,
+        Err((_, refusal)) => {
+            // The Fleet API cannot refuse a node that activated: it gets no messages.
+            tracing::warn!(%name, "a SuperNode was not admitted: {refusal}");
+            return;
+        }
+    };
+    let id = handle.who.id;
+    tracing::info!(id, %name, "SuperNode joined");
+    let most = shared.limits.max_examples;
+    let declared = Declared {
+        train_examples: most,
+        test_examples: most,
+    };
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => job,
+            why = node.gone() => {
+                tracing::info!(id, "SuperNode left: {why}");
+                break;
+            }
+        };
+        let outcome = match job {
+            Some(Job::Fit {
+                job,
+                global,
+                deadline,
+                reply,
+            }) => {
+                let work = fit(&mut node, &shared, job, &global, declared, deadline);
+                answer_by(deadline, work, reply).await
+            }
+            Some(Job::Evaluate {
+                round,
+                global,
+                deadline,
+                reply,
+            }) => {
+                let work = evaluate(&mut node, &shared, round, &global, declared, deadline);
+                answer_by(deadline, work, reply).await
+            }
+            Some(Job::Bye(_)) | None => break,
+        };
+        if let Some(verdict) = shared.strikes.record(&name, &outcome) {
+            tracing::warn!(id, %name, "{verdict}");
+            break;
+        }
+    }
+    shared.registry.remove(id);
+}
+
+/// A number of the reply's metrics under any of `keys`.
+fn metric(metrics: &Metrics, keys: &[&str]) -> Option<f32> {
+    keys.iter().find_map(|k| metrics.get(k)).map(|v| v as f32)
+}
+
+/// The reply's example count, which it must report.
+fn examples(metrics: &Metrics) -> Result<u32, JobError> {
+    let n = metrics
+        .get("num-examples")
+        .ok_or(ObjectError::NoMetric("num-examples"))?;
+    if !(n >= 0.0 && n <= f64::from(u32::MAX) && n.fract() == 0.0) {
+        return Err(JobError::Protocol(format!("it reports {n} examples")));
+    }
+    Ok(n as u32)
+}
+
+/// Asks for an evaluation of `global` as round `round`'s aggregate.
+async fn evaluation(
+    node: &mut NodeHandle,
+    shared: &Shared,
+    round: u32,
+    global: &[f32],
+    declared: Declared,
+    deadline: Instant,
+    traffic: &mut Traffic,
+) -> Result<EvaluateRes, JobError> {
+    let start = Instant::now();
+    let pulled = node.bytes_pulled();
+    let ttl = deadline.saturating_duration_since(start);
+    let reply = node
+        .ask(Ask::Evaluate, &shared.model, global, round, ttl)
+        .await?;
+    traffic.bytes_sent += node.bytes_pulled() - pulled;
+    traffic.bytes_received += reply.bytes;
+    let metrics = objects::read_reply(&reply.objects, &reply.message_id, &shared.model, None)?;
+    let res = EvaluateRes {
+        round,
+        examples: examples(&metrics)?,
+        loss: metric(&metrics, &["loss", "eval_loss"]).ok_or(ObjectError::NoMetric("loss"))?,
+        accuracy: metric(&metrics, &["accuracy", "eval_acc"])
+            .ok_or(ObjectError::NoMetric("accuracy"))?,
+        seconds: start.elapsed().as_secs_f32(),
+    };
+    validate::evaluation(&res, &declared)?;
+    Ok(res)
+}
+
+async fn evaluate(
+    node: &mut NodeHandle,
+    shared: &Shared,
+    round: u32,
+    global: &[f32],
+    declared: Declared,
+    deadline: Instant,
+) -> Result<EvaluateDone, JobError> {
+    let start = Instant::now();
+    let mut traffic = Traffic::default();
+    let res = evaluation(
+        node,
+        shared,
+        round,
+        global,
+        declared,
+        deadline,
+        &mut traffic,
+    )
+    .await?;
+    traffic.seconds = start.elapsed().as_secs_f64();
+    Ok(EvaluateDone { res, traffic })
+}
+
+async fn fit(
+    node: &mut NodeHandle,
+    shared: &Shared,
+    job: FitJob,
+    global: &[f32],
+    declared: Declared,
+    deadline: Instant,
+) -> Result<FitDone, JobError> {
+    let start = Instant::now();
+    let mut traffic = Traffic::default();
+    let evaluation = match job.evaluate_first {
+        true => {
+            let previous = job.round.saturating_sub(1);
+            let res = evaluation(
+                node,
+                shared,
+                previous,
+                global,
+                declared,
+                deadline,
+                &mut traffic,
+            );
+            Some(res.await?)
+        }
+        false => None,
+    };
+    let trained = Instant::now();
+    let pulled = node.bytes_pulled();
+    let ttl = deadline.saturating_duration_since(trained);
+    let reply = node
+        .ask(Ask::Train, &shared.model, global, job.round, ttl)
+        .await?;
+    traffic.bytes_sent += node.bytes_pulled() - pulled;
+    traffic.bytes_received += reply.bytes;
+    let seconds = trained.elapsed().as_secs_f32();
+    // The semaphore is never closed while connection tasks run.
+    let slot = Arc::clone(&shared.uploads)
+        .acquire_owned()
+        .await
+        .map_err(|_| JobError::Gone)?;
+    let mut params = vec![0.0; global.len()];
+    let metrics = objects::read_reply(
+        &reply.objects,
+        &reply.message_id,
+        &shared.model,
+        Some(&mut params),
+    )?;
+    drop(reply);
+    let scores = metric(&metrics, &["loss", "train_loss"]).zip(metric(&metrics, &["accuracy"]));
+    let (loss, accuracy) = scores.unwrap_or((0.0, 0.0));
+    let res = FitRes {
+        round: job.round,
+        examples: examples(&metrics)?,
+        loss,
+        accuracy,
+        seconds,
+    };
+    validate::accept_fit(
+        &res,
+        &mut params,
+        evaluation.as_ref(),
+        global,
+        &declared,
+        shared.limits.max_update_norm,
+    )?;
+    traffic.seconds = start.elapsed().as_secs_f64();
+    Ok(FitDone {
+        params,
+        res,
+        scored: scores.is_some(),
+        evaluation,
+        traffic,
+        slot,
+    })
+}
