@@ -7,6 +7,9 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use host_server::history::{History, LinkKind};
@@ -279,5 +282,194 @@ fn our_flower_client_and_our_flower_listener_speak_flowers_protocol_and_refuse_a
         assert!(r.fit_metrics.train_accuracy.is_some(), "round {}", r.round);
     }
     assert!(history.rounds[1].accuracy_distributed.unwrap() > 0.85);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// A process and all it starts (a SuperNode starts SuperExecs and ClientApps
+/// that outlive it): its own process group, killed as a whole when dropped.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port the system just gave out and took back.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Builds flower/app into a FAB in `dir` with the venv's `flwr build`.
+fn build_fab(python: &Path, dir: &Path) -> std::path::PathBuf {
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flower/app");
+    let built = Command::new(python.with_file_name("flwr"))
+        .args(["build", "--app"])
+        .arg(&app)
+        .current_dir(dir)
+        .env("FLWR_TELEMETRY_ENABLED", "0")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "fab"))
+        .expect("flwr build wrote a .fab")
+}
+
+/// Starts an unchanged `flower-supernode` on `superlink` holding shard
+/// `partition` of 2 (3,000 training and 500 test examples), in its own home.
+fn start_supernode(python: &Path, superlink: &str, partition: u32, out: &Path) -> Group {
+    let home = out.join(format!("supernode-{partition}"));
+    std::fs::create_dir_all(&home).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+    let config = format!(
+        "partition-id={partition} num-partitions=2 data-dir=\"{}\" examples=3000 test-examples=500",
+        data.display()
+    );
+    let bin = python.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let log = std::fs::File::create(out.join(format!("supernode-{partition}.log"))).unwrap();
+    let child = Command::new(bin.join("flower-supernode"))
+        .args([
+            "--insecure",
+            "--superlink",
+            superlink,
+            "--node-config",
+            &config,
+        ])
+        .args(["--port", &free_port().to_string()])
+        .env("FLWR_HOME", &home)
+        .env("FLWR_TELEMETRY_ENABLED", "0")
+        .env("PATH", path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    Group(child)
+}
+
+#[test]
+fn two_unchanged_flower_supernodes_run_a_fab_beside_one_of_ours() {
+    let Some(python) = flower_python() else {
+        return;
+    };
+    let out = temp_dir("supernodes");
+    let fab = build_fab(&python, &out);
+    let mut args = vec!["--rounds", "3", "--model", "mlp:784-32-10"];
+    for min in [
+        "--min-available-clients",
+        "--min-fit-clients",
+        "--min-evaluate-clients",
+    ] {
+        args.extend([min, "3"]);
+    }
+    let fab_arg = fab.to_str().unwrap();
+    args.extend(["--superlink-bind", "127.0.0.1:0", "--fab", fab_arg]);
+    let (mut server, lines) = start_server_announcing(&out, &args, 2);
+    let addr = lines[0].strip_prefix("listening on ").unwrap();
+    let superlink = lines[1].strip_prefix("superlink listening on ").unwrap();
+    let mut nodes = [
+        start_supernode(&python, superlink, 0, &out),
+        start_supernode(&python, superlink, 1, &out),
+    ];
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+    let mut ours = start_clients(addr, &data, 0, 1, 3);
+    let log = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    assert!(
+        wait(&mut server, Duration::from_secs(400)),
+        "the server failed:\n{}",
+        log("server.log")
+    );
+    assert!(
+        wait(&mut ours, Duration::from_secs(20)),
+        "our client failed"
+    );
+    // The Fleet API has no goodbye: the SuperNodes are still up, waiting for
+    // another run (they are stopped, with all they started, on drop).
+    for (i, node) in nodes.iter_mut().enumerate() {
+        assert!(
+            node.0.try_wait().unwrap().is_none(),
+            "SuperNode {i} died:\n{}",
+            log(&format!("supernode-{i}.log"))
+        );
+    }
+    let history = History::read(&out.join("history_3.json")).unwrap();
+    assert_eq!(history.rounds.len(), 3);
+    for r in &history.rounds {
+        assert!(
+            r.aggregated && r.failures.is_empty(),
+            "round {}: {:?}",
+            r.round,
+            r.failures
+        );
+        let mut kinds: Vec<(&str, u32)> = r
+            .participants
+            .iter()
+            .map(|p| (p.kind.name(), p.examples))
+            .collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            [("supernode", 3000), ("supernode", 3000), ("tcp", 20000)],
+            "round {}",
+            r.round
+        );
+        // Their training loss and accuracy enter the mean beside ours.
+        for p in r
+            .participants
+            .iter()
+            .filter(|p| p.kind == LinkKind::Supernode)
+        {
+            let fit = p.fit.unwrap();
+            assert!(
+                fit.accuracy > 0.5 && fit.loss > 0.0,
+                "round {}: {fit:?}",
+                r.round
+            );
+            assert_eq!(p.evaluate.unwrap().examples, 500);
+        }
+        let (n, sum) =
+            r.participants
+                .iter()
+                .map(|p| p.evaluate.unwrap())
+                .fold((0u64, 0.0f64), |(n, s), e| {
+                    let w = u64::from(e.examples);
+                    (n + w, s + w as f64 * f64::from(e.accuracy))
+                });
+        let reported = f64::from(r.accuracy_distributed.unwrap());
+        assert!(
+            (sum / n as f64 - reported).abs() < 1e-6,
+            "round {}",
+            r.round
+        );
+    }
+    let accuracy: Vec<f32> = history
+        .rounds
+        .iter()
+        .map(|r| r.accuracy_distributed.unwrap())
+        .collect();
+    assert!(
+        accuracy[2] > accuracy[0] && accuracy[2] > 0.85,
+        "accuracy by round {accuracy:?}"
+    );
+    drop(nodes);
     std::fs::remove_dir_all(&out).unwrap();
 }
