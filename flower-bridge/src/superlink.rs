@@ -875,3 +875,216 @@ fn collect(tree: &ObjectTree, into: &mut HashSet<String>) -> Result<(), Refusal>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use p384::ecdsa::SigningKey;
+    use p384::ecdsa::signature::hazmat::PrehashSigner as _;
+    use p384::pkcs8::EncodePublicKey as _;
+    use tower::ServiceExt as _;
+
+    /// A SuperNode's identity: a P-384 key, as Flower makes one.
+    struct Identity {
+        key: SigningKey,
+        pem: Vec<u8>,
+    }
+
+    impl Identity {
+        fn new(seed: u8) -> Self {
+            let key = SigningKey::from_bytes(&[seed; 48].into()).unwrap();
+            let pem = key
+                .verifying_key()
+                .to_public_key_pem(p384::pkcs8::LineEnding::LF)
+                .unwrap()
+                .into_bytes();
+            Identity { key, pem }
+        }
+
+        /// Headers signing `timestamp`, as a SuperNode sends them.
+        fn sign(&self, timestamp: &str) -> [(&'static str, String); 3] {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let digest = Sha256::digest(timestamp.as_bytes());
+            let signature: p384::ecdsa::Signature = self.key.sign_prehash(&digest).unwrap();
+            [
+                ("flwr-public-key", b64.encode(&self.pem)),
+                ("flwr-timestamp", timestamp.to_string()),
+                ("flwr-signature", b64.encode(signature.to_der().as_bytes())),
+            ]
+        }
+    }
+
+    fn now_iso(offset_seconds: i64) -> String {
+        let at = chrono::DateTime::from_timestamp(unix_now() as i64 + offset_seconds, 0).unwrap();
+        at.to_rfc3339()
+    }
+
+    fn superlink(allowed: Option<Vec<Vec<u8>>>) -> (SuperLink, mpsc::Receiver<NodeHandle>) {
+        let fab = Fab {
+            content: b"fab".to_vec(),
+            hash: objects::object_id(b"fab"),
+            id: "us/app".into(),
+            version: "1.0.0".into(),
+        };
+        SuperLink::new(fab, allowed)
+    }
+
+    /// Posts `body` to `rpc` with `headers`; the status and the body back.
+    async fn post(
+        link: &SuperLink,
+        rpc: &str,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+    ) -> (StatusCode, Vec<u8>) {
+        let mut request = Request::post(format!("/v1/fleet/{rpc}"));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = link
+            .router()
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, bytes.to_vec())
+    }
+
+    async fn register(
+        link: &SuperLink,
+        who: &Identity,
+        headers: &[(&'static str, String)],
+    ) -> (StatusCode, String) {
+        let body = proto::RegisterNodeFleetRequest {
+            public_key: who.pem.clone(),
+        };
+        let (status, bytes) = post(link, "register-node", headers, body.encode_to_vec()).await;
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_signed_node_registers_and_activates() {
+        let (link, mut nodes) = superlink(None);
+        let node = Identity::new(7);
+        let (status, _) = register(&link, &node, &node.sign(&now_iso(0))).await;
+        assert_eq!(status, StatusCode::OK);
+        let activate = proto::ActivateNodeRequest {
+            public_key: node.pem.clone(),
+            heartbeat_interval: 30.0,
+        };
+        let (status, body) = post(
+            &link,
+            "activate-node",
+            &node.sign(&now_iso(0)),
+            activate.encode_to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let id = proto::ActivateNodeResponse::decode(body.as_slice())
+            .unwrap()
+            .node_id;
+        assert_eq!(nodes.try_recv().unwrap().node_id, id);
+        // Its run and FAB are this server's.
+        let run = proto::GetRunRequest {
+            node: Some(proto::Node { node_id: id }),
+            run_id: RUN_ID,
+        };
+        let (status, body) = post(
+            &link,
+            "get-run",
+            &node.sign(&now_iso(0)),
+            run.encode_to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let run = proto::GetRunResponse::decode(body.as_slice())
+            .unwrap()
+            .run
+            .unwrap();
+        assert_eq!((run.fab_id.as_str(), run.fab_hash.len()), ("us/app", 64));
+    }
+
+    #[tokio::test]
+    async fn bad_signatures_old_timestamps_and_borrowed_identities_are_refused() {
+        let (link, mut nodes) = superlink(None);
+        let node = Identity::new(7);
+        let other = Identity::new(9);
+        // Signed by another key than the one it sends.
+        let mut forged = node.sign(&now_iso(0));
+        forged[2] = other.sign(&now_iso(0))[2].clone();
+        let (status, text) = register(&link, &node, &forged).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(text.contains("not this key's signature"), "{text}");
+        // A signature of a timestamp ten minutes old (a replayed request).
+        let (status, text) = register(&link, &node, &node.sign(&now_iso(-600))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            text.contains("s old; a request must be signed within the last 305 s"),
+            "{text}"
+        );
+        // No headers at all.
+        let (status, text) = register(&link, &node, &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(text.contains("no flwr-public-key header"), "{text}");
+        // Registering another's key with one's own signature.
+        let (status, text) = register(&link, &node, &other.sign(&now_iso(0))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(text.contains("not the key that signed"), "{text}");
+        // Once registered, a node's id cannot be used under another key.
+        let (status, body) = post(
+            &link,
+            "register-node",
+            &node.sign(&now_iso(0)),
+            proto::RegisterNodeFleetRequest {
+                public_key: node.pem.clone(),
+            }
+            .encode_to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let id = proto::RegisterNodeFleetResponse::decode(body.as_slice())
+            .unwrap()
+            .node_id;
+        let pull = proto::PullMessagesRequest {
+            node: Some(proto::Node { node_id: id }),
+            message_ids: Vec::new(),
+        };
+        let (status, body) = post(
+            &link,
+            "pull-messages",
+            &other.sign(&now_iso(0)),
+            pull.encode_to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(String::from_utf8_lossy(&body).contains("not this key's"));
+        // A body that is not the request's protobuf.
+        let (status, _) = post(
+            &link,
+            "pull-messages",
+            &node.sign(&now_iso(0)),
+            vec![0xff; 9],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(nodes.try_recv().is_err(), "nobody activated");
+    }
+
+    #[tokio::test]
+    async fn with_an_allow_list_only_listed_keys_register() {
+        let listed = Identity::new(3);
+        let unlisted = Identity::new(4);
+        let keys = read_keys(std::str::from_utf8(&listed.pem).unwrap()).unwrap();
+        let (link, _nodes) = superlink(Some(keys));
+        let (status, text) = register(&link, &unlisted, &unlisted.sign(&now_iso(0))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(text.contains("not on the server's list"), "{text}");
+        let (status, _) = register(&link, &listed, &listed.sign(&now_iso(0))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(read_keys("not a key").is_err());
+    }
+}
