@@ -254,3 +254,30 @@ async fn fit(
         slot,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(pairs: &[(&str, f64)]) -> Metrics {
+        Metrics(pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect())
+    }
+
+    #[test]
+    fn a_reply_without_a_whole_example_count_is_refused_by_name() {
+        let e = examples(&metrics(&[("accuracy", 0.9)])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "its reply was refused: the reply's metrics have no \"num-examples\" (a number)"
+        );
+        assert_eq!(e.kind(), crate::history::FailureKind::Rejected);
+        for bad in [-1.0, 2.5, 1e12, f64::NAN] {
+            let e = examples(&metrics(&[("num-examples", bad)])).unwrap_err();
+            assert!(e.to_string().contains("examples"), "{bad}: {e}");
+        }
+        assert_eq!(examples(&metrics(&[("num-examples", 600.0)])).unwrap(), 600);
+        // Current Flower apps name evaluation metrics either way.
+        let m = metrics(&[("eval_acc", 0.5)]);
+        assert_eq!(metric(&m, &["accuracy", "eval_acc"]), Some(0.5));
+    }
+}
