@@ -35,7 +35,7 @@ for p in 3 4; do
 done
 start=$(date +%s.%N)
 wait "${pids[0]}"
-echo "wall time: $(echo "$(date +%s.%N) - $start" | bc) s; output in $out"
+echo "wall time: $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s; output in $out"
 python3 - "$out/history_$rounds.json" <<'PY'
 import json, sys
 h = json.load(open(sys.argv[1]))

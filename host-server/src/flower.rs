@@ -41,22 +41,10 @@ const GOODBYE_ACK: Duration = Duration::from_secs(2);
 /// Serves Flower's stream on `listener` for the whole run: every client that
 /// joins gets a session. Pings idle connections every `--heartbeat`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let (joined, mut streams) = mpsc::channel(8);
+    let (joined, streams) = mpsc::channel(8);
     let server = join::serve(listener, shared.limits.heartbeat, joined);
-    tokio::pin!(server);
-    loop {
-        tokio::select! {
-            ended = &mut server => {
-                if let Err(e) = ended {
-                    tracing::error!("the Flower listener failed: {e}");
-                }
-                return;
-            }
-            Some(stream) = streams.recv() => {
-                tokio::spawn(session(stream, Arc::clone(&shared)));
-            }
-        }
-    }
+    let what = "the Flower listener";
+    participant::sessions(what, server, streams, |s| session(s, Arc::clone(&shared))).await;
 }
 
 /// One Flower client, from its join to its goodbye or its first failure.

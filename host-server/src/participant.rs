@@ -501,6 +501,32 @@ impl Heartbeat {
     }
 }
 
+/// Runs `server` (a listener of Flower's, named `what` in the log) until it
+/// ends, giving every participant it hands over on `joined` its own `session`.
+pub(crate) async fn sessions<T, E: std::fmt::Display, F>(
+    what: &str,
+    server: impl Future<Output = Result<(), E>>,
+    mut joined: mpsc::Receiver<T>,
+    session: impl Fn(T) -> F,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::pin!(server);
+    loop {
+        tokio::select! {
+            ended = &mut server => {
+                if let Err(e) = ended {
+                    tracing::error!("{what} failed: {e}");
+                }
+                return;
+            }
+            Some(one) = joined.recv() => {
+                tokio::spawn(session(one));
+            }
+        }
+    }
+}
+
 /// Gives a participant named `name` an id and enters it in the registry,
 /// unless its name is too long, it was dropped, or the federation is full
 /// (then the code to tell it and why). Jobs for it wait in the channel.

@@ -34,24 +34,12 @@ use crate::validate::{self, Declared};
 pub async fn serve(
     listener: TcpListener,
     superlink: SuperLink,
-    mut nodes: mpsc::Receiver<NodeHandle>,
+    nodes: mpsc::Receiver<NodeHandle>,
     shared: Arc<Shared>,
 ) {
     let server = superlink.serve(listener);
-    tokio::pin!(server);
-    loop {
-        tokio::select! {
-            ended = &mut server => {
-                if let Err(e) = ended {
-                    tracing::error!("the Fleet API listener failed: {e}");
-                }
-                return;
-            }
-            Some(node) = nodes.recv() => {
-                tokio::spawn(session(node, Arc::clone(&shared)));
-            }
-        }
-    }
+    let what = "the Fleet API listener";
+    participant::sessions(what, server, nodes, |n| session(n, Arc::clone(&shared))).await;
 }
 
 async fn session(mut node: NodeHandle, shared: Arc<Shared>) {
