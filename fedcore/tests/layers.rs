@@ -68,7 +68,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "host-client/src",
-        &["attack", "slots", "local", "participant", "flower"],
+        &[
+            "attack",
+            "slots",
+            "local",
+            "participant",
+            "flower",
+            "supernode",
+        ],
     ),
     (
         "flower-bridge/src",
@@ -79,6 +86,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "legacy",
             "objects",
             "superlink",
+            "supernode",
             "join",
         ],
     ),

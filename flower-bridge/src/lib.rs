@@ -15,6 +15,7 @@
 //! - [`objects`]: the content-addressed objects the current protocol (the
 //!   Fleet API) moves a message's content as, to and from our model;
 //! - [`superlink`]: the Fleet API served to Flower's SuperNodes;
+//! - [`supernode`]: the Fleet API's requests, made of a Flower SuperLink;
 //! - [`join`]: the original protocol's stream, served to Flower clients or opened to a
 //!   Flower server.
 
@@ -24,4 +25,5 @@ pub mod npy;
 pub mod objects;
 pub mod proto;
 pub mod superlink;
+pub mod supernode;
 pub mod tensors;

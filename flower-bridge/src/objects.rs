@@ -298,45 +298,131 @@ pub struct Outgoing {
     pub objects: Objects,
 }
 
-/// An instruction carrying `params` (the flat buffer of `spec`) as `arrays`
-/// and round `round` as `config` `server-round`, with `metadata` (whose
-/// message id is set here: the message's object id).
-pub fn instruction(spec: &ModelSpec, params: &[f32], round: u32, metadata: Metadata) -> Outgoing {
+/// A number of a metrics record: Flower keeps integers (counts) and floats apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    /// An integer (`sint64`), e.g. `num-examples`.
+    Int(i64),
+    /// A float (`double`), e.g. `accuracy`.
+    Float(f64),
+}
+
+/// One record of a message's content.
+#[derive(Debug, Clone, Copy)]
+pub enum Record<'a> {
+    /// A model's parameters as an ArrayRecord: `params` is the flat buffer of the spec.
+    Arrays(&'a ModelSpec, &'a [f32]),
+    /// A ConfigRecord of integers.
+    Config(&'a [(&'a str, i64)]),
+    /// A MetricRecord.
+    Metrics(&'a [(&'a str, Number)]),
+}
+
+/// A message of `records` (in that order) with `metadata`, whose message id
+/// is set here: the message's object id.
+pub fn message(metadata: Metadata, records: &[(&str, Record<'_>)]) -> Outgoing {
     let mut objects = Objects::default();
-    let arrays = array_record(&mut objects, spec, params);
-    let config = ConfigRecord {
-        items: vec![config_record::Item {
-            key: "server-round".into(),
-            value: Some(config_int(i64::from(round))),
-        }],
-    };
-    let config = objects.add("ConfigRecord", Vec::new(), &config.encode_to_vec());
-    let names = [
-        ("arrays".to_string(), &arrays),
-        ("config".to_string(), &config),
-    ];
+    let mut trees = Vec::new();
+    for (name, record) in records {
+        let tree = match *record {
+            Record::Arrays(spec, params) => array_record(&mut objects, spec, params),
+            Record::Config(items) => {
+                let record = ConfigRecord {
+                    items: items
+                        .iter()
+                        .map(|&(key, v)| config_record::Item {
+                            key: key.into(),
+                            value: Some(config_int(v)),
+                        })
+                        .collect(),
+                };
+                objects.add("ConfigRecord", Vec::new(), &record.encode_to_vec())
+            }
+            Record::Metrics(items) => {
+                let record = MetricRecord {
+                    items: items
+                        .iter()
+                        .map(|&(key, v)| proto::metric_record::Item {
+                            key: key.into(),
+                            value: Some(proto::MetricRecordValue {
+                                value: Some(match v {
+                                    Number::Int(i) => metric_record_value::Value::Sint64(i),
+                                    Number::Float(f) => metric_record_value::Value::Double(f),
+                                }),
+                            }),
+                        })
+                        .collect(),
+                };
+                objects.add("MetricRecord", Vec::new(), &record.encode_to_vec())
+            }
+        };
+        trees.push((name.to_string(), tree));
+    }
+    let names: Vec<(String, &ObjectTree)> = trees.iter().map(|(n, t)| (n.clone(), t)).collect();
     let body = json_refs(&names);
-    let content = objects.add("RecordDict", distinct(vec![arrays, config]), &body);
+    let content = objects.add(
+        "RecordDict",
+        distinct(trees.iter().map(|(_, t)| t.clone()).collect()),
+        &body,
+    );
+    seal(objects, metadata, Some(content), None)
+}
+
+/// A reply that carries an error instead of content.
+pub fn error_message(metadata: Metadata, code: i64, reason: &str) -> Outgoing {
+    let error = proto::Error {
+        code,
+        reason: reason.into(),
+    };
+    seal(Objects::default(), metadata, None, Some(error))
+}
+
+/// Adds the Message object itself and names the message by it.
+fn seal(
+    mut objects: Objects,
+    metadata: Metadata,
+    content: Option<ObjectTree>,
+    error: Option<proto::Error>,
+) -> Outgoing {
     let mut message = proto::Message {
         metadata: Some(Metadata {
             message_id: String::new(),
             ..metadata
         }),
         content: None,
-        error: None,
+        error,
     };
-    let tree = objects.add("Message", vec![content], &message.encode_to_vec());
+    let tree = objects.add(
+        "Message",
+        content.into_iter().collect(),
+        &message.encode_to_vec(),
+    );
     if let Some(m) = message.metadata.as_mut() {
         m.message_id = tree.object_id.clone();
     }
     // On the wire the content is present but empty (Flower's SuperNode takes a
     // message with neither content nor error for a malformed one).
-    message.content = Some(proto::RecordDict::default());
+    if message.error.is_none() {
+        message.content = Some(proto::RecordDict::default());
+    }
     Outgoing {
         message,
         tree,
         objects,
     }
+}
+
+/// An instruction carrying `params` (the flat buffer of `spec`) as `arrays`
+/// and round `round` as `config` `server-round`, with `metadata`.
+pub fn instruction(spec: &ModelSpec, params: &[f32], round: u32, metadata: Metadata) -> Outgoing {
+    let config = [("server-round", i64::from(round))];
+    message(
+        metadata,
+        &[
+            ("arrays", Record::Arrays(spec, params)),
+            ("config", Record::Config(&config)),
+        ],
+    )
 }
 
 /// A JSON object's entries in the order they were written (serde_json's map
@@ -433,25 +519,33 @@ fn content(objects: &Objects, message_id: &str) -> Result<Vec<(String, String)>,
     refs(objects, record, "RecordDict")
 }
 
-/// Reads the reply `message_id` among `objects`: its `metrics` record, and
-/// (when `params` is given) its `arrays` into `params`, the flat buffer of
-/// `spec` (untouched unless every tensor fits).
-pub fn read_reply(
+/// What a message's content held besides its arrays.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Content {
+    /// Its `metrics` record's numbers, if it has one.
+    pub metrics: Option<Metrics>,
+    /// Its `config` record's numbers, if it has one.
+    pub config: Option<Metrics>,
+}
+
+/// Reads the message `message_id` among `objects`: (when `params` is given)
+/// its `arrays` into `params`, the flat buffer of `spec` (untouched unless
+/// every tensor fits), and the numbers of its `metrics` and `config`.
+pub fn read(
     objects: &Objects,
     message_id: &str,
     spec: &ModelSpec,
     params: Option<&mut [f32]>,
-) -> Result<Metrics, ObjectError> {
+) -> Result<Content, ObjectError> {
     let records = content(objects, message_id)?;
-    let record = |name: &'static str| {
+    let record = |name: &str| {
         records
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, id)| id.clone())
-            .ok_or(ObjectError::NoRecord(name))
     };
     if let Some(params) = params {
-        let arrays = record("arrays")?;
+        let arrays = record("arrays").ok_or(ObjectError::NoRecord("arrays"))?;
         let mut tensors = Vec::new();
         for (name, array_id) in refs(objects, &arrays, "ArrayRecord")? {
             let array = objects.get(&array_id, "Array")?;
@@ -481,26 +575,59 @@ pub fn read_reply(
         let views: Vec<&[u8]> = tensors.iter().map(Vec::as_slice).collect();
         tensors::decode(spec, &views, params)?;
     }
-    let metrics = record("metrics")?;
-    let parsed = objects.get(&metrics, "MetricRecord")?;
-    let record = MetricRecord::decode(parsed.body).map_err(|e| ObjectError::Malformed {
-        id: metrics.clone(),
-        problem: format!("its body is not a MetricRecord: {e}"),
-    })?;
-    let numbers = record
-        .items
-        .into_iter()
-        .filter_map(|item| {
-            let value = match item.value?.value? {
-                metric_record_value::Value::Double(v) => v,
-                metric_record_value::Value::Sint64(v) => v as f64,
-                metric_record_value::Value::Uint64(v) => v as f64,
-                _ => return None,
-            };
-            Some((item.key, value))
-        })
-        .collect();
-    Ok(Metrics(numbers))
+    let metrics = match record("metrics") {
+        Some(id) => {
+            let parsed = objects.get(&id, "MetricRecord")?;
+            let record = MetricRecord::decode(parsed.body).map_err(|e| ObjectError::Malformed {
+                id: id.clone(),
+                problem: format!("its body is not a MetricRecord: {e}"),
+            })?;
+            let numbers = record.items.into_iter().filter_map(|item| {
+                let value = match item.value?.value? {
+                    metric_record_value::Value::Double(v) => v,
+                    metric_record_value::Value::Sint64(v) => v as f64,
+                    metric_record_value::Value::Uint64(v) => v as f64,
+                    _ => return None,
+                };
+                Some((item.key, value))
+            });
+            Some(Metrics(numbers.collect()))
+        }
+        None => None,
+    };
+    let config = match record("config") {
+        Some(id) => {
+            let parsed = objects.get(&id, "ConfigRecord")?;
+            let record = ConfigRecord::decode(parsed.body).map_err(|e| ObjectError::Malformed {
+                id: id.clone(),
+                problem: format!("its body is not a ConfigRecord: {e}"),
+            })?;
+            let numbers = record.items.into_iter().filter_map(|item| {
+                let value = match item.value?.value? {
+                    config_record_value::Value::Double(v) => v,
+                    config_record_value::Value::Sint64(v) => v as f64,
+                    config_record_value::Value::Uint64(v) => v as f64,
+                    _ => return None,
+                };
+                Some((item.key, value))
+            });
+            Some(Metrics(numbers.collect()))
+        }
+        None => None,
+    };
+    Ok(Content { metrics, config })
+}
+
+/// Reads a reply: [`read`], which must find a `metrics` record.
+pub fn read_reply(
+    objects: &Objects,
+    message_id: &str,
+    spec: &ModelSpec,
+    params: Option<&mut [f32]>,
+) -> Result<Metrics, ObjectError> {
+    read(objects, message_id, spec, params)?
+        .metrics
+        .ok_or(ObjectError::NoRecord("metrics"))
 }
 
 #[cfg(test)]
@@ -612,6 +739,54 @@ mod tests {
         let e = read_reply(&missing, &reply.message_id, &spec(), Some(&mut params)).unwrap_err();
         assert_eq!(e, ObjectError::Missing(chunk));
         assert!(params.iter().all(|&v| v == 9.0));
+    }
+
+    #[test]
+    fn a_reply_we_build_reads_back_and_an_error_reply_says_why() {
+        let metadata = Metadata {
+            run_id: 5,
+            reply_to_message_id: "x".into(),
+            ..Metadata::default()
+        };
+        let trained: Vec<f32> = global().iter().map(|v| v * 2.0).collect();
+        let metrics = [
+            ("num-examples", Number::Int(40)),
+            ("accuracy", Number::Float(0.75)),
+        ];
+        let reply = message(
+            metadata.clone(),
+            &[
+                ("arrays", Record::Arrays(&spec(), &trained)),
+                ("metrics", Record::Metrics(&metrics)),
+            ],
+        );
+        let mut params = vec![0.0; spec().param_count()];
+        let got = read_reply(
+            &reply.objects,
+            &reply.tree.object_id,
+            &spec(),
+            Some(&mut params),
+        )
+        .unwrap();
+        assert_eq!(params, trained);
+        assert_eq!(
+            (got.get("num-examples"), got.get("accuracy")),
+            (Some(40.0), Some(0.75))
+        );
+        // The instruction's config reads back too.
+        let ins = instruction(&spec(), &global(), 4, metadata.clone());
+        let content = read(
+            &ins.objects,
+            &ins.tree.object_id,
+            &spec(),
+            Some(&mut params),
+        )
+        .unwrap();
+        assert_eq!(content.config.unwrap().get("server-round"), Some(4.0));
+        assert_eq!(params, global());
+        let failed = error_message(metadata, 3, "no data");
+        let e = read_reply(&failed.objects, &failed.tree.object_id, &spec(), None).unwrap_err();
+        assert_eq!(e.to_string(), "it replied with error 3: no data");
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! - [`slots`]: machine-wide training slots, so client processes take turns;
 //! - [`local`]: a participant's data, model, and training on this machine's cores;
 //! - [`participant`]: one participant's conversation with the server;
-//! - [`flower`]: one participant's conversation with a Flower server.
+//! - [`flower`]: one participant's conversation with a Flower server;
+//! - [`supernode`]: one participant as a Flower SuperNode of a SuperLink.
 
 pub mod attack;
 pub mod flower;
 pub mod local;
 pub mod participant;
 pub mod slots;
+pub mod supernode;

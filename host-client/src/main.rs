@@ -20,6 +20,7 @@ use host_client::flower::{self, FlowerConfig};
 use host_client::local::Local;
 use host_client::participant::{self, ParticipantConfig};
 use host_client::slots::SlotConfig;
+use host_client::supernode::{self, SupernodeConfig};
 use tokio::sync::Semaphore;
 
 /// A participant of the federation: trains on its share of a dataset when the server asks.
@@ -33,6 +34,7 @@ struct Cli {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("flower").args(["flower_server", "superlink"])))]
 struct JoinArgs {
     /// Server address (host:port).
     #[arg(long, default_value = DEFAULT_ADDRESS)]
@@ -41,9 +43,18 @@ struct JoinArgs {
     /// original gRPC protocol), training --model with fedcore.
     #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["server", "attack", "encoding"])]
     flower_server: Option<SocketAddr>,
+    /// Join a Flower 1.42 SuperLink instead, as a SuperNode (the current
+    /// protocol, plaintext as `flower-superlink --insecure`), for one run,
+    /// training --model with fedcore.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        conflicts_with_all = ["server", "attack", "encoding", "flower_server"]
+    )]
+    superlink: Option<String>,
     /// The model a Flower server trains (it does not say): cnn (the reference
     /// CNN) or an MLP such as mlp:784-128-10. Our server names its own.
-    #[arg(long, default_value = "cnn", requires = "flower_server")]
+    #[arg(long, default_value = "cnn", requires = "flower")]
     model: ModelSpec,
     /// This client's index among --num-clients (the first one when --clients > 1).
     #[arg(long, default_value_t = 0)]
@@ -174,6 +185,18 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
             encoding: args.encoding.into(),
         };
         let local = Local::new(data, Arc::clone(&cores), slots.as_ref())?;
+        if let Some(superlink) = &args.superlink {
+            let config = SupernodeConfig {
+                superlink: superlink.clone(),
+                name: config.name,
+                model: args.model.clone(),
+                train: TrainConfig::default(),
+                seed: args.seed.wrapping_add(index as u64),
+                connect_timeout: config.connect_timeout,
+            };
+            tasks.spawn(supernode::run(config, local));
+            continue;
+        }
         match args.flower_server {
             Some(server) => {
                 let config = FlowerConfig {

@@ -459,3 +459,130 @@ fn two_unchanged_flower_supernodes_run_a_fab_beside_one_of_ours() {
     drop(nodes);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn two_of_our_clients_join_a_flower_superlink_and_train_in_flwr_run() {
+    let Some(python) = flower_python() else {
+        return;
+    };
+    let out = temp_dir("superlink");
+    let bin = python.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let port = free_port();
+    let home = out.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "[superlink]\ndefault = \"test\"\n\n[superlink.test]\naddress = \"127.0.0.1:{port}\"\ninsecure = true\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(out.join("superlink.log")).unwrap();
+    let _superlink = Group(
+        Command::new(bin.join("flower-superlink"))
+            .args(["--insecure", "--port", &port.to_string()])
+            .args(["--database", ":flwr-in-memory-state:"])
+            .env("FLWR_HOME", &home)
+            .env("FLWR_TELEMETRY_ENABLED", "0")
+            .env("PATH", &path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    // Ours, two SuperNodes in one process, retry until the SuperLink is up.
+    let superlink = format!("127.0.0.1:{port}");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+    let mut ours = Proc(
+        Command::new(support::bin("host-client"))
+            .args(["--superlink", &superlink, "--model", "mlp:784-32-10"])
+            .args([
+                "--clients",
+                "2",
+                "--num-clients",
+                "3",
+                "--connect-timeout",
+                "60",
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .stderr(std::fs::File::create(out.join("clients.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Flower's own `flwr run` of flower/app, whose ServerApp runs FedAvg for 3 rounds.
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flower/app");
+    let mut started = None;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&superlink).is_ok() {
+            started = Some(());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(started.is_some(), "the SuperLink never listened");
+    let run = Command::new(bin.join("flwr"))
+        .args(["run"])
+        .arg(&app)
+        .args(["test", "--stream"])
+        .env("FLWR_HOME", &home)
+        .env("FLWR_TELEMETRY_ENABLED", "0")
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&run.stdout).into_owned();
+    let clients = || std::fs::read_to_string(out.join("clients.log")).unwrap_or_default();
+    assert!(
+        run.status.success(),
+        "flwr run failed:\n{printed}\n{}",
+        clients()
+    );
+    // Ours end by themselves once the run is over.
+    assert!(
+        wait(&mut ours, Duration::from_secs(60)),
+        "our clients failed:\n{}",
+        clients()
+    );
+    let record = printed
+        .lines()
+        .find_map(|l| l.split_once("record: ").map(|(_, json)| json.to_string()))
+        .unwrap_or_else(|| panic!("no record in:\n{printed}"));
+    let rounds: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let rounds = rounds.as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    let mut accuracy = Vec::new();
+    for r in rounds {
+        // Both of ours trained on their 20,000 and evaluated on their 3,333.
+        for (phase, examples) in [("train", 20000.0), ("evaluate", 3333.0)] {
+            let replies = r[phase].as_array().unwrap();
+            assert_eq!(replies.len(), 2, "round {}: {phase}", r["round"]);
+            for reply in replies {
+                assert_eq!(reply["num-examples"].as_f64(), Some(examples), "{reply}");
+            }
+        }
+        // Flower's aggregate is the example-weighted mean of what ours reported.
+        let (n, sum) = r["evaluate"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .fold((0.0, 0.0), |(n, s), e| {
+                let w = e["num-examples"].as_f64().unwrap();
+                (n + w, s + w * e["accuracy"].as_f64().unwrap())
+            });
+        let aggregated = r["accuracy"].as_f64().unwrap();
+        assert!((sum / n - aggregated).abs() < 1e-6, "round {}", r["round"]);
+        accuracy.push(aggregated);
+    }
+    assert!(
+        accuracy[2] > accuracy[0] && accuracy[2] > 0.9,
+        "accuracy by round {accuracy:?}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
