@@ -16,7 +16,8 @@
 //! DER ECDSA with SHA-256 over the timestamp, on P-384, the curve a SuperNode
 //! makes its own key on, or P-256); the key must be the node's own,
 //! and with an allow-list only listed keys may register. Everything a node
-//! sends is bounded: one body at most [`MAX_BODY`], one reply at most
+//! sends is bounded: registered nodes at most the number the host gives,
+//! one body at most [`MAX_BODY`], one reply at most
 //! [`MAX_REPLY_OBJECTS`] objects and [`MAX_BODY`] bytes in all, and only the
 //! objects the reply's tree announced are taken.
 
@@ -259,6 +260,8 @@ struct Upload {
 struct Link {
     fab: Fab,
     allowed: Option<HashSet<Vec<u8>>>,
+    /// Most nodes registered at once (each registration with a new key is one).
+    max_nodes: usize,
     state: Mutex<Nodes>,
     activated: mpsc::Sender<NodeHandle>,
     this: std::sync::Weak<Link>,
@@ -466,13 +469,19 @@ pub struct SuperLink {
 
 impl SuperLink {
     /// A SuperLink handing out `fab`, admitting only `allowed` public keys
-    /// (curve points, as [`read_keys`] gives them) when given; each node that
-    /// activates arrives on the receiver.
-    pub fn new(fab: Fab, allowed: Option<Vec<Vec<u8>>>) -> (Self, mpsc::Receiver<NodeHandle>) {
+    /// (curve points, as [`read_keys`] gives them) when given, and at most
+    /// `max_nodes` registered nodes; each node that activates arrives on the
+    /// receiver.
+    pub fn new(
+        fab: Fab,
+        allowed: Option<Vec<Vec<u8>>>,
+        max_nodes: usize,
+    ) -> (Self, mpsc::Receiver<NodeHandle>) {
         let (activated, nodes) = mpsc::channel(64);
         let link = Arc::new_cyclic(|this| Link {
             fab,
             allowed: allowed.map(|keys| keys.into_iter().collect()),
+            max_nodes,
             state: Mutex::default(),
             activated,
             this: this.clone(),
@@ -566,6 +575,12 @@ fn handle(link: &Link, rpc: &str, headers: &HeaderMap, body: &[u8]) -> Result<Re
                 .map(|(&id, _)| id);
             let id = match existing {
                 Some(id) => id,
+                None if nodes.by_id.len() >= link.max_nodes => {
+                    return Err(Refusal::Unauthorized(format!(
+                        "the SuperLink holds as many nodes as it takes ({}); unregister one first",
+                        link.max_nodes
+                    )));
+                }
                 None => {
                     let mut id = rand::random::<u64>() >> 1;
                     while id <= SUPERLINK_NODE || nodes.by_id.contains_key(&id) {
@@ -928,7 +943,7 @@ mod tests {
             id: "us/app".into(),
             version: "1.0.0".into(),
         };
-        SuperLink::new(fab, allowed)
+        SuperLink::new(fab, allowed, 2)
     }
 
     /// Posts `body` to `rpc` with `headers`; the status and the body back.
@@ -1086,5 +1101,27 @@ mod tests {
         let (status, _) = register(&link, &listed, &listed.sign(&now_iso(0))).await;
         assert_eq!(status, StatusCode::OK);
         assert!(read_keys("not a key").is_err());
+    }
+
+    #[tokio::test]
+    async fn registrations_beyond_the_bound_are_refused_and_a_known_key_keeps_its_id() {
+        let (link, _nodes) = superlink(None);
+        for seed in [1, 2] {
+            let node = Identity::new(seed);
+            assert_eq!(
+                register(&link, &node, &node.sign(&now_iso(0))).await.0,
+                StatusCode::OK
+            );
+        }
+        let third = Identity::new(3);
+        let (status, text) = register(&link, &third, &third.sign(&now_iso(0))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(text.contains("as many nodes as it takes (2)"), "{text}");
+        // A node registering again is the same node, not one more.
+        let first = Identity::new(1);
+        assert_eq!(
+            register(&link, &first, &first.sign(&now_iso(0))).await.0,
+            StatusCode::OK
+        );
     }
 }

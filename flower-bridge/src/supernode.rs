@@ -365,7 +365,7 @@ mod tests {
             id: "us/app".into(),
             version: "1.0.0".into(),
         };
-        let (link, mut nodes) = SuperLink::new(fab, None);
+        let (link, mut nodes) = SuperLink::new(fab, None, 4);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(link.serve(listener));

@@ -344,7 +344,10 @@ async fn flower_listeners(config: &ServerConfig) -> anyhow::Result<FlowerListene
             .await
             .with_context(|| format!("cannot listen for Flower SuperNodes on {addr}"))?;
         println!("superlink listening on {}", listener.local_addr()?);
-        let (link, nodes) = SuperLink::new(fab_read, keys);
+        // Nodes that registered but are not connected count too: twice the
+        // participants the federation takes.
+        let max_nodes = config.limits.max_clients.saturating_mul(2);
+        let (link, nodes) = SuperLink::new(fab_read, keys, max_nodes);
         flower.fleet = Some((listener, link, nodes));
     }
     Ok(flower)
