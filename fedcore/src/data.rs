@@ -7,6 +7,9 @@
 //!
 //! [`Idx`] parses IDX files (MNIST's format) from bytes already in memory: the
 //! shells do the file I/O and gzip, this module only checks and views.
+//! [`Blob`] is a board's whole shard (training and test samples) as one byte
+//! string with a checksum, the form firmware reads from flash or from a
+//! memory region a loader filled.
 
 use crate::Error;
 
@@ -167,6 +170,94 @@ impl Dataset for LabelledImages<'_> {
     }
 }
 
+/// Bytes of a [`Blob`]'s header.
+pub const BLOB_HEADER: usize = 24;
+
+/// A shard blob: a board's training and test samples as one byte string,
+/// which a host tool writes and firmware reads in place (from flash, or a
+/// memory region a loader filled) and checks at boot.
+///
+/// Layout, little-endian: the magic `FEDSHARD`; version (u16, 1); bytes per
+/// sample (u16, e.g. 784); training samples (u32); test samples (u32); the
+/// CRC-32 (ISO-HDLC, as the frames use) of everything after the header
+/// (u32); then every label (u8), training first, then every sample's
+/// pixels in the same order. Bytes after the data are ignored (a memory
+/// region may be larger than the blob).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blob<'a> {
+    /// The training samples.
+    pub train: LabelledImages<'a>,
+    /// The test samples.
+    pub test: LabelledImages<'a>,
+}
+
+impl<'a> Blob<'a> {
+    /// Bytes of the header.
+    pub const HEADER: usize = BLOB_HEADER;
+    const MAGIC: &'static [u8; 8] = b"FEDSHARD";
+    const VERSION: u16 = 1;
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+    /// The header of a blob of `train` and `test` samples of `sample_len`
+    /// bytes whose data (labels, then pixels) is `data`.
+    pub fn header(sample_len: u16, train: u32, test: u32, data: &[u8]) -> [u8; BLOB_HEADER] {
+        let mut h = [0u8; BLOB_HEADER];
+        h[..8].copy_from_slice(Self::MAGIC);
+        h[8..10].copy_from_slice(&Self::VERSION.to_le_bytes());
+        h[10..12].copy_from_slice(&sample_len.to_le_bytes());
+        h[12..16].copy_from_slice(&train.to_le_bytes());
+        h[16..20].copy_from_slice(&test.to_le_bytes());
+        h[20..24].copy_from_slice(&Self::CRC.checksum(data).to_le_bytes());
+        h
+    }
+
+    /// Views a blob, checking its header, its length and its checksum.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+        let header = bytes
+            .get(..Self::HEADER)
+            .ok_or(Error::BadShard("shorter than its header"))?;
+        if &header[..8] != Self::MAGIC {
+            return Err(Error::BadShard("no FEDSHARD magic: not a shard blob"));
+        }
+        let u16_at = |i: usize| u16::from_le_bytes([header[i], header[i + 1]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        if u16_at(8) != Self::VERSION {
+            return Err(Error::BadShard("a version this firmware does not read"));
+        }
+        let sample_len = usize::from(u16_at(10));
+        let (train, test) = (u32_at(12) as usize, u32_at(16) as usize);
+        if sample_len == 0 {
+            return Err(Error::BadShard("samples of 0 bytes"));
+        }
+        let samples = train
+            .checked_add(test)
+            .ok_or(Error::BadShard("more samples than a blob can hold"))?;
+        let pixels = samples
+            .checked_mul(sample_len)
+            .ok_or(Error::BadShard("more samples than a blob can hold"))?;
+        let data = samples
+            .checked_add(pixels)
+            .and_then(|len| bytes.get(Self::HEADER..Self::HEADER + len))
+            .ok_or(Error::BadShard("shorter than its header says"))?;
+        let computed = Self::CRC.checksum(data);
+        let stored = u32_at(20);
+        if computed != stored {
+            return Err(Error::ShardChecksum { stored, computed });
+        }
+        let (labels, images) = data.split_at(samples);
+        let view = |range: core::ops::Range<usize>| LabelledImages {
+            images: &images[range.start * sample_len..range.end * sample_len],
+            labels: &labels[range],
+            pixels: sample_len,
+        };
+        Ok(Blob {
+            train: view(0..train),
+            test: view(train..samples),
+        })
+    }
+}
+
 /// Tiny in-memory datasets for unit tests: `(pixels, label)` pairs.
 #[cfg(test)]
 pub(crate) struct Samples<const P: usize>(pub std::vec::Vec<([u8; P], u8)>);
@@ -243,5 +334,68 @@ mod tests {
             LabelledImages::new(Idx::parse(&images).unwrap(), Idx::parse(&labels).unwrap())
                 .is_err()
         );
+    }
+
+    /// A blob of `train` and `test` two-byte samples: sample i is [i, 2i] with label i % 10.
+    fn blob(train: u32, test: u32) -> std::vec::Vec<u8> {
+        let n = (train + test) as usize;
+        let mut data: std::vec::Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        for i in 0..n {
+            data.extend_from_slice(&[i as u8, (2 * i) as u8]);
+        }
+        let mut bytes = Blob::header(2, train, test, &data).to_vec();
+        bytes.extend_from_slice(&data);
+        bytes
+    }
+
+    #[test]
+    fn a_shard_blob_reads_back_as_its_training_and_test_samples() {
+        let mut bytes = blob(3, 2);
+        // A memory region larger than the blob: what follows is ignored.
+        bytes.extend_from_slice(&[0xAA; 7]);
+        let b = Blob::parse(&bytes).unwrap();
+        assert_eq!((b.train.len(), b.test.len()), (3, 2));
+        assert_eq!(
+            b.train.sample(2),
+            Sample {
+                pixels: &[2, 4],
+                label: 2
+            }
+        );
+        assert_eq!(
+            b.test.sample(1),
+            Sample {
+                pixels: &[4, 8],
+                label: 4
+            }
+        );
+    }
+
+    #[test]
+    fn a_damaged_or_cut_shard_blob_is_refused_before_any_sample_is_read() {
+        let good = blob(3, 2);
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            Blob::parse(&flipped),
+            Err(Error::ShardChecksum { .. })
+        ));
+        assert!(
+            Blob::parse(&good[..good.len() - 1])
+                .unwrap_err()
+                .to_string()
+                .contains("shorter than its header says")
+        );
+        let mut other = good.clone();
+        other[0] = b'X';
+        assert_eq!(
+            Blob::parse(&other),
+            Err(Error::BadShard("no FEDSHARD magic: not a shard blob"))
+        );
+        // Counts whose product overflows are refused, not multiplied.
+        let mut huge = good.clone();
+        huge[12..20].copy_from_slice(&[0xFF; 8]);
+        assert!(Blob::parse(&huge).is_err());
+        assert!(Blob::parse(&good[..10]).is_err());
     }
 }

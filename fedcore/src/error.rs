@@ -119,6 +119,15 @@ pub enum Error {
     NonFinite,
     /// The IDX data is malformed (bad magic number, truncated, or mismatched counts).
     BadIdx(&'static str),
+    /// A shard blob is malformed (bad magic, another version, truncated).
+    BadShard(&'static str),
+    /// A shard blob's data does not match its checksum: it was damaged or cut.
+    ShardChecksum {
+        /// The checksum its header holds.
+        stored: u32,
+        /// The checksum of the data that is there.
+        computed: u32,
+    },
     /// A message does not fit in the frame buffer; raise the peer's max frame or send smaller chunks.
     FrameTooLarge,
     /// A message could not be encoded with postcard.
@@ -236,6 +245,11 @@ impl fmt::Display for Error {
                 "parameters contain NaN or infinity: training diverged (try a lower learning rate)"
             ),
             Error::BadIdx(what) => write!(f, "malformed IDX data: {what}"),
+            Error::BadShard(what) => write!(f, "malformed shard blob: {what}"),
+            Error::ShardChecksum { stored, computed } => write!(
+                f,
+                "the shard blob is damaged: its checksum is {stored:#010x}, its data's {computed:#010x} (write it again)"
+            ),
             Error::FrameTooLarge => write!(
                 f,
                 "message does not fit in the frame buffer: send smaller chunks or raise the max frame"

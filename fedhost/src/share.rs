@@ -34,6 +34,38 @@ pub struct Share {
     pub test: Shard,
 }
 
+impl Share {
+    /// This share as a shard blob ([`fedcore::data::Blob`]): what a board
+    /// reads from flash or a memory region instead of files. `None` if its
+    /// samples are larger than a blob's 65,535 bytes or more than 2^32.
+    pub fn blob(&self) -> Option<Vec<u8>> {
+        use fedcore::data::{Blob, Dataset};
+        let sets = [&self.train, &self.test];
+        let sample_len = sets
+            .iter()
+            .find(|s| !s.is_empty())
+            .map_or(0, |s| s.sample(0).pixels.len());
+        let mut data = Vec::new();
+        for set in sets {
+            data.extend((0..set.len()).map(|i| set.sample(i).label));
+        }
+        for set in sets {
+            for i in 0..set.len() {
+                data.extend_from_slice(set.sample(i).pixels);
+            }
+        }
+        let header = Blob::header(
+            u16::try_from(sample_len).ok()?,
+            u32::try_from(self.train.len()).ok()?,
+            u32::try_from(self.test.len()).ok()?,
+            &data,
+        );
+        let mut blob = header.to_vec();
+        blob.append(&mut data);
+        Some(blob)
+    }
+}
+
 /// Why shares could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
@@ -80,5 +112,31 @@ impl ShareSpec {
                 test: Shard::new(Arc::clone(&pool), a.test),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use fedcore::data::{Blob, Dataset};
+
+    use super::*;
+
+    #[test]
+    fn a_share_written_as_a_blob_reads_back_sample_for_sample() {
+        let spec = ShareSpec {
+            dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist")),
+            partition: Partition::Iid,
+            count: 200,
+            seed: 0,
+        };
+        let share = spec.load(3..4).unwrap().remove(0);
+        let bytes = share.blob().unwrap();
+        let blob = Blob::parse(&bytes).unwrap();
+        for (ours, theirs) in [(&share.train, &blob.train), (&share.test, &blob.test)] {
+            assert_eq!(ours.len(), theirs.len());
+            assert!((0..ours.len()).all(|i| ours.sample(i) == theirs.sample(i)));
+        }
+        assert_eq!(bytes.len(), Blob::HEADER + 350 * (1 + 784));
     }
 }

@@ -5,6 +5,7 @@
 //! server should open as the first line on stdout), and runs fedcore's device
 //! loop until the server says goodbye.
 
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,7 +24,7 @@ use firmware_sim::uart::SimUart;
 #[command(version, about)]
 struct Cli {
     /// Create a pseudo-terminal pair and serve on it (its path is the first line printed).
-    #[arg(long, conflicts_with = "port", required_unless_present = "port")]
+    #[arg(long, conflicts_with = "port", required_unless_present_any = ["port", "write_blob"])]
     pty: bool,
     /// With --pty: also make this symlink to the pty's path (a stable name across restarts).
     #[arg(long, requires = "pty")]
@@ -31,6 +32,11 @@ struct Cli {
     /// Serve on this serial port instead (e.g. /dev/ttyUSB0).
     #[arg(long)]
     port: Option<PathBuf>,
+    /// Instead of serving, write this device's shard (--shard, --partition,
+    /// --seed, --data-dir) as a shard blob, the form a board reads from flash
+    /// or a loaded memory region (fedcore::data::Blob), to FILE, and exit.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["port", "pty"])]
+    write_blob: Option<PathBuf>,
     /// Line speed: the link moves bytes no faster than this baud rate allows (10 bits a byte).
     /// 0 means unthrottled (only with --pty).
     #[arg(long, default_value_t = DEFAULT_BAUD)]
@@ -119,6 +125,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         seed: cli.seed,
     };
     let data = spec.load(index..index + 1)?.remove(0);
+    if let Some(path) = cli.write_blob {
+        let blob = data.blob().context(
+            "this shard does not fit a blob (samples over 65,535 bytes or over 2^32 of them)",
+        )?;
+        std::fs::write(&path, &blob).with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "wrote {} ({} bytes: {} training and {} test samples)",
+            path.display(),
+            blob.len(),
+            data.train.indices().len(),
+            data.test.indices().len()
+        );
+        return Ok(());
+    }
     let choice = match cli.port {
         Some(path) => LineChoice::Port {
             path,
