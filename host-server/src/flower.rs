@@ -219,14 +219,40 @@ async fn fit(
     })
     .await?;
     let seconds = trained.elapsed().as_secs_f32();
+    let mut done = checked_fit(
+        shared,
+        &job,
+        global,
+        declared,
+        evaluation,
+        seconds,
+        |params| Ok(legacy::read_fit_res(&shared.model, &res, params)?),
+    )
+    .await?;
+    done.traffic = traffic(stream, before, start);
+    Ok(done)
+}
+
+/// Finishes a Flower participant's fit that took `seconds`: takes an upload
+/// slot, has `read` put its update in a fresh buffer and give its report, and
+/// validates both like our participants' (with the fused `evaluation`). The
+/// traffic is the caller's to fill in.
+pub(crate) async fn checked_fit(
+    shared: &Shared,
+    job: &FitJob,
+    global: &[f32],
+    declared: Declared,
+    evaluation: Option<EvaluateRes>,
+    seconds: f32,
+    read: impl FnOnce(&mut [f32]) -> Result<legacy::FitReport, JobError>,
+) -> Result<FitDone, JobError> {
     // The semaphore is never closed while connection tasks run.
     let slot = Arc::clone(&shared.uploads)
         .acquire_owned()
         .await
         .map_err(|_| JobError::Gone)?;
     let mut params = vec![0.0; global.len()];
-    let report = legacy::read_fit_res(&shared.model, &res, &mut params)?;
-    drop(res);
+    let report = read(&mut params)?;
     let (loss, accuracy) = report.scores.unwrap_or((0.0, 0.0));
     let res = FitRes {
         round: job.round,
@@ -248,7 +274,7 @@ async fn fit(
         res,
         scored: report.scores.is_some(),
         evaluation,
-        traffic: traffic(stream, before, start),
+        traffic: Traffic::default(),
         slot,
     })
 }

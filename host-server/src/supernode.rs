@@ -17,13 +17,15 @@
 
 use std::sync::Arc;
 
-use fedcore::protocol::{EvaluateRes, FitRes};
+use fedcore::protocol::EvaluateRes;
+use flower_bridge::legacy::FitReport;
 use flower_bridge::objects::{self, Metrics, ObjectError};
-use flower_bridge::superlink::{Ask, NodeHandle, SuperLink};
+use flower_bridge::superlink::{Ask, NodeHandle, Reply, SuperLink};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::flower::checked_fit;
 use crate::history::{LinkKind, Traffic};
 use crate::job::{EvaluateDone, FitDone, FitJob, Job, JobError, answer_by};
 use crate::participant::{self, Shared};
@@ -123,13 +125,8 @@ async fn evaluation(
     traffic: &mut Traffic,
 ) -> Result<EvaluateRes, JobError> {
     let start = Instant::now();
-    let pulled = node.bytes_pulled();
     let ttl = deadline.saturating_duration_since(start);
-    let reply = node
-        .ask(Ask::Evaluate, &shared.model, global, round, ttl)
-        .await?;
-    traffic.bytes_sent += node.bytes_pulled() - pulled;
-    traffic.bytes_received += reply.bytes;
+    let reply = ask(node, Ask::Evaluate, shared, global, round, ttl, traffic).await?;
     let metrics = objects::read_reply(&reply.objects, &reply.message_id, &shared.model, None)?;
     let res = EvaluateRes {
         round,
@@ -194,53 +191,62 @@ async fn fit(
         false => None,
     };
     let trained = Instant::now();
-    let pulled = node.bytes_pulled();
     let ttl = deadline.saturating_duration_since(trained);
-    let reply = node
-        .ask(Ask::Train, &shared.model, global, job.round, ttl)
-        .await?;
+    let reply = ask(
+        node,
+        Ask::Train,
+        shared,
+        global,
+        job.round,
+        ttl,
+        &mut traffic,
+    )
+    .await?;
+    let seconds = trained.elapsed().as_secs_f32();
+    let mut done = checked_fit(
+        shared,
+        &job,
+        global,
+        declared,
+        evaluation,
+        seconds,
+        |params| {
+            let metrics = objects::read_reply(
+                &reply.objects,
+                &reply.message_id,
+                &shared.model,
+                Some(params),
+            )?;
+            let scores =
+                metric(&metrics, &["loss", "train_loss"]).zip(metric(&metrics, &["accuracy"]));
+            Ok(FitReport {
+                examples: examples(&metrics)?,
+                scores,
+            })
+        },
+    )
+    .await?;
+    traffic.seconds = start.elapsed().as_secs_f64();
+    done.traffic = traffic;
+    Ok(done)
+}
+
+/// Sends the node `global` for `round` as `ask` and waits for the reply,
+/// counting what both moved in `traffic`.
+async fn ask(
+    node: &mut NodeHandle,
+    ask: Ask,
+    shared: &Shared,
+    global: &[f32],
+    round: u32,
+    ttl: std::time::Duration,
+    traffic: &mut Traffic,
+) -> Result<Reply, JobError> {
+    let pulled = node.bytes_pulled();
+    let reply = node.ask(ask, &shared.model, global, round, ttl).await?;
     traffic.bytes_sent += node.bytes_pulled() - pulled;
     traffic.bytes_received += reply.bytes;
-    let seconds = trained.elapsed().as_secs_f32();
-    // The semaphore is never closed while connection tasks run.
-    let slot = Arc::clone(&shared.uploads)
-        .acquire_owned()
-        .await
-        .map_err(|_| JobError::Gone)?;
-    let mut params = vec![0.0; global.len()];
-    let metrics = objects::read_reply(
-        &reply.objects,
-        &reply.message_id,
-        &shared.model,
-        Some(&mut params),
-    )?;
-    drop(reply);
-    let scores = metric(&metrics, &["loss", "train_loss"]).zip(metric(&metrics, &["accuracy"]));
-    let (loss, accuracy) = scores.unwrap_or((0.0, 0.0));
-    let res = FitRes {
-        round: job.round,
-        examples: examples(&metrics)?,
-        loss,
-        accuracy,
-        seconds,
-    };
-    validate::accept_fit(
-        &res,
-        &mut params,
-        evaluation.as_ref(),
-        global,
-        &declared,
-        shared.limits.max_update_norm,
-    )?;
-    traffic.seconds = start.elapsed().as_secs_f64();
-    Ok(FitDone {
-        params,
-        res,
-        scored: scores.is_some(),
-        evaluation,
-        traffic,
-        slot,
-    })
+    Ok(reply)
 }
 
 #[cfg(test)]
