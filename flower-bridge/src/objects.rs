@@ -201,6 +201,18 @@ impl Objects {
         }
     }
 
+    /// The body of `id`, a `kind` whose body is protobuf, decoded.
+    fn protobuf<R: prost::Message + Default>(
+        &self,
+        id: &str,
+        kind: &'static str,
+    ) -> Result<R, ObjectError> {
+        R::decode(self.get(id, kind)?.body).map_err(|e| ObjectError::Malformed {
+            id: id.into(),
+            problem: format!("its body is not a {kind}: {e}"),
+        })
+    }
+
     /// The content of `id`, parsed and checked, which must be a `kind`.
     fn get(&self, id: &str, kind: &'static str) -> Result<Parsed<'_>, ObjectError> {
         let content = self
@@ -577,11 +589,7 @@ pub fn read(
     }
     let metrics = match record("metrics") {
         Some(id) => {
-            let parsed = objects.get(&id, "MetricRecord")?;
-            let record = MetricRecord::decode(parsed.body).map_err(|e| ObjectError::Malformed {
-                id: id.clone(),
-                problem: format!("its body is not a MetricRecord: {e}"),
-            })?;
+            let record: MetricRecord = objects.protobuf(&id, "MetricRecord")?;
             let numbers = record.items.into_iter().filter_map(|item| {
                 let value = match item.value?.value? {
                     metric_record_value::Value::Double(v) => v,
@@ -597,11 +605,7 @@ pub fn read(
     };
     let config = match record("config") {
         Some(id) => {
-            let parsed = objects.get(&id, "ConfigRecord")?;
-            let record = ConfigRecord::decode(parsed.body).map_err(|e| ObjectError::Malformed {
-                id: id.clone(),
-                problem: format!("its body is not a ConfigRecord: {e}"),
-            })?;
+            let record: ConfigRecord = objects.protobuf(&id, "ConfigRecord")?;
             let numbers = record.items.into_iter().filter_map(|item| {
                 let value = match item.value?.value? {
                     config_record_value::Value::Double(v) => v,

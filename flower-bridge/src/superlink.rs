@@ -93,8 +93,9 @@ impl Fab {
         let project: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| FabError::Project(e.to_string()))?;
+        let project = toml::Value::Table(project);
         let field = |path: &[&str]| -> Result<String, FabError> {
-            let mut at = &toml::Value::Table(project.clone());
+            let mut at = &project;
             for key in path {
                 at = at
                     .get(key)

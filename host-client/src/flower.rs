@@ -93,11 +93,7 @@ async fn serve(
             Some(Msg::GetParametersIns(_)) => legacy::parameters_res(spec, local.params()?),
             Some(Msg::GetPropertiesIns(_)) => legacy::properties_res(),
             Some(Msg::FitIns(ins)) => {
-                let given = ins
-                    .parameters
-                    .context("the Flower server sent a fit without parameters")?;
-                legacy::read_parameters(spec, &given, local.params()?)
-                    .with_context(|| format!("the Flower server's model is not {spec}"))?;
+                take_model(spec, ins.parameters.as_ref(), local, "a fit")?;
                 let train = legacy::train_config(&ins.config, config.train)
                     .context("the Flower server's fit config")?;
                 // A new sample order every fit, repeatable from the seed.
@@ -109,11 +105,7 @@ async fn serve(
                 legacy::fit_res(spec, params, stats.examples, stats.loss(), stats.accuracy())
             }
             Some(Msg::EvaluateIns(ins)) => {
-                let given = ins
-                    .parameters
-                    .context("the Flower server sent an evaluation without parameters")?;
-                legacy::read_parameters(spec, &given, local.params()?)
-                    .with_context(|| format!("the Flower server's model is not {spec}"))?;
+                take_model(spec, ins.parameters.as_ref(), local, "an evaluation")?;
                 let scored = local.evaluate().await?;
                 let s = scored.stats;
                 legacy::evaluate_res(s.examples, s.loss(), s.accuracy())
@@ -131,4 +123,17 @@ async fn serve(
             .await
             .context("the Flower server's stream ended")?;
     }
+}
+
+/// Reads the model an instruction (`what`) carries into the held parameters.
+fn take_model(
+    spec: &ModelSpec,
+    given: Option<&flower_bridge::proto::Parameters>,
+    local: &mut Local,
+    what: &str,
+) -> anyhow::Result<()> {
+    let given =
+        given.with_context(|| format!("the Flower server sent {what} without parameters"))?;
+    legacy::read_parameters(spec, given, local.params()?)
+        .with_context(|| format!("the Flower server's model is not {spec}"))
 }
