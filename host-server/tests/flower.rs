@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use host_server::history::{History, LinkKind};
 use support::{
-    Proc, bin, flower_python, start_clients, start_python, start_server_announcing, temp_dir, wait,
+    Proc, bin, flower_python, start_clients, start_federation_announcing, start_python, temp_dir,
+    wait,
 };
 
 /// Checks every round's distributed accuracy is the example-weighted mean of
@@ -56,7 +57,7 @@ fn a_flower_numpy_client_trains_beside_two_of_ours() {
     };
     let out = temp_dir("flower-legacy");
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
-    let (mut server, addr, flower) = start_flower_listener(&out, "3", "3");
+    let (mut server, addr, flower) = start_flower_listener(&out, 3, 3);
     // Ours: two of three shares of the full training set; the Flower client the
     // reference lab's shape (one epoch, SGD 0.01 momentum 0.9, batch 32) on 6,000.
     let mut ours = start_clients(&addr, &data, 0, 2, 3);
@@ -228,19 +229,12 @@ fn start_flower_clients(addr: &str, model: &str, clients: usize, log: &std::path
 /// address and the Flower listener's.
 fn start_flower_listener(
     out: &std::path::Path,
-    rounds: &str,
-    participants: &str,
+    rounds: u32,
+    participants: usize,
 ) -> (Proc, String, String) {
-    let mut args = vec!["--rounds", rounds, "--model", "mlp:784-32-10"];
-    for min in [
-        "--min-available-clients",
-        "--min-fit-clients",
-        "--min-evaluate-clients",
-    ] {
-        args.extend([min, participants]);
-    }
-    args.extend(["--flower-bind", "127.0.0.1:0"]);
-    let (server, lines) = start_server_announcing(out, &args, 2);
+    let flower = ["--flower-bind", "127.0.0.1:0"];
+    let (server, lines) =
+        start_federation_announcing(out, rounds, "mlp:784-32-10", participants, &flower, 2);
     let ours = lines[0].strip_prefix("listening on ").unwrap();
     let flower = lines[1].strip_prefix("flower listening on ").unwrap();
     (server, ours.to_string(), flower.to_string())
@@ -250,7 +244,7 @@ fn start_flower_listener(
 fn our_flower_client_and_our_flower_listener_speak_flowers_protocol_and_refuse_another_model() {
     // One that holds another model fails at the first model it is sent, naming the tensor.
     let out = temp_dir("flower-other");
-    let (mut server, _, flower) = start_flower_listener(&out, "1", "1");
+    let (mut server, _, flower) = start_flower_listener(&out, 1, 1);
     let mut other = start_flower_clients(&flower, "mlp:784-16-10", 1, &out.join("other.log"));
     assert!(!wait(&mut other, Duration::from_secs(60)));
     let said = std::fs::read_to_string(out.join("other.log")).unwrap();
@@ -266,7 +260,7 @@ fn our_flower_client_and_our_flower_listener_speak_flowers_protocol_and_refuse_a
 
     // Two that hold the model train in Flower's protocol, start to end.
     let out = temp_dir("flower-ours");
-    let (mut server, _, flower) = start_flower_listener(&out, "2", "2");
+    let (mut server, _, flower) = start_flower_listener(&out, 2, 2);
     let mut ours = start_flower_clients(&flower, "mlp:784-32-10", 2, &out.join("clients.log"));
     assert!(
         wait(&mut server, Duration::from_secs(120)),
@@ -381,17 +375,13 @@ fn two_unchanged_flower_supernodes_run_a_fab_beside_one_of_ours() {
     };
     let out = temp_dir("supernodes");
     let fab = build_fab(&python, &out);
-    let mut args = vec!["--rounds", "3", "--model", "mlp:784-32-10"];
-    for min in [
-        "--min-available-clients",
-        "--min-fit-clients",
-        "--min-evaluate-clients",
-    ] {
-        args.extend([min, "3"]);
-    }
-    let fab_arg = fab.to_str().unwrap();
-    args.extend(["--superlink-bind", "127.0.0.1:0", "--fab", fab_arg]);
-    let (mut server, lines) = start_server_announcing(&out, &args, 2);
+    let fleet = [
+        "--superlink-bind",
+        "127.0.0.1:0",
+        "--fab",
+        fab.to_str().unwrap(),
+    ];
+    let (mut server, lines) = start_federation_announcing(&out, 3, "mlp:784-32-10", 3, &fleet, 2);
     let addr = lines[0].strip_prefix("listening on ").unwrap();
     let superlink = lines[1].strip_prefix("superlink listening on ").unwrap();
     let mut nodes = [

@@ -71,6 +71,25 @@ pub fn start_federation(
     participants: usize,
     extra: &[&str],
 ) -> (Proc, String) {
+    let (server, mut lines) =
+        start_federation_announcing(out, rounds, model, participants, extra, 1);
+    let addr = lines.remove(0);
+    let addr = addr
+        .strip_prefix("listening on ")
+        .expect("the server announces its address");
+    (server, addr.to_string())
+}
+
+/// [`start_federation`], returning the first `lines` lines the server prints
+/// (its addresses: ours, then Flower's listeners').
+pub fn start_federation_announcing(
+    out: &Path,
+    rounds: u32,
+    model: &str,
+    participants: usize,
+    extra: &[&str],
+    lines: usize,
+) -> (Proc, Vec<String>) {
     let (rounds, n) = (rounds.to_string(), participants.to_string());
     let mut args = vec!["--rounds", &rounds, "--model", model];
     for min in [
@@ -81,7 +100,7 @@ pub fn start_federation(
         args.extend([min, &n]);
     }
     args.extend_from_slice(extra);
-    start_server(out, &args)
+    start_server_announcing(out, &args, lines)
 }
 
 /// Starts the server on an ephemeral port; returns it and its address.
