@@ -139,11 +139,7 @@ fn two_of_our_clients_train_under_flowers_own_server() {
     };
     let out = temp_dir("flower-server");
     // Flower's server takes a port, not port 0: one the system just gave out.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let record = out.join("flower-history.json");
     let server_args = [
@@ -158,7 +154,13 @@ fn two_of_our_clients_train_under_flowers_own_server() {
     ];
     let mut server = start_python(&python, "server.py", &server_args, &out.join("server.log"));
     // Two participants in one process, on two of three shares.
-    let mut ours = start_flower_clients(&addr, "mlp:784-32-10", 2, &out.join("clients.log"));
+    let mut ours = start_flower_clients(
+        "--flower-server",
+        &addr,
+        "mlp:784-32-10",
+        2,
+        &out.join("clients.log"),
+    );
     let log = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
     assert!(
         wait(&mut ours, Duration::from_secs(300)),
@@ -209,12 +211,19 @@ fn two_of_our_clients_train_under_flowers_own_server() {
 }
 
 /// Starts `clients` of our participants in one process joining the Flower
-/// server at `addr` as Flower clients, holding `model`; their log goes to `log`.
-fn start_flower_clients(addr: &str, model: &str, clients: usize, log: &std::path::Path) -> Proc {
+/// server at `addr` (`flag`: `--flower-server`, or `--superlink` as
+/// SuperNodes), holding `model`; their log goes to `log`.
+fn start_flower_clients(
+    flag: &str,
+    addr: &str,
+    model: &str,
+    clients: usize,
+    log: &std::path::Path,
+) -> Proc {
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
     Proc(
         std::process::Command::new(bin("host-client"))
-            .args(["--flower-server", addr, "--model", model])
+            .args([flag, addr, "--model", model])
             .args(["--clients", &clients.to_string(), "--num-clients", "3"])
             .args(["--connect-timeout", "60", "--data-dir"])
             .arg(&data)
@@ -222,6 +231,24 @@ fn start_flower_clients(addr: &str, model: &str, clients: usize, log: &std::path
             .spawn()
             .unwrap(),
     )
+}
+
+/// `program` of the Flower venv, with the venv first on its PATH (a
+/// SuperNode starts `flower-superexec` by name), telemetry off, and its
+/// Flower home `home` when given.
+fn flower_command(python: &Path, program: &str, home: Option<&Path>) -> Command {
+    let bin = python.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new(bin.join(program));
+    command.env("FLWR_TELEMETRY_ENABLED", "0").env("PATH", path);
+    if let Some(home) = home {
+        command.env("FLWR_HOME", home);
+    }
+    command
 }
 
 /// Starts our server for `rounds` rounds of mlp:784-32-10 with Flower's
@@ -245,7 +272,13 @@ fn our_flower_client_and_our_flower_listener_speak_flowers_protocol_and_refuse_a
     // One that holds another model fails at the first model it is sent, naming the tensor.
     let out = temp_dir("flower-other");
     let (mut server, _, flower) = start_flower_listener(&out, 1, 1);
-    let mut other = start_flower_clients(&flower, "mlp:784-16-10", 1, &out.join("other.log"));
+    let mut other = start_flower_clients(
+        "--flower-server",
+        &flower,
+        "mlp:784-16-10",
+        1,
+        &out.join("other.log"),
+    );
     assert!(!wait(&mut other, Duration::from_secs(60)));
     let said = std::fs::read_to_string(out.join("other.log")).unwrap();
     assert!(
@@ -261,7 +294,13 @@ fn our_flower_client_and_our_flower_listener_speak_flowers_protocol_and_refuse_a
     // Two that hold the model train in Flower's protocol, start to end.
     let out = temp_dir("flower-ours");
     let (mut server, _, flower) = start_flower_listener(&out, 2, 2);
-    let mut ours = start_flower_clients(&flower, "mlp:784-32-10", 2, &out.join("clients.log"));
+    let mut ours = start_flower_clients(
+        "--flower-server",
+        &flower,
+        "mlp:784-32-10",
+        2,
+        &out.join("clients.log"),
+    );
     assert!(
         wait(&mut server, Duration::from_secs(120)),
         "the server failed"
@@ -311,11 +350,10 @@ fn free_port() -> u16 {
 /// Builds flower/app into a FAB in `dir` with the venv's `flwr build`.
 fn build_fab(python: &Path, dir: &Path) -> std::path::PathBuf {
     let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flower/app");
-    let built = Command::new(python.with_file_name("flwr"))
+    let built = flower_command(python, "flwr", None)
         .args(["build", "--app"])
         .arg(&app)
         .current_dir(dir)
-        .env("FLWR_TELEMETRY_ENABLED", "0")
         .output()
         .unwrap();
     assert!(
@@ -340,14 +378,8 @@ fn start_supernode(python: &Path, superlink: &str, partition: u32, out: &Path) -
         "partition-id={partition} num-partitions=2 data-dir=\"{}\" examples=3000 test-examples=500",
         data.display()
     );
-    let bin = python.parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let log = std::fs::File::create(out.join(format!("supernode-{partition}.log"))).unwrap();
-    let child = Command::new(bin.join("flower-supernode"))
+    let child = flower_command(python, "flower-supernode", Some(&home))
         .args([
             "--insecure",
             "--superlink",
@@ -356,9 +388,6 @@ fn start_supernode(python: &Path, superlink: &str, partition: u32, out: &Path) -
             &config,
         ])
         .args(["--port", &free_port().to_string()])
-        .env("FLWR_HOME", &home)
-        .env("FLWR_TELEMETRY_ENABLED", "0")
-        .env("PATH", path)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .stdin(Stdio::null())
@@ -456,12 +485,6 @@ fn two_of_our_clients_join_a_flower_superlink_and_train_in_flwr_run() {
         return;
     };
     let out = temp_dir("superlink");
-    let bin = python.parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let port = free_port();
     let home = out.join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -474,12 +497,9 @@ fn two_of_our_clients_join_a_flower_superlink_and_train_in_flwr_run() {
     .unwrap();
     let log = std::fs::File::create(out.join("superlink.log")).unwrap();
     let _superlink = Group(
-        Command::new(bin.join("flower-superlink"))
+        flower_command(&python, "flower-superlink", Some(&home))
             .args(["--insecure", "--port", &port.to_string()])
             .args(["--database", ":flwr-in-memory-state:"])
-            .env("FLWR_HOME", &home)
-            .env("FLWR_TELEMETRY_ENABLED", "0")
-            .env("PATH", &path)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -489,42 +509,27 @@ fn two_of_our_clients_join_a_flower_superlink_and_train_in_flwr_run() {
     );
     // Ours, two SuperNodes in one process, retry until the SuperLink is up.
     let superlink = format!("127.0.0.1:{port}");
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
-    let mut ours = Proc(
-        Command::new(support::bin("host-client"))
-            .args(["--superlink", &superlink, "--model", "mlp:784-32-10"])
-            .args([
-                "--clients",
-                "2",
-                "--num-clients",
-                "3",
-                "--connect-timeout",
-                "60",
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .stderr(std::fs::File::create(out.join("clients.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut ours = start_flower_clients(
+        "--superlink",
+        &superlink,
+        "mlp:784-32-10",
+        2,
+        &out.join("clients.log"),
     );
     // Flower's own `flwr run` of flower/app, whose ServerApp runs FedAvg for 3 rounds.
     let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flower/app");
-    let mut started = None;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(&superlink).is_ok() {
-            started = Some(());
-            break;
+    let listening = (0..100).any(|_| {
+        let up = std::net::TcpStream::connect(&superlink).is_ok();
+        if !up {
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(started.is_some(), "the SuperLink never listened");
-    let run = Command::new(bin.join("flwr"))
+        up
+    });
+    assert!(listening, "the SuperLink never listened");
+    let run = flower_command(&python, "flwr", Some(&home))
         .args(["run"])
         .arg(&app)
         .args(["test", "--stream"])
-        .env("FLWR_HOME", &home)
-        .env("FLWR_TELEMETRY_ENABLED", "0")
-        .env("PATH", &path)
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&run.stdout).into_owned();
