@@ -121,6 +121,8 @@ pub enum Error {
     BadIdx(&'static str),
     /// A shard blob is malformed (bad magic, another version, truncated).
     BadShard(&'static str),
+    /// A board's provisioning record is missing, malformed or damaged.
+    BadProvision(&'static str),
     /// A shard blob's data does not match its checksum: it was damaged or cut.
     ShardChecksum {
         /// The checksum its header holds.
@@ -246,6 +248,7 @@ impl fmt::Display for Error {
             ),
             Error::BadIdx(what) => write!(f, "malformed IDX data: {what}"),
             Error::BadShard(what) => write!(f, "malformed shard blob: {what}"),
+            Error::BadProvision(what) => write!(f, "bad provisioning record: {what}"),
             Error::ShardChecksum { stored, computed } => write!(
                 f,
                 "the shard blob is damaged: its checksum is {stored:#010x}, its data's {computed:#010x} (write it again)"

@@ -33,7 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("fedcore/src/protocol", &["message", "frame", "transfer"]),
     (
         "fedcore/src/device",
-        &["board", "footprint", "firmware", "tests"],
+        &["provision", "board", "footprint", "firmware", "tests"],
     ),
     (
         "fedhost/src",
@@ -90,7 +90,14 @@ const LAYERS: &[(&str, &[&str])] = &[
             "join",
         ],
     ),
-    ("firmware-sim/src", &["line", "uart", "board"]),
+    (
+        "firmware-sim/src",
+        &["shard", "qemu", "line", "uart", "board", "bin"],
+    ),
+    (
+        "firmware/src",
+        &["mmio", "stack", "console", "time", "uart"],
+    ),
 ];
 
 fn root() -> PathBuf {

@@ -395,6 +395,11 @@ impl Shard {
     pub fn indices(&self) -> &[u32] {
         &self.indices
     }
+
+    /// Keeps only the first `count` samples (a board whose flash holds fewer).
+    pub fn truncate(&mut self, count: usize) {
+        self.indices.truncate(count);
+    }
 }
 
 impl Dataset for Shard {

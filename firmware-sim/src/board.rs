@@ -133,6 +133,7 @@ fn run_as<S: Scalar, const F: usize>(
     let mut arena = vec![S::ZERO; Footprint::arena_len::<S>(&build.model)];
     let firmware = Firmware {
         name: &build.name,
+        kind: fedcore::protocol::ParticipantKind::Device,
         model: build.model.clone(),
         encoding: build.encoding,
         baud: build.baud,

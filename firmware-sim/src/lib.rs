@@ -10,4 +10,6 @@
 
 pub mod board;
 pub mod line;
+pub mod qemu;
+pub mod shard;
 pub mod uart;

@@ -5,18 +5,15 @@
 //! server should open as the first line on stdout), and runs fedcore's device
 //! loop until the server says goodbye.
 
-use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use fedcore::model::ModelSpec;
-use fedhost::dataset::DEFAULT_DATA_DIR;
 use fedhost::link::{DEFAULT_BAUD, WireEncoding};
-use fedhost::partition::Partition;
-use fedhost::share::ShareSpec;
 use firmware_sim::board::{self, Build, Numeric};
 use firmware_sim::line::{Line, LineChoice};
+use firmware_sim::shard::{self, ShardArgs};
 use firmware_sim::uart::SimUart;
 
 /// A simulated microcontroller that joins a federation over a serial line.
@@ -56,37 +53,14 @@ struct Cli {
     /// Largest frame the device receives, in bytes: 256, 512 or 1024.
     #[arg(long, default_value_t = 256)]
     max_frame: usize,
-    /// Directory of the IDX files (gzip or raw), checked against its SHA256SUMS.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
-    /// This device's share of the data: index/count, e.g. 4/6.
-    #[arg(long, value_parser = parse_shard, default_value = "0/1")]
-    shard: (usize, usize),
-    /// How to split the data: iid, dirichlet:<alpha>, or seed.
-    #[arg(long, default_value = "iid")]
-    partition: Partition,
-    /// Seed of the partition (the same for every participant of a federation) and of the line noise.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    data: ShardArgs,
     /// Bit error rate injected on the line, both ways (e.g. 1e-5).
     #[arg(long, default_value_t = 0.0)]
     link_ber: f64,
     /// Name in the server's history.
     #[arg(long, default_value = "device")]
     name: String,
-}
-
-fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("expected index/count with index < count, e.g. 4/6, got {s:?}");
-    let (i, n) = s.split_once('/').ok_or_else(bad)?;
-    let (i, n) = (
-        i.trim().parse::<usize>().map_err(|_| bad())?,
-        n.trim().parse::<usize>().map_err(|_| bad())?,
-    );
-    if i >= n {
-        return Err(bad());
-    }
-    Ok((i, n))
 }
 
 fn main() -> ExitCode {
@@ -117,23 +91,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         baud: (cli.baud > 0).then_some(cli.baud),
     };
     let footprint = build.footprint()?;
-    let (index, count) = cli.shard;
-    let spec = ShareSpec {
-        dir: cli.data_dir,
-        partition: cli.partition,
-        count,
-        seed: cli.seed,
-    };
-    let data = spec.load(index..index + 1)?.remove(0);
+    let data = cli.data.load()?;
     if let Some(path) = cli.write_blob {
-        let blob = data.blob().context(
-            "this shard does not fit a blob (samples over 65,535 bytes or over 2^32 of them)",
-        )?;
-        std::fs::write(&path, &blob).with_context(|| format!("cannot write {}", path.display()))?;
+        let len = shard::write_blob(&data, &path)?;
         println!(
-            "wrote {} ({} bytes: {} training and {} test samples)",
+            "wrote {} ({len} bytes: {} training and {} test samples)",
             path.display(),
-            blob.len(),
             data.train.indices().len(),
             data.test.indices().len()
         );
@@ -159,7 +122,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         data.test.indices().len()
     ));
     let port = line.device.try_clone()?;
-    let uart = SimUart::new(port, build.baud, cli.link_ber, cli.seed ^ index as u64);
+    let noise_seed = cli.data.seed ^ cli.data.index() as u64;
+    let uart = SimUart::new(port, build.baud, cli.link_ber, noise_seed);
     let report = board::run(&build, &data, uart)?;
     board::say(format_args!("the server said goodbye; {report}"));
     drop(line);

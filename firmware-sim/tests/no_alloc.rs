@@ -84,6 +84,7 @@ fn allocations_after_boot<S: Scalar>(name: &str) -> usize {
                 let mut arena = vec![S::ZERO; Footprint::arena_len::<S>(&model)];
                 let firmware = Firmware {
                     name,
+                    kind: fedcore::protocol::ParticipantKind::Device,
                     model,
                     encoding: Encoding::Int8,
                     baud: None,

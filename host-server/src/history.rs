@@ -12,17 +12,25 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use fedcore::protocol::{Board, ParticipantKind};
 use fedhost::output::write_atomic;
 use serde::{Deserialize, Serialize};
 
-/// How a participant is connected.
+/// How a participant is connected (and, for the firmware image on a serial
+/// line, on which board it runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkKind {
     /// TCP.
     Tcp,
-    /// A serial line.
+    /// A serial line (a simulated device, or a board of unknown kind).
     Serial,
+    /// The firmware image on QEMU's mps2-an386 (Cortex-M4F), over its UART.
+    #[serde(rename = "qemu-m4")]
+    QemuM4,
+    /// The firmware image on QEMU's mps2-an385 (Cortex-M3), over its UART.
+    #[serde(rename = "qemu-m3")]
+    QemuM3,
     /// A Flower client on Flower's original gRPC stream (`start_numpy_client`).
     #[serde(rename = "flower-legacy")]
     FlowerLegacy,
@@ -36,8 +44,20 @@ impl LinkKind {
         match self {
             LinkKind::Tcp => "tcp",
             LinkKind::Serial => "serial",
+            LinkKind::QemuM4 => Board::Mps2An386.name(),
+            LinkKind::QemuM3 => Board::Mps2An385.name(),
             LinkKind::FlowerLegacy => "flower-legacy",
             LinkKind::Supernode => "supernode",
+        }
+    }
+
+    /// What the records call a participant on `link` that says it is `kind`:
+    /// a firmware image on a serial line by its board, anything else by its link.
+    pub fn recorded(link: LinkKind, kind: ParticipantKind) -> LinkKind {
+        match (link, kind) {
+            (LinkKind::Serial, ParticipantKind::Board(Board::Mps2An386)) => LinkKind::QemuM4,
+            (LinkKind::Serial, ParticipantKind::Board(Board::Mps2An385)) => LinkKind::QemuM3,
+            _ => link,
         }
     }
 }
@@ -472,6 +492,36 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_kinds_name_is_the_one_the_history_writes() {
+        for kind in [
+            LinkKind::Tcp,
+            LinkKind::Serial,
+            LinkKind::QemuM4,
+            LinkKind::QemuM3,
+            LinkKind::FlowerLegacy,
+            LinkKind::Supernode,
+        ] {
+            let written = serde_json::to_value(kind).unwrap();
+            assert_eq!(written.as_str(), Some(kind.name()));
+        }
+    }
+
+    #[test]
+    fn a_board_is_recorded_by_its_board_only_on_a_serial_line() {
+        let m3 = ParticipantKind::Board(Board::Mps2An385);
+        let m4 = ParticipantKind::Board(Board::Mps2An386);
+        assert_eq!(LinkKind::recorded(LinkKind::Serial, m3), LinkKind::QemuM3);
+        assert_eq!(LinkKind::recorded(LinkKind::Serial, m4), LinkKind::QemuM4);
+        let device = ParticipantKind::Device;
+        assert_eq!(
+            LinkKind::recorded(LinkKind::Serial, device),
+            LinkKind::Serial
+        );
+        // A TCP peer cannot make itself look like a board.
+        assert_eq!(LinkKind::recorded(LinkKind::Tcp, m3), LinkKind::Tcp);
+    }
 
     #[test]
     fn a_failure_kinds_name_is_the_one_the_history_writes() {

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use fedcore::model::ModelSpec;
 use fedcore::protocol::transfer::RetryPolicy;
-use fedcore::protocol::{Encoding, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_VERSION, Welcome};
+use fedcore::protocol::{
+    Encoding, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_VERSION, ParticipantKind, Welcome,
+};
 use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -278,6 +280,8 @@ fn open_serial(line: &SerialLine) -> Result<SerialStream, tokio_serial::Error> {
 struct Greeting {
     version: u16,
     name: String,
+    /// What it says it is (a board's firmware is recorded by its board).
+    participant: ParticipantKind,
     encoding: Encoding,
     max_frame: usize,
     declared: Declared,
@@ -288,6 +292,7 @@ impl From<&Hello<'_>> for Greeting {
         Greeting {
             version: h.version,
             name: h.name.to_string(),
+            participant: h.kind,
             encoding: h.encoding,
             max_frame: (h.max_frame as usize).min(HOST_MAX_FRAME),
             declared: Declared {
@@ -586,7 +591,8 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
     if let Some((code, refusal)) = refusal {
         return Err(refuse(link, code, refusal).await);
     }
-    let (handle, rx) = match enter(shared, hello.name, kind) {
+    let recorded = LinkKind::recorded(kind, hello.participant);
+    let (handle, rx) = match enter(shared, hello.name, recorded) {
         Ok(entered) => entered,
         Err((code, refusal)) => return Err(refuse(link, code, refusal).await),
     };

@@ -20,7 +20,7 @@ use crate::protocol::{
 use crate::scalar::Scalar;
 use crate::train::{Stats, TrainConfig, Trainer};
 
-use super::board::{Clock, LinkCounters, Uart};
+use super::board::{Clock, LinkCounters, Uart, Work};
 use super::footprint::{
     CHUNK_WORDS, Footprint, FrameBuffers, RX_BUFFER, WorkingSet, device_config,
 };
@@ -35,6 +35,8 @@ pub const REJOIN_AFTER_MS: u64 = 120_000;
 pub struct Firmware<'a> {
     /// The name it says hello with.
     pub name: &'a str,
+    /// What it says it is: a simulated device, or the image on a board.
+    pub kind: ParticipantKind,
     /// The model its memory is sized for.
     pub model: ModelSpec,
     /// The encoding it asks parameter chunks in.
@@ -242,7 +244,7 @@ where
             let hello = Message::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 name: self.firmware.name,
-                kind: ParticipantKind::Device,
+                kind: self.firmware.kind,
                 train_examples: self.train.len() as u32,
                 test_examples: self.test.len() as u32,
                 max_frame: F as u32,
@@ -371,7 +373,10 @@ where
             return self.report(ErrorCode::Unsupported, e);
         }
         let start = self.clock.now_ms();
-        let stats = match self.trainer.fit(self.params, &self.train, ins.seed) {
+        self.clock.begin(Work::Training, ins.round);
+        let fitted = self.trainer.fit(self.params, &self.train, ins.seed);
+        self.clock.end(Work::Training, ins.round);
+        let stats = match fitted {
             Ok(stats) => stats,
             Err(e) => return self.report(ErrorCode::Training, e),
         };
@@ -390,7 +395,10 @@ where
 
     fn evaluate(&mut self, round: u32) -> Result<(), DeviceError<U::Error>> {
         let start = self.clock.now_ms();
-        let stats: Stats = match self.trainer.evaluate(self.params, &self.test) {
+        self.clock.begin(Work::Evaluating, round);
+        let evaluated = self.trainer.evaluate(self.params, &self.test);
+        self.clock.end(Work::Evaluating, round);
+        let stats: Stats = match evaluated {
             Ok(stats) => stats,
             Err(e) => return self.report(ErrorCode::Training, e),
         };

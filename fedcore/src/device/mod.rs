@@ -10,6 +10,7 @@
 //! - [`board`]: what the board provides: the byte link ([`Uart`]), a millisecond
 //!   [`Clock`], and (through [`crate::data::Dataset`]) its local data, kept as
 //!   bytes like flash. firmware-sim is one such board, simulated on a host.
+//! - [`provision`]: a board's provisioning record (its name), read at boot.
 //! - [`footprint`]: every byte of RAM the device needs, by purpose, and the
 //!   in-place training settings that keep it small.
 //! - [`firmware`]: the loop itself, a thin driver of the protocol's
@@ -23,10 +24,12 @@
 pub mod board;
 pub mod firmware;
 pub mod footprint;
+pub mod provision;
 
-pub use board::{Clock, LinkCounters, Uart};
+pub use board::{Clock, LinkCounters, Uart, Work};
 pub use firmware::{Device, DeviceError, Firmware, HELLO_INTERVAL_MS, REJOIN_AFTER_MS};
 pub use footprint::{Footprint, device_config};
+pub use provision::Provision;
 
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,8 @@ use crate::model::ModelSpec;
 use crate::protocol::frame::{self, Decoder};
 use crate::protocol::transfer::{Chunking, Receiver, RetryPolicy, Span};
 use crate::protocol::{
-    Encoding, ErrorCode, EvaluateRes, Feed, FitIns, FitRes, Message, Nack, Resend, Welcome,
+    Encoding, ErrorCode, EvaluateRes, Feed, FitIns, FitRes, Message, Nack, ParticipantKind, Resend,
+    Welcome,
 };
 use crate::scalar::{Fixed, Scalar};
 use crate::train::TrainConfig;
@@ -294,6 +295,7 @@ fn run(script: Script) -> Outcome {
     let mut arena = vec![Fixed::ZERO; Footprint::arena_len::<Fixed>(&model())];
     let firmware = Firmware {
         name: "dev-test",
+        kind: ParticipantKind::Device,
         model: model(),
         encoding: Encoding::Q16,
         baud: Some(115_200),

@@ -14,15 +14,37 @@ use crate::scalar::Scalar;
 use crate::train::TrainConfig;
 
 /// Version of this protocol; a server refuses a hello with another.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// What kind of participant says hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ParticipantKind {
     /// A host process over TCP, training in f32.
     Host,
-    /// A microcontroller-class device over a serial line, training in fixed point.
+    /// A microcontroller-class device over a serial line, training in fixed
+    /// point, simulated on a host (firmware-sim).
     Device,
+    /// The firmware image itself, running bare metal on a board's core.
+    Board(Board),
+}
+
+/// The boards the firmware image is built for (the `firmware/` crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Board {
+    /// QEMU's `mps2-an386`: a Cortex-M4 with FPU.
+    Mps2An386,
+    /// QEMU's `mps2-an385`: a Cortex-M3, no FPU.
+    Mps2An385,
+}
+
+impl Board {
+    /// The name a server's records give it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Board::Mps2An386 => "qemu-m4",
+            Board::Mps2An385 => "qemu-m3",
+        }
+    }
 }
 
 /// How parameter values are encoded in a chunk.

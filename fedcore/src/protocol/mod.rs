@@ -59,6 +59,6 @@ pub mod transfer;
 
 pub use frame::{Decoder, Feed, FrameError, FrameReader};
 pub use message::{
-    Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes, FitIns, FitRes, Hello, Message, Nack,
-    PROTOCOL_VERSION, ParamChunk, ParticipantKind, Resend, Values, Welcome,
+    Board, Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes, FitIns, FitRes, Hello, Message,
+    Nack, PROTOCOL_VERSION, ParamChunk, ParticipantKind, Resend, Values, Welcome,
 };
