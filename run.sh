@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: the reference federation on this machine. Builds in release,
 # starts host-server and N host-client processes on 127.0.0.1 (and with
-# --devices, simulated microcontrollers on pseudo-terminals beside them), shows
+# --devices, simulated microcontrollers on pseudo-terminals beside them; with
+# --qemu-devices, the firmware image on emulated Cortex-M boards), shows
 # a progress bar over rounds, and ends with a summary, one line per participant,
 # and the paths of history and plots. Logs go to files in the out folder. Every
 # process it starts is stopped on exit or Ctrl-C.
@@ -13,13 +14,15 @@
 #            [--seed S (the model's initialisation and the rounds' sample orders)]
 #            [--momentum-state persist|round (local momentum carries over between rounds, or restarts)]
 #            [--devices N] [--device-baud B (0: unthrottled)] [--device-ber P (bit errors, e.g. 1e-4)]
+#            [--qemu-devices N (firmware on QEMU boards: M4F training in f32, M3 in Q16.16, in turn)]
+#            [--qemu-ram-kb K (the boards' RAM budget, default 128)]
 #                                                            devices need a model that fits
 #                                                            128 KiB, e.g. --model mlp:784-32-10
 set -euo pipefail
 cd "$(dirname "$0")"
 
 rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
-devices=0 device_baud=115200 device_ber=0 encoding=f32 train_slots=$(nproc) seed=0 momentum_state=persist
+devices=0 device_baud=115200 device_ber=0 qemu_devices=0 qemu_ram_kb=128 encoding=f32 train_slots=$(nproc) seed=0 momentum_state=persist
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
@@ -33,11 +36,13 @@ while (($#)); do
     --devices) devices=${2:?--devices needs a number}; shift 2 ;;
     --device-baud) device_baud=${2:?--device-baud needs a baud rate}; shift 2 ;;
     --device-ber) device_ber=${2:?--device-ber needs a bit error rate}; shift 2 ;;
+    --qemu-devices) qemu_devices=${2:?--qemu-devices needs a number}; shift 2 ;;
+    --qemu-ram-kb) qemu_ram_kb=${2:?--qemu-ram-kb needs a number of KiB}; shift 2 ;;
     --encoding) encoding=${2:?--encoding needs f32 or int8}; shift 2 ;;
     --train-slots) train_slots=${2:?--train-slots needs a number}; shift 2 ;;
     --seed) seed=${2:?--seed needs a number}; shift 2 ;;
     --momentum-state) momentum_state=${2:?--momentum-state needs round or persist}; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,7 +51,11 @@ echo "building (release)..."
 cargo build --release --quiet -p host-server -p host-client -p firmware-sim
 bin=target/release
 mkdir -p "$out"
-participants=$((clients + devices))
+participants=$((clients + devices + qemu_devices))
+if ((qemu_devices > 0)); then
+  echo "QEMU for the boards (unpacked into firmware/target/qemu on first use)..."
+  bash firmware/qemu.sh
+fi
 
 pids=()
 cleanup() {
@@ -58,10 +67,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo; echo "run.sh: interrupted"; exit 130' INT TERM
 
-# The first line a process prints (its address or its line), waiting for it.
-first_line() { # file pid what
-  local line=""
-  for ((tries = 0; tries < 400; tries++)); do
+# The first line a process prints (its address or its line), waiting for it
+# (20 s, or as many tenths of a second as a fourth argument says).
+first_line() { # file pid what [tenths]
+  local line="" tries
+  for ((tries = 0; tries < ${4:-200} * 2; tries++)); do
     line=$(head -n 1 "$1")
     if [[ -n $line ]] || ! kill -0 "$2" 2>/dev/null; then
       break
@@ -97,6 +107,26 @@ for ((d = 0; d < devices; d++)); do
   if ((device_baud > 0)); then path="$path@$device_baud"; fi
   serial+=(--serial "$path")
 done
+# Boards take the shares after the devices'. The first start builds the
+# image (cargo serialises the builds); each prints its link's pty first.
+for ((q = 0; q < qemu_devices; q++)); do
+  i=$((clients + devices + q))
+  if ((q % 2 == 0)); then board=(--board m4 --numeric f32); else board=(--board m3 --numeric fixed); fi
+  : > "$out/qemu-$i.out"
+  "$bin/firmware-qemu" "${board[@]}" --model "$model" --ram-kb "$qemu_ram_kb" --shard "$i/$participants" \
+    --partition "$partition" --data-dir "$data" --name "qemu-$i" \
+    > "$out/qemu-$i.out" 2> "$out/qemu-$i.log" &
+  pids+=("$!")
+  qpids[q]=$!
+done
+for ((q = 0; q < qemu_devices; q++)); do
+  i=$((clients + devices + q))
+  if ! path=$(first_line "$out/qemu-$i.out" "${qpids[q]}" "board $i" 3000); then
+    cat "$out/qemu-$i.log" >&2
+    exit 1
+  fi
+  serial+=(--serial "$path")
+done
 : > "$out/server.out"
 "$bin/host-server" --bind "127.0.0.1:$port" --rounds "$rounds" --model "$model" --strategy "$strategy" \
   --min-available-clients "$participants" --min-fit-clients "$participants" \
@@ -114,7 +144,7 @@ for ((i = 0; i < clients; i++)); do
     2>"$out/client-$i.log" &
   pids+=("$!")
 done
-echo "server, $clients clients and $devices devices started: $model, $strategy, $partition, $rounds rounds (logs in $out/)"
+echo "server, $clients clients, $devices devices and $qemu_devices boards started: $model, $strategy, $partition, $rounds rounds (logs in $out/)"
 
 status=0
 wait "$server" || status=$?

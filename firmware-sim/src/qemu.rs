@@ -3,9 +3,9 @@
 //! (its name and its shard blob, placed by QEMU's loader) and starting
 //! `qemu-system-arm` with the link UART on a pty and the console on a pipe.
 //!
-//! The image is built by cargo in its own workspace, one target directory per
-//! build (board, number type, model, budget), so builds of different boards
-//! never overwrite each other and a second run finds the first one's image.
+//! The image is built by cargo in its own workspace and target folder
+//! (`firmware/target`), one build at a time, and each build (board, number
+//! type, model, budget) is copied out under its own name with its linker map.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -119,22 +119,34 @@ pub struct Image {
 }
 
 impl Image {
-    /// Builds the image (cargo does nothing if it is up to date) and returns its path.
-    pub fn build(&self) -> Result<PathBuf, QemuError> {
-        if self.f32 && self.core == Core::M3 {
-            return Err(QemuError::NoFpu);
-        }
+    /// The name of this build's files in `firmware/target/images/`.
+    pub fn variant(&self) -> String {
         let numeric = if self.f32 { "f32" } else { "q16" };
-        let slug: String = self
+        let model: String = self
             .model
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        let dir = Path::new(FIRMWARE_DIR).join("target").join(format!(
-            "{}-{numeric}-{slug}-{}k",
-            self.core.machine(),
-            self.ram_kb
-        ));
+        format!("{}-{numeric}-{model}-{}k", self.core.machine(), self.ram_kb)
+    }
+
+    /// Builds the image and returns its path and its sizes from the linker map.
+    ///
+    /// All builds share one target folder (a build for another model or
+    /// budget recompiles only the image's own crate), under a lock so that
+    /// boards started together build in turn; each build's image and map are
+    /// copied out under the build's name.
+    pub fn build(&self) -> Result<(PathBuf, Sizes), QemuError> {
+        if self.f32 && self.core == Core::M3 {
+            return Err(QemuError::NoFpu);
+        }
+        let target = Path::new(FIRMWARE_DIR).join("target");
+        let images = target.join("images");
+        std::fs::create_dir_all(&images)
+            .map_err(io(format!("cannot make {}", images.display())))?;
+        let lock = std::fs::File::create(target.join(".build.lock"))
+            .map_err(io("cannot make the build lock"))?;
+        lock.lock().map_err(io("cannot take the build lock"))?;
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         build
@@ -148,7 +160,7 @@ impl Image {
             ])
             .env("FIRMWARE_MODEL", &self.model)
             .env("FIRMWARE_RAM_KB", self.ram_kb.to_string())
-            .env("CARGO_TARGET_DIR", &dir)
+            .env("CARGO_TARGET_DIR", &target)
             // Host flags (a target-cpu, say) must not reach a bare-metal build.
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -163,10 +175,89 @@ impl Image {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        Ok(dir
-            .join(self.core.target())
-            .join("release")
-            .join("firmware"))
+        let release = target.join(self.core.target()).join("release");
+        let image = images.join(format!("{}.elf", self.variant()));
+        std::fs::copy(release.join("firmware"), &image)
+            .map_err(io(format!("cannot copy the image to {}", image.display())))?;
+        let map = newest_map(&release.join("build"))
+            .ok_or_else(|| QemuError::NoPty("the build wrote no linker map".into()))?;
+        let text =
+            std::fs::read_to_string(&map).map_err(io(format!("cannot read {}", map.display())))?;
+        let _ = std::fs::write(images.join(format!("{}.map", self.variant())), &text);
+        Ok((image, Sizes::from_map(&text, self.ram_kb * 1024)))
+    }
+}
+
+/// The linker map the last build wrote (build.rs names it firmware.map).
+fn newest_map(build: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(build)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("firmware-"))
+        .map(|e| e.path().join("out").join("firmware.map"))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+}
+
+/// An image's sizes, in bytes, from its linker map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sizes {
+    /// Flash: the vector table, code, constants and the initial values of .data.
+    pub flash: usize,
+    /// Initialised RAM.
+    pub data: usize,
+    /// Zeroed RAM (the arena, the handler stack, the ring buffer).
+    pub bss: usize,
+    /// The RAM budget.
+    pub ram: usize,
+}
+
+impl Sizes {
+    /// Reads the output sections' sizes from an lld map (`VMA LMA Size Align Out`).
+    pub fn from_map(map: &str, ram: usize) -> Self {
+        let mut sizes = Sizes {
+            ram,
+            ..Sizes::default()
+        };
+        for line in map.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [_, _, size, _, name] = fields[..] else {
+                continue;
+            };
+            let Ok(size) = usize::from_str_radix(size, 16) else {
+                continue;
+            };
+            match name {
+                ".vector_table" | ".text" | ".rodata" => sizes.flash += size,
+                ".data" => {
+                    sizes.data += size;
+                    sizes.flash += size;
+                }
+                ".bss" | ".uninit" => sizes.bss += size,
+                _ => {}
+            }
+        }
+        sizes
+    }
+
+    /// RAM left above the static memory for the stack and its guard.
+    pub fn stack(&self) -> usize {
+        self.ram.saturating_sub(self.data + self.bss)
+    }
+}
+
+impl std::fmt::Display for Sizes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "flash {} bytes; RAM: data {}, bss {}, stack and guard {} (budget {})",
+            self.flash,
+            self.data,
+            self.bss,
+            self.stack(),
+            self.ram
+        )
     }
 }
 
@@ -424,5 +515,23 @@ mod tests {
             ram_kb: 128,
         };
         assert!(matches!(image.build(), Err(QemuError::NoFpu)));
+    }
+
+    #[test]
+    fn sizes_come_from_the_maps_output_sections() {
+        let map = "     VMA      LMA     Size Align Out     In      Symbol
+       0        0      400     4 .vector_table
+     400      400    16780     4 .text
+   16b80    16b80     2948     8 .rodata
+20000000    194c8        4     8 .data
+20000008 20000008    16f40     8 .bss
+20000118 20000118    16a20     4         foo.o:(.bss.ARENA)
+20016f48 20016f48        0     4 .uninit
+       0        0    660fd     1 .debug_loc
+";
+        let sizes = Sizes::from_map(map, 128 * 1024);
+        assert_eq!(sizes.flash, 0x400 + 0x16780 + 0x2948 + 4);
+        assert_eq!((sizes.data, sizes.bss), (4, 0x16f40));
+        assert_eq!(sizes.stack(), 128 * 1024 - 4 - 0x16f40);
     }
 }

@@ -92,13 +92,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.model,
                 cli.ram_kb
             );
-            Image {
+            let (path, sizes) = Image {
                 core: cli.board,
                 f32: cli.numeric == Numeric::F32,
                 model: cli.model.to_string(),
                 ram_kb: cli.ram_kb,
             }
-            .build()?
+            .build()?;
+            eprintln!("firmware-qemu: {}: {sizes}", path.display());
+            path
         }
     };
     let qemu = Qemu::find(cli.qemu.as_deref())?;
