@@ -116,6 +116,9 @@ pub struct Image {
     pub model: String,
     /// Its RAM budget in KiB.
     pub ram_kb: usize,
+    /// Build the stack-overflow probe instead: an image that overflows its
+    /// stack on purpose at boot, to show that the guard stops it.
+    pub overflow_probe: bool,
 }
 
 impl Image {
@@ -127,7 +130,16 @@ impl Image {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        format!("{}-{numeric}-{model}-{}k", self.core.machine(), self.ram_kb)
+        let probe = if self.overflow_probe {
+            "-overflow-probe"
+        } else {
+            ""
+        };
+        format!(
+            "{}-{numeric}-{model}-{}k{probe}",
+            self.core.machine(),
+            self.ram_kb
+        )
     }
 
     /// Builds the image and returns its path and its sizes from the linker map.
@@ -165,8 +177,15 @@ impl Image {
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("CARGO_BUILD_RUSTFLAGS");
-        if self.f32 {
-            build.args(["--features", "f32"]);
+        let features: Vec<&str> = [
+            (self.f32, "f32"),
+            (self.overflow_probe, "stack-overflow-probe"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        if !features.is_empty() {
+            build.args(["--features", &features.join(",")]);
         }
         let out = build.output().map_err(io("cannot run cargo"))?;
         if !out.status.success() {
@@ -513,6 +532,7 @@ mod tests {
             f32: true,
             model: "mlp:784-32-10".into(),
             ram_kb: 128,
+            overflow_probe: false,
         };
         assert!(matches!(image.build(), Err(QemuError::NoFpu)));
     }

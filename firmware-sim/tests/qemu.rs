@@ -60,7 +60,62 @@ fn image(core: Core, f32: bool, model: &str, ram_kb: usize) -> Image {
         f32,
         model: model.into(),
         ram_kb,
+        overflow_probe: false,
     }
+}
+
+/// Boots `image` on `core` with a shard of `data` (damaged if `damage`) and
+/// returns its exit status and console once it stops by itself (bounded).
+fn boot_until_it_stops(
+    core: Core,
+    image: &std::path::Path,
+    data: &std::path::Path,
+    dir: &std::path::Path,
+    damage: bool,
+) -> (std::process::ExitStatus, Vec<String>) {
+    let shard = dir.join("shard.bin");
+    let written = Command::new(bin("firmware-sim"))
+        .args(["--shard", "0/2", "--data-dir"])
+        .arg(data)
+        .arg("--write-blob")
+        .arg(&shard)
+        .output()
+        .unwrap();
+    assert!(written.status.success());
+    if damage {
+        let mut blob = std::fs::read(&shard).unwrap();
+        let last = blob.len() - 1;
+        blob[last] ^= 0x40;
+        std::fs::write(&shard, &blob).unwrap();
+    }
+    let provision = dir.join("provision.bin");
+    qemu::write_provision("probe", &provision).unwrap();
+    let qemu = Qemu::find(None).unwrap();
+    let mut board = Launch {
+        qemu: &qemu,
+        core,
+        image,
+        shard: &shard,
+        provision: &provision,
+        icount: true,
+    }
+    .start()
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = board.exited() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the board did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let console =
+        std::iter::from_fn(|| board.console.recv_timeout(Duration::from_millis(500)).ok())
+            .collect();
+    (status, console)
 }
 
 #[test]
@@ -101,47 +156,7 @@ fn a_board_refuses_a_damaged_shard_at_boot() {
     let data = temp_dir("qemu-damaged-data");
     mnist_subset(&data, 600, 100);
     let (path, _) = image(Core::M3, false, MODEL, 128).build().unwrap();
-    let shard = dir.join("shard.bin");
-    let written = Command::new(bin("firmware-sim"))
-        .args(["--shard", "0/2", "--data-dir"])
-        .arg(&data)
-        .arg("--write-blob")
-        .arg(&shard)
-        .output()
-        .unwrap();
-    assert!(written.status.success());
-    let mut blob = std::fs::read(&shard).unwrap();
-    let last = blob.len() - 1;
-    blob[last] ^= 0x40;
-    std::fs::write(&shard, &blob).unwrap();
-    let provision = dir.join("provision.bin");
-    qemu::write_provision("damaged", &provision).unwrap();
-
-    let qemu = Qemu::find(None).unwrap();
-    let mut board = Launch {
-        qemu: &qemu,
-        core: Core::M3,
-        image: &path,
-        shard: &shard,
-        provision: &provision,
-        icount: true,
-    }
-    .start()
-    .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = board.exited() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the board did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let console: Vec<String> =
-        std::iter::from_fn(|| board.console.recv_timeout(Duration::from_millis(500)).ok())
-            .collect();
+    let (status, console) = boot_until_it_stops(Core::M3, &path, &data, &dir, true);
     assert!(!status.success(), "the image stopped with a failure");
     assert!(
         console
@@ -150,6 +165,32 @@ fn a_board_refuses_a_damaged_shard_at_boot() {
         "{console:?}"
     );
     assert!(!console.iter().any(|l| l.contains("saying hello")));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn a_stack_overflow_is_caught_by_the_guard_not_written_over_the_parameters() {
+    if !ready("a_stack_overflow_is_caught_by_the_guard") {
+        return;
+    }
+    let dir = temp_dir("qemu-overflow");
+    let data = temp_dir("qemu-overflow-data");
+    mnist_subset(&data, 600, 100);
+    let probe = Image {
+        overflow_probe: true,
+        ..image(Core::M4, true, MODEL, 128)
+    };
+    let (path, _) = probe.build().unwrap();
+    let (status, console) = boot_until_it_stops(Core::M4, &path, &data, &dir, false);
+    assert!(!status.success(), "{console:?}");
+    assert!(
+        console.iter().any(|l| l.contains("probe: recursing"))
+            && console
+                .iter()
+                .any(|l| l.contains("stack overflow") && l.contains("guard")),
+        "{console:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&data);
 }

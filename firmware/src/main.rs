@@ -69,6 +69,8 @@ fn boot_and_run() -> Result<(), ()> {
     };
     stack::guard(&mut p.MPU, &mut p.SCB);
     console::start();
+    #[cfg(feature = "stack-overflow-probe")]
+    stack::overflow();
     time::start(p.SYST);
 
     let model: ModelSpec = config::MODEL.parse().map_err(|e| {

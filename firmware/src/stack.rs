@@ -106,3 +106,20 @@ pub fn high_water() -> usize {
     }
     top - at
 }
+
+/// Recurses until the stack runs into its guard (the `stack-overflow-probe`
+/// build, which shows the fault is caught); never returns.
+#[cfg(feature = "stack-overflow-probe")]
+pub fn overflow() -> ! {
+    crate::console::line(format_args!("probe: recursing until the stack overflows"));
+    fn deeper(depth: u32) -> u32 {
+        let frame = [depth; 64];
+        // black_box: the frame and the recursion stay as written.
+        core::hint::black_box(&frame);
+        deeper(depth + 1).wrapping_add(core::hint::black_box(frame[3]))
+    }
+    let _ = deeper(0);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}

@@ -97,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 f32: cli.numeric == Numeric::F32,
                 model: cli.model.to_string(),
                 ram_kb: cli.ram_kb,
+                overflow_probe: false,
             }
             .build()?;
             eprintln!("firmware-qemu: {}: {sizes}", path.display());
