@@ -64,19 +64,20 @@ fn image(core: Core, f32: bool, model: &str, ram_kb: usize) -> Image {
     }
 }
 
-/// Boots `image` on `core` with a shard of `data` (damaged if `damage`) and
+/// Boots `image` on `core` with a small shard (damaged if `damage`) and
 /// returns its exit status and console once it stops by itself (bounded).
 fn boot_until_it_stops(
+    test: &str,
     core: Core,
     image: &std::path::Path,
-    data: &std::path::Path,
-    dir: &std::path::Path,
     damage: bool,
 ) -> (std::process::ExitStatus, Vec<String>) {
+    let (dir, data) = (temp_dir(test), temp_dir(&format!("{test}-data")));
+    mnist_subset(&data, 600, 100);
     let shard = dir.join("shard.bin");
     let written = Command::new(bin("firmware-sim"))
         .args(["--shard", "0/2", "--data-dir"])
-        .arg(data)
+        .arg(&data)
         .arg("--write-blob")
         .arg(&shard)
         .output()
@@ -115,6 +116,8 @@ fn boot_until_it_stops(
     let console =
         std::iter::from_fn(|| board.console.recv_timeout(Duration::from_millis(500)).ok())
             .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
     (status, console)
 }
 
@@ -152,11 +155,8 @@ fn a_board_refuses_a_damaged_shard_at_boot() {
     if !ready("a_board_refuses_a_damaged_shard_at_boot") {
         return;
     }
-    let dir = temp_dir("qemu-damaged");
-    let data = temp_dir("qemu-damaged-data");
-    mnist_subset(&data, 600, 100);
     let (path, _) = image(Core::M3, false, MODEL, 128).build().unwrap();
-    let (status, console) = boot_until_it_stops(Core::M3, &path, &data, &dir, true);
+    let (status, console) = boot_until_it_stops("qemu-damaged", Core::M3, &path, true);
     assert!(!status.success(), "the image stopped with a failure");
     assert!(
         console
@@ -165,8 +165,6 @@ fn a_board_refuses_a_damaged_shard_at_boot() {
         "{console:?}"
     );
     assert!(!console.iter().any(|l| l.contains("saying hello")));
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]
@@ -174,15 +172,12 @@ fn a_stack_overflow_is_caught_by_the_guard_not_written_over_the_parameters() {
     if !ready("a_stack_overflow_is_caught_by_the_guard") {
         return;
     }
-    let dir = temp_dir("qemu-overflow");
-    let data = temp_dir("qemu-overflow-data");
-    mnist_subset(&data, 600, 100);
     let probe = Image {
         overflow_probe: true,
         ..image(Core::M4, true, MODEL, 128)
     };
     let (path, _) = probe.build().unwrap();
-    let (status, console) = boot_until_it_stops(Core::M4, &path, &data, &dir, false);
+    let (status, console) = boot_until_it_stops("qemu-overflow", Core::M4, &path, false);
     assert!(!status.success(), "{console:?}");
     assert!(
         console.iter().any(|l| l.contains("probe: recursing"))
@@ -191,8 +186,6 @@ fn a_stack_overflow_is_caught_by_the_guard_not_written_over_the_parameters() {
                 .any(|l| l.contains("stack overflow") && l.contains("guard")),
         "{console:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]

@@ -349,7 +349,8 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     };
     let id = handle.who.id;
     let name = handle.who.name.clone();
-    tracing::info!(id, %name, ?kind, "participant joined");
+    let recorded = handle.who.kind.name();
+    tracing::info!(id, %name, kind = recorded, "participant joined");
     let mut heartbeat = Heartbeat::new(shared.limits.heartbeat);
     let ended = loop {
         let job = tokio::select! {
