@@ -96,7 +96,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "firmware/src",
-        &["mmio", "stack", "console", "time", "uart"],
+        &["mmio", "console", "stack", "time", "uart"],
     ),
 ];
 
