@@ -30,7 +30,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("fedcore/src/model", &["spec", "plan", "fused", "network"]),
-    ("fedcore/src/protocol", &["message", "frame", "transfer"]),
+    (
+        "fedcore/src/protocol",
+        &["auth", "message", "frame", "transfer"],
+    ),
     (
         "fedcore/src/device",
         &["provision", "board", "footprint", "firmware", "tests"],
@@ -38,6 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "fedhost/src",
         &[
+            "keys",
             "output",
             "dataset",
             "partition",

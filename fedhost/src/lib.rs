@@ -5,9 +5,11 @@
 //! - [`share`]: loading one participant's share (or several sharing one pool);
 //! - [`link`]: fedcore frames over any async byte stream, with chunked parameter transfer;
 //! - [`model_file`]: saved models (spec and parameters);
-//! - [`output`]: writing result files whole or not at all.
+//! - [`output`]: writing result files whole or not at all;
+//! - [`keys`]: key files for admission by key (one shared key, or one per name).
 
 pub mod dataset;
+pub mod keys;
 pub mod link;
 pub mod model_file;
 pub mod output;

@@ -63,6 +63,8 @@ pub struct Build {
     pub ram: usize,
     /// Its UART's baud rate, `None` when the line is not paced.
     pub baud: Option<u32>,
+    /// The key it proves it holds to a server that admits by key.
+    pub key: Option<Vec<u8>>,
 }
 
 impl Build {
@@ -134,6 +136,7 @@ fn run_as<S: Scalar, const F: usize>(
     let firmware = Firmware {
         name: &build.name,
         kind: fedcore::protocol::ParticipantKind::Device,
+        key: build.key.as_deref(),
         model: build.model.clone(),
         encoding: build.encoding,
         baud: build.baud,

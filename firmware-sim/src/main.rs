@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fedcore::model::ModelSpec;
+use fedhost::keys::Keys;
 use fedhost::link::{DEFAULT_BAUD, WireEncoding};
 use firmware_sim::board::{self, Build, Numeric};
 use firmware_sim::line::{Line, LineChoice};
@@ -61,6 +62,10 @@ struct Cli {
     /// Name in the server's history.
     #[arg(long, default_value = "device")]
     name: String,
+    /// Prove to a server that admits by key that this device holds its key:
+    /// the file's one key, or its `name: key` line for --name.
+    #[arg(long, value_name = "FILE")]
+    auth_key_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -81,7 +86,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli.link_ber
         );
     }
+    let key = cli
+        .auth_key_file
+        .as_deref()
+        .map(|path| Keys::own(path, &cli.name))
+        .transpose()?;
     let build = Build {
+        key,
         name: cli.name,
         model: cli.model,
         numeric: cli.numeric,

@@ -338,10 +338,11 @@ pub struct Launch<'a> {
     pub icount: bool,
 }
 
-/// Writes `name`'s provisioning record to `path`.
-pub fn write_provision(name: &str, path: &Path) -> Result<(), QemuError> {
+/// Writes the provisioning record of a board named `name` (holding `key`, if
+/// the server admits by key) to `path`.
+pub fn write_provision(name: &str, key: Option<&[u8]>, path: &Path) -> Result<(), QemuError> {
     let mut record = [0u8; Provision::MAX_LEN];
-    let len = Provision { name }
+    let len = Provision { name, key }
         .write(&mut record)
         .map_err(|e| QemuError::Io {
             what: format!("board name {name:?}"),

@@ -85,6 +85,7 @@ fn allocations_after_boot<S: Scalar>(name: &str) -> usize {
                 let firmware = Firmware {
                     name,
                     kind: fedcore::protocol::ParticipantKind::Device,
+                    key: None,
                     model,
                     encoding: Encoding::Int8,
                     baud: None,

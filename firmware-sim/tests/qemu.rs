@@ -1,7 +1,8 @@
 //! The firmware image on QEMU's Cortex-M boards, through the real binaries:
 //! the images link inside their RAM budgets (and one too big does not), a
 //! board refuses a damaged shard at boot, and an M3 board trains in a
-//! federation beside a host client and a simulated device.
+//! federation beside a host client and a simulated device, all three proving
+//! they hold the federation's key.
 //!
 //! These need QEMU (`firmware/qemu.sh` unpacks it) and the thumbv7 targets.
 //! `.ci/run` installs both and sets `FIRMWARE_TESTS=require`, so there a
@@ -90,7 +91,7 @@ fn boot_until_it_stops(
         std::fs::write(&shard, &blob).unwrap();
     }
     let provision = dir.join("provision.bin");
-    qemu::write_provision("probe", &provision).unwrap();
+    qemu::write_provision("probe", None, &provision).unwrap();
     let qemu = Qemu::find(None).unwrap();
     let mut board = Launch {
         qemu: &qemu,
@@ -195,6 +196,11 @@ fn an_m3_board_trains_beside_a_host_client_and_a_simulated_device() {
     }
     let (out, data) = (temp_dir("qemu-run-out"), temp_dir("qemu-run-data"));
     mnist_subset(&data, 6000, 600);
+    // Admission by key, proved by all three; the board's key is provisioned.
+    let keys = out.join("federation.key");
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    std::fs::write(&keys, format!("{key}\n")).unwrap();
+    let keys = keys.display().to_string();
     let mut lines = Vec::new();
     let mut procs = Vec::new();
     for (program, args) in [
@@ -211,6 +217,7 @@ fn an_m3_board_trains_beside_a_host_client_and_a_simulated_device() {
     ] {
         let mut child = Command::new(bin(program))
             .args(args)
+            .args(["--auth-key-file", &keys])
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::piped())
@@ -235,13 +242,15 @@ fn an_m3_board_trains_beside_a_host_client_and_a_simulated_device() {
         &[
             "--round-timeout",
             "120",
+            "--auth-key-file",
+            &keys,
             "--serial",
             &lines[0],
             "--serial",
             &lines[1],
         ],
     );
-    let mut client = start_clients(&addr, &data, 0, 1, 3);
+    let mut client = start_clients_with(&addr, &data, 0, 1, 3, &["--auth-key-file", &keys]);
     assert!(wait(&mut server, Duration::from_secs(400)));
     assert!(wait(&mut client, Duration::from_secs(10)));
     let (mut board, mut console) = procs.pop().unwrap();

@@ -9,7 +9,7 @@
 //! - [`stack`]: the MPU stack guard, the handler stack and the high-water mark.
 //!
 //! Boot: the stack guard, the console, the provisioning record (the board's
-//! name) from block RAM at 0x0100_0000, the shard blob from PSRAM at
+//! name, and its key when the server admits by key) from block RAM at 0x0100_0000, the shard blob from PSRAM at
 //! 0x2100_0000 (both placed by QEMU's `-device loader`; checked, refused with
 //! a message on mismatch), then the device loop until the server says
 //! goodbye; the image then ends QEMU through semihosting with its exit status.
@@ -105,6 +105,7 @@ fn boot_and_run() -> Result<(), ()> {
     let firmware = Firmware {
         name: provision.name,
         kind: ParticipantKind::Board(config::BOARD),
+        key: provision.key,
         model,
         encoding: Encoding::Int8,
         baud: Some(BAUD),

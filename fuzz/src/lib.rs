@@ -252,7 +252,6 @@ fn messages() -> Vec<Message<'static>> {
             test_examples: 10,
             max_frame: 256,
             encoding: Encoding::Q16,
-            auth: &[1, 2],
         }),
         Message::Welcome(Welcome {
             client_id: 3,
@@ -308,6 +307,8 @@ fn messages() -> Vec<Message<'static>> {
         Message::Bye("seed"),
         Message::Ping(1),
         Message::Pong(1),
+        Message::Challenge(fedcore::protocol::auth::Challenge { nonce: [7; 32] }),
+        Message::Proof(fedcore::protocol::auth::Proof { mac: [9; 32] }),
     ]
 }
 

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use fedcore::model::ModelSpec;
 use fedcore::train::{TrainConfig, Trainer};
 use fedhost::dataset::DEFAULT_DATA_DIR;
+use fedhost::keys::{KeyFileError, Keys};
 use fedhost::link::{DEFAULT_ADDRESS, WireEncoding};
 use fedhost::partition::Partition;
 use fedhost::share::ShareSpec;
@@ -88,6 +89,11 @@ struct JoinArgs {
     /// Name prefix shown in the server's history.
     #[arg(long, default_value = "client")]
     name: String,
+    /// Prove to a server that admits by key (its --auth-key-file) that we
+    /// hold our key: this file's one key, or its `name: key` line for each
+    /// client's name (e.g. client-0).
+    #[arg(long, value_name = "FILE")]
+    auth_key_file: Option<PathBuf>,
     /// Take turns with the other client processes of this machine: at most N
     /// of them train at once (N = its cores keeps them from time-slicing each
     /// other). Every cooperating process names the same --slot-dir. 0: off.
@@ -174,12 +180,30 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
         dir: args.slot_dir.clone(),
         count: args.train_slots as usize,
     });
+    let keys = args
+        .auth_key_file
+        .as_deref()
+        .map(|path| Keys::read(path).map(|keys| (path, keys)))
+        .transpose()?;
     let mut tasks = tokio::task::JoinSet::new();
     for (index, share) in (first..).zip(shares) {
         let data = Arc::new(share);
+        let name = format!("{}-{index}", args.name);
+        let key = match &keys {
+            Some((path, keys)) => {
+                Some(keys.for_name(&name).map(<[u8]>::to_vec).ok_or_else(|| {
+                    KeyFileError::NoKeyFor {
+                        path: path.to_path_buf(),
+                        name: name.clone(),
+                    }
+                })?)
+            }
+            None => None,
+        };
         let config = ParticipantConfig {
             server: args.server.clone(),
-            name: format!("{}-{index}", args.name),
+            name,
+            key,
             connect_timeout: Duration::from_secs(args.connect_timeout),
             attack: args.attack,
             encoding: args.encoding.into(),

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use fedcore::protocol::auth;
 use fedcore::protocol::transfer::Chunking;
 use fedcore::protocol::{
     Encoding, ErrorCode, ErrorMsg, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION,
@@ -21,6 +22,8 @@ pub struct ParticipantConfig {
     pub server: String,
     /// Name shown in the server's history.
     pub name: String,
+    /// The key to prove we hold when the server admits by key.
+    pub key: Option<Vec<u8>>,
     /// How long to keep trying to reach the server.
     pub connect_timeout: Duration,
     /// Poison every update this way (robustness experiments only).
@@ -113,10 +116,20 @@ async fn session(
         test_examples: local.test_examples(),
         max_frame: HOST_MAX_FRAME as u32,
         encoding: config.encoding,
-        auth: &[],
     };
     link.send(&Message::Hello(hello)).await?;
-    let spec = match link.recv().await? {
+    let mut answer = link.recv().await?;
+    if let Message::Challenge(challenge) = answer {
+        let Some(key) = &config.key else {
+            return Err(fatal(
+                "the server admits only holders of a key: give this client its key with --auth-key-file",
+            ));
+        };
+        let proof = auth::prove(key, &challenge, PROTOCOL_VERSION, &config.name);
+        link.send(&Message::Proof(proof)).await?;
+        answer = link.recv().await?;
+    }
+    let spec = match answer {
         Message::Welcome(w) => w.model,
         Message::Error(e) => {
             return Err(SessionError::Fatal(anyhow::anyhow!(

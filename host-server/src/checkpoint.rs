@@ -195,6 +195,7 @@ mod tests {
             superlink_bind: None,
             fab: None,
             flower_node_keys: None,
+            keys: None,
             limits: Limits::default(),
             resume: true,
         }

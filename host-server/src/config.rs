@@ -267,6 +267,10 @@ pub struct ServerConfig {
     pub fab: Option<PathBuf>,
     /// Public keys (PEM) of the only SuperNodes admitted, if any.
     pub flower_node_keys: Option<PathBuf>,
+    /// The keys participants must prove they hold, if admission is by key
+    /// (the history records only how: "shared key" or "a key per name").
+    #[serde(rename = "admission", serialize_with = "admission")]
+    pub keys: Option<fedhost::keys::Keys>,
     /// What participants may claim, and how many may join.
     pub limits: Limits,
     /// Continue the run whose checkpoint is in `out` instead of starting anew.
@@ -372,6 +376,17 @@ fn as_display<S: serde::Serializer>(v: &ModelSpec, s: S) -> Result<S::Ok, S::Err
     s.collect_str(v)
 }
 
+fn admission<S: serde::Serializer>(
+    keys: &Option<fedhost::keys::Keys>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match keys {
+        None => "anyone",
+        Some(fedhost::keys::Keys::Shared(_)) => "shared key",
+        Some(fedhost::keys::Keys::PerName(_)) => "a key per name",
+    })
+}
+
 fn as_seconds<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(v.as_secs_f64())
 }
@@ -379,6 +394,40 @@ fn as_seconds<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Erro
 impl ServerConfig {
     /// Most memory a client's trainer may need for the configured model and batch.
     pub const MAX_TRAINER_BYTES: u64 = 4 << 30;
+
+    /// What a user should know about who can join: one warning per listener
+    /// that other machines can reach and that does not admit by key.
+    pub fn exposure(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.bind.ip().is_loopback() && self.keys.is_none() {
+            warnings.push(format!(
+                "{} is reachable from other machines and admits anyone: whoever connects \
+                 can join and receive the global model (give --auth-key-file)",
+                self.bind
+            ));
+        }
+        let flower = [
+            ("--flower-bind", self.flower_bind),
+            ("--superlink-bind", self.superlink_bind),
+        ];
+        for (flag, addr) in flower {
+            if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+                let admitted = flag == "--superlink-bind" && self.flower_node_keys.is_some();
+                if !admitted {
+                    warnings.push(format!(
+                        "{flag} {addr} is reachable from other machines and admits any Flower \
+                         client (--auth-key-file does not cover Flower's protocols{})",
+                        if flag == "--superlink-bind" {
+                            "; --flower-node-keys does"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+        }
+        warnings
+    }
 
     /// Checks the settings that the CLI's types alone do not bound, and refuses
     /// those that could only produce an untrained model.

@@ -113,6 +113,7 @@ pub async fn run(
         uploads: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
         limits: config.limits,
         strikes: Strikes::new(config.limits.max_strikes, 4 * config.limits.max_clients),
+        keys: config.keys.clone(),
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
     let legacy = flower

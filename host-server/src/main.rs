@@ -172,6 +172,17 @@ struct RunArgs {
     /// --auth-supernode-private-key` signs with) are in this file.
     #[arg(long, value_name = "FILE", requires = "superlink_bind")]
     flower_node_keys: Option<PathBuf>,
+    /// Admit only participants that prove they hold a key of this file
+    /// (HMAC-SHA256 over a fresh challenge; the key never crosses the wire):
+    /// one hex key for all, or `name: key` lines so that no participant can
+    /// claim another's name. Over TCP, without TLS, what follows admission
+    /// still travels in the clear.
+    #[arg(long, value_name = "FILE")]
+    auth_key_file: Option<PathBuf>,
+    /// Listening beyond loopback without admission by key prints a warning
+    /// at start: this says you mean it and silences it.
+    #[arg(long)]
+    insecure: bool,
     /// Write logs to this file instead of standard error.
     #[arg(long)]
     log_file: Option<PathBuf>,
@@ -185,6 +196,11 @@ impl RunArgs {
             tau: self.tau,
         };
         tuning.validate()?;
+        let keys = self
+            .auth_key_file
+            .as_deref()
+            .map(fedhost::keys::Keys::read)
+            .transpose()?;
         let config = ServerConfig {
             bind: self.bind,
             rounds: self.rounds,
@@ -224,6 +240,7 @@ impl RunArgs {
             superlink_bind: self.superlink_bind,
             fab: self.fab,
             flower_node_keys: self.flower_node_keys,
+            keys,
             limits: Limits {
                 max_clients: self.max_clients,
                 max_examples: self.max_examples,
@@ -281,8 +298,14 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let log_file = args.log_file.clone();
+    let insecure = args.insecure;
     let config = args.config()?;
     init_logging(log_file.as_deref())?;
+    if !insecure {
+        for warning in config.exposure() {
+            eprintln!("host-server: warning: {warning}; --insecure silences this");
+        }
+    }
     // One thread serves every connection: a round's CPU work (decoding and
     // folding updates, writing the history and checkpoint between rounds) is a
     // few milliseconds at a time, and server-side evaluation runs on a blocking

@@ -24,10 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedcore::model::ModelSpec;
+use fedcore::protocol::auth::{self, Challenge, Proof};
 use fedcore::protocol::transfer::RetryPolicy;
 use fedcore::protocol::{
     Encoding, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_VERSION, ParticipantKind, Welcome,
 };
+use fedhost::keys::Keys;
 use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -156,6 +158,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Who keeps failing, and who was dropped for it.
     pub strikes: Strikes,
+    /// The keys participants must prove they hold (`--auth-key-file`), if any.
+    pub keys: Option<Keys>,
 }
 
 /// Why a connection was not admitted.
@@ -189,6 +193,18 @@ pub enum AdmissionError {
         /// The bound.
         max: u32,
     },
+    /// Admission is by key and the key file has none for its name.
+    #[error("the key file holds no key for the name {0:?}")]
+    NoKey(String),
+    /// Its answer to the challenge is not the proof its key gives.
+    #[error("it did not prove that it holds its key (a wrong key, or a replayed answer)")]
+    BadProof,
+    /// It did not answer the challenge.
+    #[error("no answer to the key challenge within {0:?}")]
+    NoProof(Duration),
+    /// It answered the challenge with something else.
+    #[error("expected Proof, got {0}")]
+    NotProof(&'static str),
     /// The link failed.
     #[error("{0}")]
     Link(#[from] LinkError),
@@ -314,6 +330,71 @@ async fn await_hello<T: AsyncRead + AsyncWrite + Unpin>(
             Ok(Message::Hello(h)) => return Ok(Greeting::from(&h)),
             Ok(_) | Err(LinkError::Frame(_)) if lossy => {}
             Ok(other) => return Err(AdmissionError::NotHello(other.name())),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How long a participant has to answer the key challenge.
+const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
+/// Challenges sent on a lossy line before giving up (a lost one is sent again).
+const CHALLENGES: usize = 4;
+
+/// With `--auth-key-file`: challenges the participant to prove it holds its
+/// name's key, before it is given an id or anything of the model.
+async fn admit_by_key<T: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Link<T>,
+    hello: &Greeting,
+    lossy: bool,
+    shared: &Shared,
+) -> Result<(), (ErrorCode, AdmissionError)> {
+    let Some(keys) = &shared.keys else {
+        return Ok(());
+    };
+    let Some(key) = keys.for_name(&hello.name) else {
+        return Err((ErrorCode::Auth, AdmissionError::NoKey(hello.name.clone())));
+    };
+    let link_failed = |e: LinkError| (ErrorCode::Unexpected, AdmissionError::Link(e));
+    for _ in 0..if lossy { CHALLENGES } else { 1 } {
+        // A fresh nonce from the OS-seeded CSPRNG: a proof is good for this challenge only.
+        let challenge = Challenge {
+            nonce: rand::random(),
+        };
+        link.send(&Message::Challenge(challenge))
+            .await
+            .map_err(link_failed)?;
+        match tokio::time::timeout(PROOF_TIMEOUT, await_proof(link, lossy)).await {
+            Ok(Ok(Some(proof))) => {
+                let proved = auth::verify(key, &challenge, hello.version, &hello.name, &proof);
+                return if proved {
+                    Ok(())
+                } else {
+                    Err((ErrorCode::Auth, AdmissionError::BadProof))
+                };
+            }
+            // A device that missed the challenge said hello again: challenge it anew.
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => return Err((ErrorCode::Auth, e)),
+            Err(_) if lossy => continue,
+            Err(_) => break,
+        }
+    }
+    Err((ErrorCode::Auth, AdmissionError::NoProof(PROOF_TIMEOUT)))
+}
+
+/// Reads the answer to a challenge: the proof, or `None` for a repeated
+/// hello on a lossy line (which also skips noise and stale frames).
+async fn await_proof<T: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Link<T>,
+    lossy: bool,
+) -> Result<Option<Proof>, AdmissionError> {
+    loop {
+        match link.recv().await {
+            Ok(Message::Proof(proof)) => return Ok(Some(proof)),
+            Ok(Message::Hello(_)) if lossy => return Ok(None),
+            Ok(Message::Error(_)) => return Err(AdmissionError::BadProof),
+            Ok(_) | Err(LinkError::Frame(_)) if lossy => {}
+            Ok(other) => return Err(AdmissionError::NotProof(other.name())),
             Err(e) => return Err(e.into()),
         }
     }
@@ -592,6 +673,9 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
     if let Some((code, refusal)) = refusal {
         return Err(refuse(link, code, refusal).await);
     }
+    if let Err((code, refusal)) = admit_by_key(link, &hello, retry.is_some(), shared).await {
+        return Err(refuse(link, code, refusal).await);
+    }
     let recorded = LinkKind::recorded(kind, hello.participant);
     let (handle, rx) = match enter(shared, hello.name, recorded) {
         Ok(entered) => entered,
@@ -649,13 +733,105 @@ mod tests {
     }
 
     fn with_limits(limits: Limits) -> Arc<Shared> {
+        with_keys(limits, None)
+    }
+
+    fn with_keys(limits: Limits, keys: Option<&str>) -> Arc<Shared> {
         Arc::new(Shared {
             registry: Registry::default(),
             model: ModelSpec::mlp(&[4, 3, 2]).unwrap(),
             uploads: Arc::new(Semaphore::new(1)),
             limits,
             strikes: Strikes::new(3, 16),
+            keys: keys.map(|text| Keys::parse(text, std::path::Path::new("keys")).unwrap()),
         })
+    }
+
+    const ALICE: &[u8] = b"alice's key, 32 bytes long......";
+    const BOB: &[u8] = b"bob's key, also 32 bytes long...";
+
+    fn hex(key: &[u8]) -> String {
+        key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Says hello as `name` to a server that admits by key; the link and its challenge.
+    async fn challenged(shared: &Arc<Shared>, name: &str) -> (Link<DuplexStream>, Challenge) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        tokio::spawn(serve(theirs, "peer".to_string(), Arc::clone(shared)));
+        let mut link = Link::new(ours);
+        link.send(&Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            name,
+            kind: ParticipantKind::Host,
+            train_examples: 10,
+            test_examples: 10,
+            max_frame: HOST_MAX_FRAME as u32,
+            encoding: Encoding::F32,
+        }))
+        .await
+        .unwrap();
+        match link.recv().await.unwrap() {
+            Message::Challenge(c) => (link, c),
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    }
+
+    /// Answers a challenge with `proof`: welcomed, or refused with why.
+    async fn answer(
+        link: &mut Link<DuplexStream>,
+        proof: Proof,
+    ) -> Result<(), (ErrorCode, String)> {
+        link.send(&Message::Proof(proof)).await.unwrap();
+        match link.recv().await.unwrap() {
+            Message::Welcome(_) => Ok(()),
+            Message::Error(e) => Err((e.code, e.text.to_string())),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_by_key_takes_the_right_proof_and_no_replay() {
+        let shared = with_keys(Limits::default(), Some(&hex(ALICE)));
+        let (mut link, first) = challenged(&shared, "alice").await;
+        let proof = auth::prove(ALICE, &first, PROTOCOL_VERSION, "alice");
+        assert_eq!(answer(&mut link, proof).await, Ok(()));
+
+        let (mut wrong, c) = challenged(&shared, "bob").await;
+        let refused = answer(&mut wrong, auth::prove(BOB, &c, PROTOCOL_VERSION, "bob")).await;
+        assert!(
+            matches!(&refused, Err((ErrorCode::Auth, why)) if why.contains("prove")),
+            "{refused:?}"
+        );
+
+        // The answer captured from the first connection, replayed on another.
+        let (mut replay, second) = challenged(&shared, "alice").await;
+        assert_ne!(
+            first.nonce, second.nonce,
+            "every connection gets a fresh nonce"
+        );
+        let refused = answer(&mut replay, proof).await;
+        assert!(matches!(refused, Err((ErrorCode::Auth, _))), "{refused:?}");
+        // Only the honest participant was entered.
+        assert_eq!(shared.registry.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn per_name_keys_stop_a_participant_from_claiming_another_name() {
+        let keys = format!("alice: {}\nbob: {}", hex(ALICE), hex(BOB));
+        let shared = with_keys(Limits::default(), Some(&keys));
+        // Bob, with his own key, says he is Alice.
+        let (mut link, c) = challenged(&shared, "alice").await;
+        let refused = answer(&mut link, auth::prove(BOB, &c, PROTOCOL_VERSION, "alice")).await;
+        assert!(matches!(refused, Err((ErrorCode::Auth, _))), "{refused:?}");
+        // A name the file does not list is refused before any challenge.
+        let (_link, unlisted) = hello(&shared, "mallory").await;
+        assert!(
+            matches!(&unlisted, Err((ErrorCode::Auth, why)) if why.contains("no key")),
+            "{unlisted:?}"
+        );
+        let (mut link, c) = challenged(&shared, "bob").await;
+        let proof = auth::prove(BOB, &c, PROTOCOL_VERSION, "bob");
+        assert_eq!(answer(&mut link, proof).await, Ok(()));
     }
 
     /// Connects a participant named `name` to the server and says hello;
@@ -675,7 +851,6 @@ mod tests {
             test_examples: 10,
             max_frame: HOST_MAX_FRAME as u32,
             encoding: Encoding::F32,
-            auth: &[],
         }))
         .await
         .unwrap();

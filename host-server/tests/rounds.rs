@@ -63,6 +63,7 @@ fn config(out: &std::path::Path, participants: usize) -> ServerConfig {
         superlink_bind: None,
         fab: None,
         flower_node_keys: None,
+        keys: None,
         server_eval: None,
         limits: Limits::default(),
         resume: false,

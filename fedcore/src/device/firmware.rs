@@ -11,6 +11,7 @@ use core::fmt;
 use crate::Error;
 use crate::data::Dataset;
 use crate::model::ModelSpec;
+use crate::protocol::auth::{self, Challenge};
 use crate::protocol::frame::{self, FrameReader};
 use crate::protocol::transfer::{Arrival, Chunking, Receiver, Retries, RetryPolicy, Span};
 use crate::protocol::{
@@ -37,6 +38,9 @@ pub struct Firmware<'a> {
     pub name: &'a str,
     /// What it says it is: a simulated device, or the image on a board.
     pub kind: ParticipantKind,
+    /// The key it proves it holds when the server admits by key
+    /// ([`crate::protocol::auth`]); `None` if it was given none.
+    pub key: Option<&'a [u8]>,
     /// The model its memory is sized for.
     pub model: ModelSpec,
     /// The encoding it asks parameter chunks in.
@@ -101,6 +105,8 @@ enum Event {
     Welcome {
         same_model: bool,
     },
+    /// The server admits by key: prove it.
+    Challenge(Challenge),
     Instruction(Instruction),
     /// A chunk of the download in progress arrived (and was stored).
     Chunk(Arrival),
@@ -249,12 +255,12 @@ where
                 test_examples: self.test.len() as u32,
                 max_frame: F as u32,
                 encoding: self.firmware.encoding,
-                auth: &[],
             });
             self.send(&hello)?;
             let until = self.clock.now_ms() + HELLO_INTERVAL_MS;
             while let Some(event) = self.next_event(until)? {
                 match event {
+                    Event::Challenge(challenge) => self.prove(&challenge)?,
                     Event::Welcome { same_model: false } => return Err(self.refuse_model()),
                     Event::Welcome { same_model: true } => {
                         self.state.counters.joins += 1;
@@ -294,7 +300,7 @@ where
                         Some(Event::Instruction(i)) => (i.round(), Some(i)),
                         // Its instruction was lost; the chunk itself will be asked for again.
                         Some(Event::StrayChunk { round }) => (round, None),
-                        Some(Event::Chunk(_) | Event::Other) => continue,
+                        Some(Event::Chunk(_) | Event::Challenge(_) | Event::Other) => continue,
                     }
                 }
             };
@@ -469,6 +475,21 @@ where
         self.uart.write(frame).map_err(DeviceError::Uart)
     }
 
+    /// Answers the server's key challenge (a device without a key says so;
+    /// the server refuses it and it keeps saying hello).
+    fn prove(&mut self, challenge: &Challenge) -> Result<(), DeviceError<U::Error>> {
+        match self.firmware.key {
+            Some(key) => {
+                let proof = auth::prove(key, challenge, PROTOCOL_VERSION, self.firmware.name);
+                self.send(&Message::Proof(proof))
+            }
+            None => self.send(&Message::Error(ErrorMsg {
+                code: ErrorCode::Auth,
+                text: "this device holds no key: the server admits only holders of one",
+            })),
+        }
+    }
+
     /// Tells the server the model does not fit this firmware, and stops.
     fn refuse_model(&mut self) -> DeviceError<U::Error> {
         let _ = self.send(&Message::Error(ErrorMsg {
@@ -536,6 +557,7 @@ where
             Message::Bye(_) => Event::Bye,
             Message::Error(_) => Event::ServerError,
             Message::Ping(nonce) => Event::Ping(nonce),
+            Message::Challenge(challenge) => Event::Challenge(challenge),
             _ => Event::Other,
         }
     }

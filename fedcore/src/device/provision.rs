@@ -1,17 +1,20 @@
 //! A board's provisioning record: what differs between two boards that run
-//! the same image (today its name), written by a host tool into a memory
-//! region the firmware reads at boot, the way a factory writes a device's
-//! configuration page.
+//! the same image (its name, and the key it proves it holds when the server
+//! admits by key), written by a host tool into a memory region the firmware
+//! reads at boot, the way a factory writes a device's configuration page.
 //!
 //! Layout, little-endian: the magic `FEDBOARD`; version (u16, 1); name length
-//! (u16, at most [`Provision::MAX_NAME`]); the name (UTF-8); the CRC-32
-//! (ISO-HDLC, as the frames and shard blobs use) of everything from the
-//! version to the end of the name (u32). Bytes after it are ignored.
+//! (u16, 1 to [`Provision::MAX_NAME`]); key length (u16, 0 for none, else
+//! [`MIN_KEY_BYTES`] to [`MAX_KEY_BYTES`]); the name (UTF-8); the key; the
+//! CRC-32 (ISO-HDLC, as the frames and shard blobs use) of everything from
+//! the version to the end of the key (u32). Bytes after it are ignored.
 
 use crate::Error;
+use crate::protocol::auth::{MAX_KEY_BYTES, MIN_KEY_BYTES};
 
 const MAX_NAME: usize = 64;
-const MAX_LEN: usize = 8 + 2 + 2 + MAX_NAME + 4;
+const HEADER: usize = 8 + 2 + 2 + 2;
+const MAX_LEN: usize = HEADER + MAX_NAME + MAX_KEY_BYTES + 4;
 
 /// Where the MPS2 boards (QEMU's mps2-an385 and mps2-an386) keep what a
 /// loader places before reset: the firmware reads there, and the host
@@ -30,6 +33,8 @@ pub mod mps2 {
 pub struct Provision<'a> {
     /// The name the board says hello with.
     pub name: &'a str,
+    /// The key it proves it holds, if it was given one.
+    pub key: Option<&'a [u8]>,
 }
 
 impl<'a> Provision<'a> {
@@ -42,43 +47,53 @@ impl<'a> Provision<'a> {
     const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
     /// Writes the record into `out`, returning its length; refuses a name
-    /// that is empty or longer than [`Self::MAX_NAME`].
+    /// that is empty or longer than [`Self::MAX_NAME`], or a key of a length
+    /// admission does not take.
     pub fn write(&self, out: &mut [u8; MAX_LEN]) -> Result<usize, Error> {
         let name = self.name.as_bytes();
+        let key = self.key.unwrap_or(&[]);
         if name.is_empty() || name.len() > Self::MAX_NAME {
             return Err(Error::BadProvision("the name must have 1 to 64 bytes"));
         }
-        let end = 12 + name.len();
+        if self.key.is_some() && !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key.len()) {
+            return Err(Error::BadProvision("the key must have 16 to 64 bytes"));
+        }
+        let end = HEADER + name.len() + key.len();
         out[..8].copy_from_slice(Self::MAGIC);
         out[8..10].copy_from_slice(&Self::VERSION.to_le_bytes());
         out[10..12].copy_from_slice(&(name.len() as u16).to_le_bytes());
-        out[12..end].copy_from_slice(name);
+        out[12..14].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        out[HEADER..HEADER + name.len()].copy_from_slice(name);
+        out[HEADER + name.len()..end].copy_from_slice(key);
         let crc = Self::CRC.checksum(&out[8..end]);
         out[end..end + 4].copy_from_slice(&crc.to_le_bytes());
         Ok(end + 4)
     }
 
-    /// Reads a record, checking its magic, version, length and checksum.
+    /// Reads a record, checking its magic, version, lengths and checksum.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
         if bytes.get(..8) != Some(Self::MAGIC.as_slice()) {
             return Err(Error::BadProvision(
                 "no FEDBOARD magic: the board is not provisioned",
             ));
         }
-        let u16_at = |i: usize| -> Result<u16, Error> {
+        let u16_at = |i: usize| -> Result<usize, Error> {
             bytes
                 .get(i..i + 2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
                 .ok_or(Error::BadProvision("cut short"))
         };
-        if u16_at(8)? != Self::VERSION {
+        if u16_at(8)? != usize::from(Self::VERSION) {
             return Err(Error::BadProvision("a version this firmware does not read"));
         }
-        let len = usize::from(u16_at(10)?);
-        if len == 0 || len > Self::MAX_NAME {
+        let (name_len, key_len) = (u16_at(10)?, u16_at(12)?);
+        if name_len == 0 || name_len > Self::MAX_NAME {
             return Err(Error::BadProvision("the name must have 1 to 64 bytes"));
         }
-        let end = 12 + len;
+        if key_len != 0 && !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key_len) {
+            return Err(Error::BadProvision("the key must have 16 to 64 bytes"));
+        }
+        let end = HEADER + name_len + key_len;
         let stored = bytes
             .get(end..end + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -88,9 +103,10 @@ impl<'a> Provision<'a> {
                 "its checksum does not match: write it again",
             ));
         }
-        let name = core::str::from_utf8(&bytes[12..end])
+        let name = core::str::from_utf8(&bytes[HEADER..HEADER + name_len])
             .map_err(|_| Error::BadProvision("the name is not UTF-8"))?;
-        Ok(Provision { name })
+        let key = (key_len > 0).then(|| &bytes[HEADER + name_len..end]);
+        Ok(Provision { name, key })
     }
 }
 
@@ -101,17 +117,40 @@ mod tests {
     #[test]
     fn a_written_record_reads_back() {
         let mut out = [0u8; Provision::MAX_LEN];
-        let len = Provision { name: "qemu-m3-0" }.write(&mut out).unwrap();
-        assert_eq!(len, 12 + 9 + 4);
-        assert_eq!(Provision::parse(&out).unwrap().name, "qemu-m3-0");
+        let len = Provision {
+            name: "qemu-m3-0",
+            key: None,
+        }
+        .write(&mut out)
+        .unwrap();
+        assert_eq!(len, 14 + 9 + 4);
+        assert_eq!(
+            Provision::parse(&out).unwrap(),
+            Provision {
+                name: "qemu-m3-0",
+                key: None
+            }
+        );
+        let key = [7u8; 32];
+        let keyed = Provision {
+            name: "qemu-m3-0",
+            key: Some(&key),
+        };
+        keyed.write(&mut out).unwrap();
+        assert_eq!(Provision::parse(&out).unwrap(), keyed);
     }
 
     #[test]
     fn damaged_or_missing_records_are_refused() {
         let mut out = [0u8; Provision::MAX_LEN];
-        let len = Provision { name: "board" }.write(&mut out).unwrap();
+        let len = Provision {
+            name: "board",
+            key: None,
+        }
+        .write(&mut out)
+        .unwrap();
         let mut flipped = out;
-        flipped[13] ^= 1;
+        flipped[15] ^= 1;
         assert!(matches!(
             Provision::parse(&flipped),
             Err(Error::BadProvision(_))
@@ -126,13 +165,21 @@ mod tests {
     #[test]
     fn names_must_fit() {
         let mut out = [0u8; Provision::MAX_LEN];
-        assert!(Provision { name: "" }.write(&mut out).is_err());
-        let long = "x".repeat(Provision::MAX_NAME + 1);
-        assert!(Provision { name: &long }.write(&mut out).is_err());
-        let most = "x".repeat(Provision::MAX_NAME);
-        assert_eq!(
-            Provision { name: &most }.write(&mut out).unwrap(),
-            Provision::MAX_LEN
-        );
+        let named = |name: &'static str| Provision { name, key: None };
+        assert!(named("").write(&mut out).is_err());
+        let long: &'static str = "x".repeat(Provision::MAX_NAME + 1).leak();
+        assert!(named(long).write(&mut out).is_err());
+        let short_key = Provision {
+            name: "board",
+            key: Some(&[1; 8]),
+        };
+        assert!(short_key.write(&mut out).is_err());
+        let most: &'static str = "x".repeat(Provision::MAX_NAME).leak();
+        let key = [2u8; 64];
+        let largest = Provision {
+            name: most,
+            key: Some(&key),
+        };
+        assert_eq!(largest.write(&mut out).unwrap(), Provision::MAX_LEN);
     }
 }

@@ -296,6 +296,7 @@ fn run(script: Script) -> Outcome {
     let firmware = Firmware {
         name: "dev-test",
         kind: ParticipantKind::Device,
+        key: None,
         model: model(),
         encoding: Encoding::Q16,
         baud: Some(115_200),

@@ -309,7 +309,6 @@ mod tests {
                 test_examples: 1_666,
                 max_frame: 256,
                 encoding: Encoding::Int8,
-                auth: b"token",
             }),
             Message::Welcome(Welcome {
                 client_id: 7,

@@ -13,6 +13,8 @@ use crate::model::ModelSpec;
 use crate::scalar::Scalar;
 use crate::train::TrainConfig;
 
+use super::auth::{Challenge, Proof};
+
 /// Version of this protocol; a server refuses a hello with another.
 pub const PROTOCOL_VERSION: u16 = 5;
 
@@ -85,8 +87,6 @@ pub struct Hello<'a> {
     pub max_frame: u32,
     /// The encoding it wants parameter chunks in (both directions).
     pub encoding: Encoding,
-    /// Authentication token (empty when the federation has none).
-    pub auth: &'a [u8],
 }
 
 /// The server accepts a participant.
@@ -349,6 +349,10 @@ pub enum Message<'a> {
     Ping(u32),
     /// Participant → server: yes (the ping's nonce).
     Pong(u32),
+    /// Server → participant, after its hello: prove you hold the key.
+    Challenge(Challenge),
+    /// Participant → server: the proof ([`super::auth`]).
+    Proof(Proof),
 }
 
 impl Message<'_> {
@@ -367,6 +371,8 @@ impl Message<'_> {
             Message::Bye(_) => "Bye",
             Message::Ping(_) => "Ping",
             Message::Pong(_) => "Pong",
+            Message::Challenge(_) => "Challenge",
+            Message::Proof(_) => "Proof",
         }
     }
 }

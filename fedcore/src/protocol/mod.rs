@@ -1,5 +1,7 @@
 //! The wire protocol, one for TCP and serial alike.
 //!
+//! - [`auth`]: admission by key: the server's challenge and the
+//!   participant's HMAC-SHA256 proof;
 //! - [`message`]: the messages (hello, welcome, fit and evaluate instructions,
 //!   parameter chunks, results, nack, error, bye, ping and pong), serde types
 //!   encoded with postcard;
@@ -13,6 +15,8 @@
 //! ```text
 //! participant                                   server
 //!   Hello{version, name, kind, examples, max_frame, encoding}  ->
+//!                                   <-  Challenge{nonce}  (with a key file)
+//!   Proof{mac}  ->
 //!                                   <-  Welcome{client_id, model}
 //!                                   <-  FitIns{round r, config, seed, evaluate_first}
 //!                                   <-  ParamChunk{round, offset, total, values} ...
@@ -53,6 +57,7 @@
 //! assert_eq!(bytes, &[0x07, 0x03, 0x03, 0x86, 0x10, 0xfd, 0xf3, 0x00]);
 //! ```
 
+pub mod auth;
 pub mod frame;
 pub mod message;
 pub mod transfer;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use fedcore::model::ModelSpec;
+use fedhost::keys::Keys;
 use firmware_sim::board::{self, Numeric};
 use firmware_sim::qemu::{self, Core, Image, Launch, Qemu};
 use firmware_sim::shard::{self, ShardArgs};
@@ -42,6 +43,10 @@ struct Cli {
     /// Name in the server's history (the board's provisioning record).
     #[arg(long, default_value = "board")]
     name: String,
+    /// Provision the board with its key for a server that admits by key:
+    /// the file's one key, or its `name: key` line for --name.
+    #[arg(long, value_name = "FILE")]
+    auth_key_file: Option<PathBuf>,
     #[command(flatten)]
     data: ShardArgs,
     /// Keep at most this many of the shard's training samples (a board's flash holds fewer).
@@ -120,7 +125,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let shard_path = files.path().join("shard.bin");
     let provision_path = files.path().join("provision.bin");
     shard::write_blob(&data, &shard_path)?;
-    qemu::write_provision(&cli.name, &provision_path)?;
+    let key = cli
+        .auth_key_file
+        .as_deref()
+        .map(|path| Keys::own(path, &cli.name))
+        .transpose()?;
+    qemu::write_provision(&cli.name, key.as_deref(), &provision_path)?;
 
     let mut board = Launch {
         qemu: &qemu,

@@ -40,7 +40,6 @@ pub async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
         test_examples: TEST_EXAMPLES,
         max_frame: HOST_MAX_FRAME as u32,
         encoding: Encoding::F32,
-        auth: &[],
     }))
     .await
     .map_err(|_| Ending::Lost)?;

@@ -1,0 +1,149 @@
+//! Admission by key through the real binaries: a server with
+//! `--auth-key-file` refuses clients without the key or with a wrong one
+//! before it sends them anything of the model, admits the one holding it, and
+//! admits a device on a pty that proves it holds its own key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use host_server::history::{History, LinkKind};
+use support::*;
+
+const KEY: &str = "6b65792d6f662d7468652d66656465726174696f6e2d33322d62797465732121";
+const WRONG: &str = "77726f6e672d6b65792d6f662d33322d62797465732d2d2d2d2d2d2d2d2d2d21";
+
+fn key_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Runs one host client to its end; its success and what it wrote on stderr.
+fn client(addr: &str, data: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("host-client"))
+        .args([
+            "--server",
+            addr,
+            "--num-clients",
+            "2",
+            "--client-index",
+            "0",
+        ])
+        .args(["--connect-timeout", "20", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn only_holders_of_the_key_are_admitted_and_the_others_learn_nothing() {
+    let (out, data) = (temp_dir("auth-out"), temp_dir("auth-data"));
+    mnist_subset(&data, 2000, 200);
+    let keys = key_file(
+        &out,
+        "server.keys",
+        &format!("# the federation's key\n{KEY}\n"),
+    );
+    let wrong = key_file(&out, "wrong.keys", WRONG);
+    let (mut server, addr) = start_federation(
+        &out,
+        2,
+        "mlp:784-16-10",
+        2,
+        &["--auth-key-file", &keys, "--round-timeout", "60"],
+    );
+
+    let (ok, said) = client(&addr, &data, &["--name", "nokey"]);
+    assert!(
+        !ok && said.contains("admits only holders of a key"),
+        "{said}"
+    );
+    let (ok, said) = client(
+        &addr,
+        &data,
+        &["--name", "wrong", "--auth-key-file", &wrong],
+    );
+    assert!(
+        !ok && said.contains("refused") && said.contains("prove"),
+        "{said}"
+    );
+
+    // A device holding the key on a pty, and a client holding it over TCP.
+    let mut device = Command::new(bin("firmware-sim"))
+        .args([
+            "--pty",
+            "--baud",
+            "0",
+            "--shard",
+            "1/2",
+            "--model",
+            "mlp:784-16-10",
+        ])
+        .args(["--name", "device", "--auth-key-file", &keys, "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(device.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut device = Proc(device);
+    // The server attaches serial lines at start only: a second server for the device.
+    std::fs::create_dir_all(out.join("device")).unwrap();
+    let (mut with_device, device_addr) = start_federation(
+        &out.join("device"),
+        2,
+        "mlp:784-16-10",
+        2,
+        &["--auth-key-file", &keys, "--serial", line.trim()],
+    );
+    let mut honest_device_peer =
+        start_clients_with(&device_addr, &data, 0, 1, 2, &["--auth-key-file", &keys]);
+    let mut honest = start_clients_with(&addr, &data, 0, 1, 2, &["--auth-key-file", &keys]);
+    let (ok, said) = client(
+        &addr,
+        &data,
+        &["--name", "second", "--auth-key-file", &keys],
+    );
+    assert!(ok, "{said}");
+    assert!(wait(&mut server, Duration::from_secs(120)));
+    assert!(wait(&mut honest, Duration::from_secs(10)));
+    assert!(wait(&mut with_device, Duration::from_secs(120)));
+    assert!(wait(&mut honest_device_peer, Duration::from_secs(10)));
+    assert!(wait(&mut device, Duration::from_secs(30)));
+
+    let history = History::read(&out.join("history_2.json")).unwrap();
+    for r in &history.rounds {
+        let mut names: Vec<&str> = r.participants.iter().map(|p| p.name.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["client-0", "second-0"],
+            "only key holders took part"
+        );
+    }
+    let history = History::read(&out.join("device").join("history_2.json")).unwrap();
+    for r in &history.rounds {
+        assert!(r.aggregated);
+        assert!(
+            r.participants
+                .iter()
+                .any(|p| p.kind == LinkKind::Serial && p.fit.is_some()),
+            "the device proved its key over the pty and trained"
+        );
+    }
+}
