@@ -149,15 +149,17 @@ impl Keys {
         }
     }
 
+    /// The key `name` proves with, or why the file at `path` (these keys) has none.
+    pub fn require(&self, path: &Path, name: &str) -> Result<&[u8], KeyFileError> {
+        self.for_name(name).ok_or_else(|| KeyFileError::NoKeyFor {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+        })
+    }
+
     /// The key a participant named `name` proves with, from the file at `path`.
     pub fn own(path: &Path, name: &str) -> Result<Vec<u8>, KeyFileError> {
-        Self::read(path)?
-            .for_name(name)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| KeyFileError::NoKeyFor {
-                path: path.to_path_buf(),
-                name: name.to_string(),
-            })
+        Ok(Self::read(path)?.require(path, name)?.to_vec())
     }
 }
 

@@ -95,6 +95,9 @@ pub enum QemuError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// cargo built, but did not say where the image or its map is.
+    #[error("cargo did not report the firmware image and its build output")]
+    NoImage,
     /// QEMU exited or stayed silent instead of naming its pty.
     #[error("QEMU did not start: {0}")]
     NoPty(String),
@@ -167,6 +170,7 @@ impl Image {
                 "build",
                 "--release",
                 "--quiet",
+                "--message-format=json",
                 "--target",
                 self.core.target(),
             ])
@@ -189,17 +193,25 @@ impl Image {
         }
         let out = build.output().map_err(io("cannot run cargo"))?;
         if !out.status.success() {
+            // With JSON messages, rustc's (and the linker's) errors are on stdout.
+            let rendered = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|m| m["message"]["rendered"].as_str().map(str::to_string))
+                .collect::<String>();
             return Err(QemuError::Build {
                 target: self.core.target(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                stderr: format!("{rendered}{}", String::from_utf8_lossy(&out.stderr))
+                    .trim()
+                    .to_string(),
             });
         }
-        let release = target.join(self.core.target()).join("release");
+        let built = Built::from_messages(&String::from_utf8_lossy(&out.stdout))
+            .ok_or(QemuError::NoImage)?;
         let image = images.join(format!("{}.elf", self.variant()));
-        std::fs::copy(release.join("firmware"), &image)
+        std::fs::copy(&built.executable, &image)
             .map_err(io(format!("cannot copy the image to {}", image.display())))?;
-        let map = newest_map(&release.join("build"))
-            .ok_or_else(|| QemuError::NoPty("the build wrote no linker map".into()))?;
+        let map = built.out_dir.join("firmware.map");
         let text =
             std::fs::read_to_string(&map).map_err(io(format!("cannot read {}", map.display())))?;
         let _ = std::fs::write(images.join(format!("{}.map", self.variant())), &text);
@@ -207,16 +219,36 @@ impl Image {
     }
 }
 
-/// The linker map the last build wrote (build.rs names it firmware.map).
-fn newest_map(build: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(build)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("firmware-"))
-        .map(|e| e.path().join("out").join("firmware.map"))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
+/// Where cargo says this build's image and build-script output are (its
+/// JSON messages): the map is in the output folder of the build script that
+/// ran for these features, even when nothing was relinked.
+struct Built {
+    executable: PathBuf,
+    out_dir: PathBuf,
+}
+
+impl Built {
+    fn from_messages(stdout: &str) -> Option<Self> {
+        let (mut executable, mut out_dir) = (None, None);
+        for message in stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            let ours = message["package_id"]
+                .as_str()
+                .is_some_and(|id| id.contains("/firmware#"));
+            let path = |field: &str| message[field].as_str().map(PathBuf::from);
+            match message["reason"].as_str() {
+                Some("build-script-executed") if ours => out_dir = path("out_dir"),
+                Some("compiler-artifact") if ours => executable = path("executable").or(executable),
+                _ => {}
+            }
+        }
+        Some(Built {
+            executable: executable?,
+            out_dir: out_dir?,
+        })
+    }
 }
 
 /// An image's sizes, in bytes, from its linker map.
@@ -374,8 +406,10 @@ impl Launch<'_> {
     pub fn start(&self) -> Result<Running, QemuError> {
         let mut qemu = Command::new(&self.qemu.program);
         if !self.qemu.libraries.is_empty() {
-            let joined = std::env::join_paths(&self.qemu.libraries)
-                .map_err(|e| QemuError::NoPty(e.to_string()))?;
+            let joined = std::env::join_paths(&self.qemu.libraries).map_err(|e| QemuError::Io {
+                what: "QEMU's library folders".into(),
+                source: std::io::Error::other(e),
+            })?;
             qemu.env("LD_LIBRARY_PATH", joined);
         }
         qemu.args([
@@ -536,6 +570,23 @@ mod tests {
             overflow_probe: false,
         };
         assert!(matches!(image.build(), Err(QemuError::NoFpu)));
+    }
+
+    #[test]
+    fn the_image_and_its_map_are_where_cargo_says() {
+        let messages = concat!(
+            r#"{"reason":"build-script-executed","package_id":"path+file:///x/fedcore#0.1.0","out_dir":"/t/fedcore/out"}"#,
+            "\n",
+            r#"{"reason":"build-script-executed","package_id":"path+file:///x/firmware#0.1.0","out_dir":"/t/fw/out"}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///x/firmware#0.1.0","executable":"/t/firmware"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        let built = Built::from_messages(messages).unwrap();
+        assert_eq!(built.out_dir, PathBuf::from("/t/fw/out"));
+        assert_eq!(built.executable, PathBuf::from("/t/firmware"));
+        assert!(Built::from_messages(r#"{"reason":"build-finished"}"#).is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use fedcore::model::ModelSpec;
 use fedcore::train::{TrainConfig, Trainer};
 use fedhost::dataset::DEFAULT_DATA_DIR;
-use fedhost::keys::{KeyFileError, Keys};
+use fedhost::keys::Keys;
 use fedhost::link::{DEFAULT_ADDRESS, WireEncoding};
 use fedhost::partition::Partition;
 use fedhost::share::ShareSpec;
@@ -190,14 +190,7 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
         let data = Arc::new(share);
         let name = format!("{}-{index}", args.name);
         let key = match &keys {
-            Some((path, keys)) => {
-                Some(keys.for_name(&name).map(<[u8]>::to_vec).ok_or_else(|| {
-                    KeyFileError::NoKeyFor {
-                        path: path.to_path_buf(),
-                        name: name.clone(),
-                    }
-                })?)
-            }
+            Some((path, keys)) => Some(keys.require(path, &name)?.to_vec()),
             None => None,
         };
         let config = ParticipantConfig {

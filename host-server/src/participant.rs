@@ -756,20 +756,7 @@ mod tests {
 
     /// Says hello as `name` to a server that admits by key; the link and its challenge.
     async fn challenged(shared: &Arc<Shared>, name: &str) -> (Link<DuplexStream>, Challenge) {
-        let (ours, theirs) = tokio::io::duplex(1 << 16);
-        tokio::spawn(serve(theirs, "peer".to_string(), Arc::clone(shared)));
-        let mut link = Link::new(ours);
-        link.send(&Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            name,
-            kind: ParticipantKind::Host,
-            train_examples: 10,
-            test_examples: 10,
-            max_frame: HOST_MAX_FRAME as u32,
-            encoding: Encoding::F32,
-        }))
-        .await
-        .unwrap();
+        let mut link = said_hello(shared, name).await;
         match link.recv().await.unwrap() {
             Message::Challenge(c) => (link, c),
             other => panic!("expected a challenge, got {other:?}"),
@@ -840,6 +827,17 @@ mod tests {
         shared: &Arc<Shared>,
         name: &str,
     ) -> (Link<DuplexStream>, Result<(), (ErrorCode, String)>) {
+        let mut link = said_hello(shared, name).await;
+        let answer = match link.recv().await {
+            Ok(Message::Welcome(_)) => Ok(()),
+            Ok(Message::Error(e)) => Err((e.code, e.text.to_string())),
+            other => panic!("{other:?}"),
+        };
+        (link, answer)
+    }
+
+    /// Connects a participant named `name` to the server and sends its hello.
+    async fn said_hello(shared: &Arc<Shared>, name: &str) -> Link<DuplexStream> {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         tokio::spawn(serve(theirs, "peer".to_string(), Arc::clone(shared)));
         let mut link = Link::new(ours);
@@ -854,12 +852,7 @@ mod tests {
         }))
         .await
         .unwrap();
-        let answer = match link.recv().await {
-            Ok(Message::Welcome(_)) => Ok(()),
-            Ok(Message::Error(e)) => Err((e.code, e.text.to_string())),
-            other => panic!("{other:?}"),
-        };
-        (link, answer)
+        link
     }
 
     /// Connects a participant named `name` that is welcomed.

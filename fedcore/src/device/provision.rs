@@ -52,12 +52,10 @@ impl<'a> Provision<'a> {
     pub fn write(&self, out: &mut [u8; MAX_LEN]) -> Result<usize, Error> {
         let name = self.name.as_bytes();
         let key = self.key.unwrap_or(&[]);
-        if name.is_empty() || name.len() > Self::MAX_NAME {
-            return Err(Error::BadProvision("the name must have 1 to 64 bytes"));
-        }
-        if self.key.is_some() && !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key.len()) {
+        if self.key.is_some_and(<[u8]>::is_empty) {
             return Err(Error::BadProvision("the key must have 16 to 64 bytes"));
         }
+        check_lengths(name.len(), key.len())?;
         let end = HEADER + name.len() + key.len();
         out[..8].copy_from_slice(Self::MAGIC);
         out[8..10].copy_from_slice(&Self::VERSION.to_le_bytes());
@@ -87,12 +85,7 @@ impl<'a> Provision<'a> {
             return Err(Error::BadProvision("a version this firmware does not read"));
         }
         let (name_len, key_len) = (u16_at(10)?, u16_at(12)?);
-        if name_len == 0 || name_len > Self::MAX_NAME {
-            return Err(Error::BadProvision("the name must have 1 to 64 bytes"));
-        }
-        if key_len != 0 && !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key_len) {
-            return Err(Error::BadProvision("the key must have 16 to 64 bytes"));
-        }
+        check_lengths(name_len, key_len)?;
         let end = HEADER + name_len + key_len;
         let stored = bytes
             .get(end..end + 4)
@@ -108,6 +101,18 @@ impl<'a> Provision<'a> {
         let key = (key_len > 0).then(|| &bytes[HEADER + name_len..end]);
         Ok(Provision { name, key })
     }
+}
+
+/// The lengths a record may hold: a name of 1 to [`MAX_NAME`] bytes, and no
+/// key (0) or one that admission takes.
+fn check_lengths(name: usize, key: usize) -> Result<(), Error> {
+    if name == 0 || name > MAX_NAME {
+        return Err(Error::BadProvision("the name must have 1 to 64 bytes"));
+    }
+    if key != 0 && !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key) {
+        return Err(Error::BadProvision("the key must have 16 to 64 bytes"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
