@@ -499,7 +499,10 @@ fn two_of_our_clients_join_a_flower_superlink_and_train_in_flwr_run() {
     let _superlink = Group(
         flower_command(&python, "flower-superlink", Some(&home))
             .args(["--insecure", "--port", &port.to_string()])
+            // flwr 1.42 keeps its state in SQLite files named after this
+            // "in-memory" name in the working directory: keep them in the test's.
             .args(["--database", ":flwr-in-memory-state:"])
+            .current_dir(&out)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
