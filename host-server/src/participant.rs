@@ -60,6 +60,8 @@ pub struct Handle {
     /// Who it is.
     pub who: Identity,
     jobs: mpsc::Sender<Job>,
+    /// Told when a newer connection under the same name took its place.
+    replaced: Arc<Notify>,
 }
 
 impl Handle {
@@ -126,16 +128,31 @@ impl Registry {
         self.lock().is_empty()
     }
 
-    /// Enters `handle` unless `max` participants are connected already.
-    fn admit(&self, handle: Handle, max: usize) -> bool {
+    /// Enters `handle` unless `max` participants are connected already. One
+    /// name is one participant: a connection already entered under its name
+    /// is taken out and told so (its session ends), and its id returned.
+    ///
+    /// Replacing rather than refusing: a TCP client whose connection died
+    /// reconnects at once, often before the server has noticed the old one
+    /// is gone (that takes a failed job or a missed ping); refusing it would
+    /// lock it out until then. With admission by key the newcomer has just
+    /// proved the name's key, so only a key holder can replace anyone.
+    fn admit(&self, handle: Handle, max: usize) -> Result<Option<u32>, Full> {
         let mut participants = self.lock();
-        if participants.len() >= max {
-            return false;
+        let namesake = participants
+            .values()
+            .find(|other| other.who.name == handle.who.name)
+            .map(|other| other.who.id);
+        if namesake.is_none() && participants.len() >= max {
+            return Err(Full);
+        }
+        if let Some(old) = namesake.and_then(|id| participants.remove(&id)) {
+            old.replaced.notify_one();
         }
         participants.insert(handle.who.id, handle);
         drop(participants);
         self.changed.notify_waiters();
-        true
+        Ok(namesake)
     }
 
     /// Takes participant `id` out.
@@ -144,6 +161,10 @@ impl Registry {
         self.changed.notify_waiters();
     }
 }
+
+/// The registry holds as many participants as the federation takes.
+#[derive(Debug)]
+struct Full;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -277,7 +298,9 @@ pub async fn attach_serial(line: SerialLine, shared: Arc<Shared>) {
                 Ended::Bye => return,
                 // It was told why; its hellos would only be refused again.
                 Ended::Dropped(_) => return,
-                Ended::Failed => {}
+                // Its device says hello again and takes the name back: two
+                // devices under one name take turns, never both counted.
+                Ended::Failed | Ended::Replaced => {}
                 Ended::Restarted(greeting) => hello = Some(greeting),
             }
         }
@@ -410,6 +433,8 @@ enum Ended {
     Restarted(Greeting),
     /// It failed the same way too often and may not come back (the verdict).
     Dropped(String),
+    /// A newer connection under its name took its place.
+    Replaced,
 }
 
 /// Welcomes a participant and carries out its jobs until one fails or it is told goodbye.
@@ -436,6 +461,10 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     let ended = loop {
         let job = tokio::select! {
             job = jobs.recv() => job,
+            () = handle.replaced.notified() => {
+                tracing::warn!(id, %name, "a newer connection under this name took its place");
+                break Ended::Replaced;
+            }
             heard = link.recv() => match heard {
                 Ok(Message::Pong(nonce)) => {
                     heartbeat.answered(nonce);
@@ -514,8 +543,15 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     shared.registry.remove(id);
+    let replaced;
     let told = match (&ended, kind) {
         (Ended::Dropped(verdict), _) => Some((ErrorCode::Dropped, verdict.as_str())),
+        (Ended::Replaced, _) => {
+            replaced = format!(
+                "another connection proved the name {name} and took its place; this one is closed"
+            );
+            Some((ErrorCode::Unexpected, replaced.as_str()))
+        }
         // Tell the device, so it says hello again instead of waiting for a job.
         (Ended::Failed, LinkKind::Serial) => Some((
             ErrorCode::Unexpected,
@@ -633,15 +669,22 @@ pub(crate) fn enter(
     let handle = Handle {
         who: Identity { id, name, kind },
         jobs: tx,
+        replaced: Arc::new(Notify::new()),
     };
     // Counted and entered in one step, so hellos racing at the limit cannot
     // both pass.
-    if !shared
+    match shared
         .registry
         .admit(handle.clone(), shared.limits.max_clients)
     {
-        let full = AdmissionError::Full(shared.limits.max_clients);
-        return Err((ErrorCode::Unsupported, full));
+        Ok(Some(old)) => {
+            tracing::warn!(id, old, name = %handle.who.name, "replaces the connection under its name");
+        }
+        Ok(None) => {}
+        Err(Full) => {
+            let full = AdmissionError::Full(shared.limits.max_clients);
+            return Err((ErrorCode::Unsupported, full));
+        }
     }
     Ok((handle, rx))
 }
@@ -819,6 +862,59 @@ mod tests {
         let (mut link, c) = challenged(&shared, "bob").await;
         let proof = auth::prove(BOB, &c, PROTOCOL_VERSION, "bob");
         assert_eq!(answer(&mut link, proof).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_second_connection_under_a_name_replaces_the_first_only_with_a_fresh_proof() {
+        let shared = with_keys(Limits::default(), Some(&hex(ALICE)));
+        let (mut first, c) = challenged(&shared, "alice").await;
+        let proof = auth::prove(ALICE, &c, PROTOCOL_VERSION, "alice");
+        assert_eq!(answer(&mut first, proof).await, Ok(()));
+        let first_id = shared.registry.snapshot()[0].who.id;
+        // Someone without the key cannot push Alice out.
+        let (mut impostor, c) = challenged(&shared, "alice").await;
+        let refused = answer(
+            &mut impostor,
+            auth::prove(BOB, &c, PROTOCOL_VERSION, "alice"),
+        )
+        .await;
+        assert!(matches!(refused, Err((ErrorCode::Auth, _))), "{refused:?}");
+        assert_eq!(shared.registry.snapshot()[0].who.id, first_id);
+        // Alice reconnecting (her first connection not yet noticed dead) does.
+        let (mut second, c) = challenged(&shared, "alice").await;
+        let proof = auth::prove(ALICE, &c, PROTOCOL_VERSION, "alice");
+        assert_eq!(answer(&mut second, proof).await, Ok(()));
+        let now: Vec<u32> = shared
+            .registry
+            .snapshot()
+            .iter()
+            .map(|h| h.who.id)
+            .collect();
+        assert_eq!(now.len(), 1, "one name, one participant");
+        assert_ne!(now[0], first_id);
+        // The first connection is told why, then closed.
+        match first.recv().await {
+            Ok(Message::Error(e)) => assert!(e.text.contains("took its place"), "{}", e.text),
+            other => panic!("{other:?}"),
+        }
+        assert!(first.recv().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_namesake_replaces_the_first_even_when_the_federation_is_full() {
+        let shared = with_limits(Limits {
+            max_clients: 1,
+            ..Limits::default()
+        });
+        let mut first = joined(&shared, "a").await;
+        let _second = joined(&shared, "a").await;
+        assert_eq!(shared.registry.len(), 1);
+        assert!(matches!(first.recv().await, Ok(Message::Error(_))));
+        let (_, other) = hello(&shared, "b").await;
+        assert!(
+            matches!(other, Err((ErrorCode::Unsupported, _))),
+            "{other:?}"
+        );
     }
 
     /// Connects a participant named `name` to the server and says hello;
