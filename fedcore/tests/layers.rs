@@ -42,6 +42,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         "fedhost/src",
         &[
             "keys",
+            "certificates",
+            "tls",
             "output",
             "dataset",
             "partition",
@@ -67,6 +69,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "round",
             "checkpoint",
             "federation",
+            "tls",
             "summary",
         ],
     ),

@@ -6,8 +6,10 @@
 //! - [`link`]: fedcore frames over any async byte stream, with chunked parameter transfer;
 //! - [`model_file`]: saved models (spec and parameters);
 //! - [`output`]: writing result files whole or not at all;
-//! - [`keys`]: key files for admission by key (one shared key, or one per name).
+//! - [`keys`]: key files for admission by key (one shared key, or one per name);
+//! - [`tls`]: TLS for TCP links (rustls), and [`certificates`], a federation's own small CA.
 
+pub mod certificates;
 pub mod dataset;
 pub mod keys;
 pub mod link;
@@ -15,3 +17,4 @@ pub mod model_file;
 pub mod output;
 pub mod partition;
 pub mod share;
+pub mod tls;

@@ -38,6 +38,11 @@ pub fn chunking(
     Chunking::new(total, max_frame.min(HOST_MAX_FRAME), encoding)
 }
 
+/// A byte stream a link can run over, chosen at run time (plain TCP or TLS): boxed as `Box<dyn ByteStream>`.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
 /// Why a link failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

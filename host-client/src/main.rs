@@ -94,6 +94,18 @@ struct JoinArgs {
     /// client's name (e.g. client-0).
     #[arg(long, value_name = "FILE")]
     auth_key_file: Option<PathBuf>,
+    /// The server serves TLS: trust its certificate if it chains to this CA (PEM).
+    #[arg(long, value_name = "FILE", conflicts_with = "flower")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: present this client certificate (PEM) to the server.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Check the server's certificate against this name instead of the host in --server.
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
     /// Take turns with the other client processes of this machine: at most N
     /// of them train at once (N = its cores keeps them from time-slicing each
     /// other). Every cooperating process names the same --slot-dir. 0: off.
@@ -185,6 +197,14 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|path| Keys::read(path).map(|keys| (path, keys)))
         .transpose()?;
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+            let server_name = args.tls_server_name.as_deref();
+            Some(fedhost::tls::ClientTls::load(ca, identity, server_name)?)
+        }
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for (index, share) in (first..).zip(shares) {
         let data = Arc::new(share);
@@ -200,6 +220,7 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
             connect_timeout: Duration::from_secs(args.connect_timeout),
             attack: args.attack,
             encoding: args.encoding.into(),
+            tls: tls.clone(),
         };
         let local = Local::new(data, Arc::clone(&cores), slots.as_ref())?;
         if let Some(superlink) = &args.superlink {

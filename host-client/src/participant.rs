@@ -9,7 +9,8 @@ use fedcore::protocol::{
     Encoding, ErrorCode, ErrorMsg, EvaluateRes, FitRes, Hello, Message, PROTOCOL_VERSION,
     ParticipantKind,
 };
-use fedhost::link::{HOST_MAX_FRAME, Link, LinkError, chunking};
+use fedhost::link::{ByteStream, HOST_MAX_FRAME, Link, LinkError, chunking};
+use fedhost::tls::ClientTls;
 use tokio::net::TcpStream;
 
 use crate::attack::Attack;
@@ -30,6 +31,8 @@ pub struct ParticipantConfig {
     pub attack: Option<Attack>,
     /// How parameters travel, both ways.
     pub encoding: Encoding,
+    /// TLS to the server (`--tls-ca`), if it serves TLS.
+    pub tls: Option<ClientTls>,
 }
 
 /// Runs one participant until the server says goodbye, returning its reason. A lost connection is
@@ -39,11 +42,25 @@ pub async fn run(config: ParticipantConfig, mut local: Local) -> anyhow::Result<
     // How the parameters are cut into chunks, both ways, once the model is known.
     let mut chunks = None;
     loop {
-        let socket = connect(&config).await?;
-        match session(&config, &mut local, &mut chunks, socket).await {
+        let stream = connect(&config).await?;
+        let ended = session(&config, &mut local, &mut chunks, stream).await;
+        // Chunks are cut once the server has welcomed us, in this session or an earlier one.
+        let welcomed = chunks.is_some();
+        match ended {
             Ok(ending) => return Ok(ending),
-            Err(SessionError::Link(e)) => {
+            Err(SessionError::Link(e)) if welcomed => {
                 tracing::warn!(name = %config.name, "connection lost ({e}); reconnecting");
+            }
+            // A server that drops a first hello unanswered will drop the next too.
+            Err(SessionError::Link(e)) => {
+                let hint = match config.tls {
+                    None => "; if it serves TLS, give --tls-ca",
+                    Some(_) => "",
+                };
+                bail!(
+                    "the server at {} did not answer our hello ({e}){hint}",
+                    config.server
+                );
             }
             Err(SessionError::Fatal(e)) => return Err(e),
         }
@@ -66,14 +83,23 @@ impl From<LinkError> for SessionError {
     }
 }
 
-async fn connect(config: &ParticipantConfig) -> anyhow::Result<TcpStream> {
+/// Reaches the server (retrying for the connect timeout) and, with TLS,
+/// runs the handshake; a failed handshake is not retried: a certificate
+/// that does not verify will not verify the next time.
+async fn connect(config: &ParticipantConfig) -> anyhow::Result<Box<dyn ByteStream>> {
     let what = format!("the server at {}", config.server);
     let socket = with_retries(&what, config.connect_timeout, || {
         TcpStream::connect(&config.server)
     })
     .await?;
     socket.set_nodelay(true)?;
-    Ok(socket)
+    let Some(tls) = &config.tls else {
+        return Ok(Box::new(socket));
+    };
+    let stream = tls.connect(&config.server, socket).await.with_context(|| {
+        format!("TLS handshake with {what} failed (a server without --tls-cert speaks plaintext)")
+    })?;
+    Ok(Box::new(stream))
 }
 
 /// Tries `attempt` until it succeeds, backing off from 50 ms to 2 s between
@@ -105,9 +131,9 @@ async fn session(
     config: &ParticipantConfig,
     local: &mut Local,
     chunks: &mut Option<Chunking>,
-    socket: TcpStream,
+    stream: Box<dyn ByteStream>,
 ) -> Result<String, SessionError> {
-    let mut link = Link::new(socket);
+    let mut link = Link::new(stream);
     let hello = Hello {
         version: PROTOCOL_VERSION,
         name: &config.name,
@@ -238,7 +264,7 @@ async fn evaluate(local: &mut Local, round: u32) -> Result<EvaluateRes, SessionE
 /// Passes `outcome` on; a local failure is first told to the server (so its
 /// history says why this participant left, not just that its link closed).
 async fn report<R>(
-    link: &mut Link<TcpStream>,
+    link: &mut Link<Box<dyn ByteStream>>,
     outcome: Result<R, SessionError>,
 ) -> Result<R, SessionError> {
     if let Err(SessionError::Fatal(e)) = &outcome {

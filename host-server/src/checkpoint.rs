@@ -165,41 +165,7 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Krum, Limits};
-    use fedcore::aggregate::ServerOpt;
-    use fedcore::train::TrainConfig;
-    use std::time::Duration;
-
-    fn config(dir: &Path) -> ServerConfig {
-        ServerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            rounds: 5,
-            strategy: Strategy::Fedavgm,
-            model: "mlp:4-3-2".parse().unwrap(),
-            fraction_fit: 1.0,
-            fraction_evaluate: 1.0,
-            min_fit_clients: 2,
-            min_evaluate_clients: 2,
-            min_available_clients: 2,
-            train: TrainConfig::default(),
-            trim_fraction: 0.2,
-            krum: Krum::default(),
-            server_opt: ServerOpt::FEDAVGM,
-            round_timeout: Duration::from_secs(1),
-            wait_timeout: Duration::from_secs(1),
-            server_eval: None,
-            out: dir.to_path_buf(),
-            seed: 3,
-            serial: Vec::new(),
-            flower_bind: None,
-            superlink_bind: None,
-            fab: None,
-            flower_node_keys: None,
-            keys: None,
-            limits: Limits::default(),
-            resume: true,
-        }
-    }
+    use crate::config::tests::example as config;
 
     #[test]
     fn a_checkpoint_comes_back_as_saved_and_only_for_its_own_run() {

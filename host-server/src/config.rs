@@ -271,6 +271,10 @@ pub struct ServerConfig {
     /// (the history records only how: "shared key" or "a key per name").
     #[serde(rename = "admission", serialize_with = "admission")]
     pub keys: Option<fedhost::keys::Keys>,
+    /// TLS on our TCP listener (`--tls-cert`, `--tls-key`, `--tls-client-ca`),
+    /// if any (the history records "plaintext", "tls" or "mutual tls").
+    #[serde(rename = "transport", serialize_with = "transport")]
+    pub tls: Option<fedhost::tls::ServerTls>,
     /// What participants may claim, and how many may join.
     pub limits: Limits,
     /// Continue the run whose checkpoint is in `out` instead of starting anew.
@@ -387,6 +391,17 @@ fn admission<S: serde::Serializer>(
     })
 }
 
+fn transport<S: serde::Serializer>(
+    tls: &Option<fedhost::tls::ServerTls>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match tls {
+        None => "plaintext",
+        Some(tls) if tls.mutual() => "mutual tls",
+        Some(_) => "tls",
+    })
+}
+
 fn as_seconds<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(v.as_secs_f64())
 }
@@ -395,16 +410,28 @@ impl ServerConfig {
     /// Most memory a client's trainer may need for the configured model and batch.
     pub const MAX_TRAINER_BYTES: u64 = 4 << 30;
 
-    /// What a user should know about who can join: one warning per listener
-    /// that other machines can reach and that does not admit by key.
+    /// What a user should know about who can join and who can read: one
+    /// warning per listener that other machines can reach and that admits
+    /// anyone (no key, no mutual TLS) or carries the model in the clear.
     pub fn exposure(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if !self.bind.ip().is_loopback() && self.keys.is_none() {
-            warnings.push(format!(
-                "{} is reachable from other machines and admits anyone: whoever connects \
-                 can join and receive the global model (give --auth-key-file)",
-                self.bind
-            ));
+        let mutual = self.tls.as_ref().is_some_and(|tls| tls.mutual());
+        if !self.bind.ip().is_loopback() {
+            if self.keys.is_none() && !mutual {
+                warnings.push(format!(
+                    "{} is reachable from other machines and admits anyone: whoever connects \
+                     can join and receive the global model (give --auth-key-file, or \
+                     --tls-client-ca for mutual TLS)",
+                    self.bind
+                ));
+            }
+            if self.tls.is_none() {
+                warnings.push(format!(
+                    "{} speaks plaintext: anyone on the path can read the global model and \
+                     every update (give --tls-cert and --tls-key)",
+                    self.bind
+                ));
+            }
         }
         let flower = [
             ("--flower-bind", self.flower_bind),
@@ -519,8 +546,91 @@ impl ServerConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    /// A valid config of a short fedavgm run writing to `dir`, resuming.
+    pub(crate) fn example(dir: &Path) -> ServerConfig {
+        ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            rounds: 5,
+            strategy: Strategy::Fedavgm,
+            model: "mlp:4-3-2".parse().unwrap(),
+            fraction_fit: 1.0,
+            fraction_evaluate: 1.0,
+            min_fit_clients: 2,
+            min_evaluate_clients: 2,
+            min_available_clients: 2,
+            train: TrainConfig::default(),
+            trim_fraction: 0.2,
+            krum: Krum::default(),
+            server_opt: ServerOpt::FEDAVGM,
+            round_timeout: Duration::from_secs(1),
+            wait_timeout: Duration::from_secs(1),
+            server_eval: None,
+            out: dir.to_path_buf(),
+            seed: 3,
+            serial: Vec::new(),
+            flower_bind: None,
+            superlink_bind: None,
+            fab: None,
+            flower_node_keys: None,
+            keys: None,
+            tls: None,
+            limits: Limits::default(),
+            resume: true,
+        }
+    }
+
+    #[test]
+    fn listening_beyond_loopback_warns_unless_keys_or_mutual_tls_admit_and_tls_hides() {
+        let dir = Path::new("unused");
+        let issued = tempfile::tempdir().unwrap();
+        let certs =
+            fedhost::certificates::issue(issued.path(), &["127.0.0.1".into()], &[]).unwrap();
+        let (cert, key) = &certs.server;
+        let tls = fedhost::tls::ServerTls::load(cert, key, None).unwrap();
+        let mutual = fedhost::tls::ServerTls::load(cert, key, Some(&certs.ca)).unwrap();
+        let keys = fedhost::keys::Keys::Shared(vec![7; 32]);
+        let warnings = |bind: &str,
+                        keys: Option<&fedhost::keys::Keys>,
+                        tls: Option<&fedhost::tls::ServerTls>| {
+            let config = ServerConfig {
+                bind: bind.parse().unwrap(),
+                keys: keys.cloned(),
+                tls: tls.cloned(),
+                ..example(dir)
+            };
+            config.exposure()
+        };
+        assert!(warnings("127.0.0.1:8000", None, None).is_empty());
+        let open = warnings("0.0.0.0:8000", None, None);
+        assert_eq!(open.len(), 2, "{open:?}");
+        assert!(open[0].contains("admits anyone") && open[1].contains("plaintext"));
+        let keyed = warnings("0.0.0.0:8000", Some(&keys), None);
+        assert!(
+            keyed.len() == 1 && keyed[0].contains("plaintext"),
+            "{keyed:?}"
+        );
+        let tls_only = warnings("0.0.0.0:8000", None, Some(&tls));
+        assert!(
+            tls_only.len() == 1 && tls_only[0].contains("admits anyone"),
+            "{tls_only:?}"
+        );
+        assert!(warnings("0.0.0.0:8000", None, Some(&mutual)).is_empty());
+        assert!(warnings("0.0.0.0:8000", Some(&keys), Some(&tls)).is_empty());
+        let flower = ServerConfig {
+            flower_bind: Some("0.0.0.0:8080".parse().unwrap()),
+            ..example(dir)
+        };
+        let said = flower.exposure();
+        assert!(
+            said.len() == 1 && said[0].starts_with("--flower-bind"),
+            "{said:?}"
+        );
+    }
 
     #[test]
     fn serial_lines_parse_with_or_without_a_baud_rate() {

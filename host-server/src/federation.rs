@@ -28,7 +28,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::ServerConfig;
 use crate::history::{History, Phase, RoundRecord};
 use crate::job::{EvaluateDone, FitJob, Job, JobError, Reply};
-use crate::participant::{self, Handle, Registry, Shared, UPLOAD_SLOTS};
+use crate::participant::{self, Handle, Origin, Registry, Shared, UPLOAD_SLOTS};
 use crate::round::{self, RoundBook};
 use crate::strikes::Strikes;
 
@@ -64,19 +64,19 @@ pub trait Listener: Send + 'static {
     /// One connection's byte stream.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    /// The next connection and a name for it in the log; `None` when no more will come.
-    fn accept(&mut self) -> impl Future<Output = Option<(Self::Io, String)>> + Send;
+    /// The next connection and where it comes from; `None` when no more will come.
+    fn accept(&mut self) -> impl Future<Output = Option<(Self::Io, Origin)>> + Send;
 }
 
 impl Listener for TcpListener {
     type Io = tokio::net::TcpStream;
 
-    async fn accept(&mut self) -> Option<(Self::Io, String)> {
+    async fn accept(&mut self) -> Option<(Self::Io, Origin)> {
         loop {
             match TcpListener::accept(self).await {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    return Some((socket, peer.to_string()));
+                    return Some((socket, Origin::address(peer.to_string())));
                 }
                 Err(e) => {
                     // Out of file descriptors, say: wait, then go on accepting.
@@ -92,8 +92,10 @@ impl Listener for TcpListener {
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Listener for mpsc::Receiver<T> {
     type Io = T;
 
-    async fn accept(&mut self) -> Option<(T, String)> {
-        self.recv().await.map(|io| (io, "in-memory".to_string()))
+    async fn accept(&mut self) -> Option<(T, Origin)> {
+        self.recv()
+            .await
+            .map(|io| (io, Origin::address("in-memory".to_string())))
     }
 }
 
@@ -152,9 +154,9 @@ pub async fn run(
 }
 
 async fn accept_loop(mut listener: impl Listener, shared: Arc<Shared>) {
-    while let Some((io, peer)) = listener.accept().await {
-        tracing::debug!(%peer, "connection");
-        tokio::spawn(participant::serve(io, peer, Arc::clone(&shared)));
+    while let Some((io, origin)) = listener.accept().await {
+        tracing::debug!(peer = %origin.address, "connection");
+        tokio::spawn(participant::serve(io, origin, Arc::clone(&shared)));
     }
 }
 

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::history::{LinkKind, Traffic};
+use crate::history::{Credentials, LinkKind, Traffic};
 use crate::job::{EvaluateDone, FitDone, FitJob, Job, JobError, answer_by};
 use crate::participant::{self, Shared};
 use crate::validate::{self, Declared};
@@ -50,8 +50,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 /// One Flower client, from its join to its goodbye or its first failure.
 async fn session(mut stream: ClientStream, shared: Arc<Shared>) {
     let name = format!("flower@{}", stream.peer());
-    let (handle, mut jobs) = match participant::enter(&shared, name.clone(), LinkKind::FlowerLegacy)
-    {
+    let (handle, mut jobs) = match participant::enter(
+        &shared,
+        name.clone(),
+        LinkKind::FlowerLegacy,
+        Credentials::default(),
+    ) {
         Ok(entered) => entered,
         Err((_, refusal)) => {
             tracing::warn!(%name, "a Flower client was not admitted: {refusal}");

@@ -62,7 +62,8 @@ impl LinkKind {
     }
 }
 
-/// Who a record is about: the server-given id, the name it gave, its link.
+/// Who a record is about: the server-given id, the name it gave, its link,
+/// and what it proved when it joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// Server-given id (a participant that rejoins gets a new one).
@@ -71,6 +72,31 @@ pub struct Identity {
     pub name: String,
     /// Link kind.
     pub kind: LinkKind,
+    /// What it proved.
+    pub credentials: Credentials,
+}
+
+/// What a participant proved when it joined: the identity its updates come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// Which key it proved holding.
+    pub key: KeyProof,
+    /// SHA-256 (hex) of the TLS client certificate it presented (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+/// Which key a participant proved holding (`--auth-key-file`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyProof {
+    /// None: admission is open to anyone (or the participant speaks Flower's protocols).
+    #[default]
+    None,
+    /// The federation's one key: it is one of the key holders, its name unproved.
+    Shared,
+    /// The key its name has in the key file: its name is proved.
+    Own,
 }
 
 /// Bytes, time and repairs of one or more exchanges with a participant.
@@ -133,6 +159,9 @@ pub struct ParticipantRecord {
     pub name: String,
     /// Link kind.
     pub kind: LinkKind,
+    /// What it proved when it joined (histories before it have none).
+    #[serde(default)]
+    pub credentials: Credentials,
     /// Training examples it contributed (its FedAvg weight; 0 when it did not train).
     pub examples: u32,
     /// Bytes the server sent it this round.
@@ -315,6 +344,7 @@ impl RoundRecord {
                     id: who.id,
                     name: who.name.clone(),
                     kind: who.kind,
+                    credentials: who.credentials.clone(),
                     examples: 0,
                     bytes_sent: 0,
                     bytes_received: 0,

@@ -9,11 +9,13 @@
 //! - [`exchange`]: one job's conversation over a link, a driver of fedcore's transfer engine;
 //! - [`strikes`]: participants that fail the same way again and again, and the dropped;
 //! - [`participant`]: connections, their handshake, heartbeats, and the jobs they carry out;
+//! - [`tls`]: TLS connections, their handshakes run beside the accepting loop;
 //! - [`flower`]: Flower clients of the original protocol as participants;
 //! - [`supernode`]: Flower SuperNodes (the current protocol) as participants;
 //! - [`round`]: one round's bookkeeping;
 //! - [`checkpoint`]: what a killed run needs to resume after its last completed round;
-//! - [`federation`]: the round loop (sample, send, collect, aggregate, evaluate, record);
+//! - [`federation`]: the round loop (sample, send, collect, aggregate, evaluate, record), and
+//!   the [`federation::Listener`]s it takes participants from;
 //! - [`plot`]: charts of one run or several;
 //! - [`summary`]: the end-of-run tables.
 
@@ -31,4 +33,5 @@ pub mod round;
 pub mod strikes;
 pub mod summary;
 pub mod supernode;
+pub mod tls;
 pub mod validate;

@@ -37,6 +37,20 @@ enum Command {
         #[arg(short, long, default_value = "compare.png")]
         output: PathBuf,
     },
+    /// Make a federation's own small CA, a server certificate and client
+    /// certificates (PEM), for --tls-cert/--tls-key/--tls-client-ca here and
+    /// --tls-ca (and, for mutual TLS, --tls-cert/--tls-key) on host-client.
+    Certificates {
+        /// Folder to write them to (it must not hold a CA yet).
+        #[arg(long, default_value = "certificates")]
+        out: PathBuf,
+        /// A DNS name or IP address clients reach the server by (repeatable).
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        hosts: Vec<String>,
+        /// A client certificate for this name, for mutual TLS (repeatable).
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+    },
 }
 
 /// `--momentum-state`: fedcore's [`MomentumState`] on the command line.
@@ -179,8 +193,20 @@ struct RunArgs {
     /// still travels in the clear.
     #[arg(long, value_name = "FILE")]
     auth_key_file: Option<PathBuf>,
-    /// Listening beyond loopback without admission by key prints a warning
-    /// at start: this says you mean it and silences it.
+    /// Serve TLS with this certificate chain (PEM, leaf first; `host-server
+    /// certificates` makes one): participants then need --tls-ca.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: admit only participants whose client certificate chains
+    /// to this CA (PEM); the history records each one's certificate fingerprint.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Listening beyond loopback with admission open to anyone (no
+    /// --auth-key-file, no mutual TLS) or in plaintext prints a warning at
+    /// start: this says you mean it and silences it.
     #[arg(long)]
     insecure: bool,
     /// Write logs to this file instead of standard error.
@@ -201,6 +227,14 @@ impl RunArgs {
             .as_deref()
             .map(fedhost::keys::Keys::read)
             .transpose()?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(fedhost::tls::ServerTls::load(
+                cert,
+                key,
+                self.tls_client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
         let config = ServerConfig {
             bind: self.bind,
             rounds: self.rounds,
@@ -241,6 +275,7 @@ impl RunArgs {
             fab: self.fab,
             flower_node_keys: self.flower_node_keys,
             keys,
+            tls,
             limits: Limits {
                 max_clients: self.max_clients,
                 max_examples: self.max_examples,
@@ -285,6 +320,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Plot { histories, output }) => plot(&histories, &output),
+        Some(Command::Certificates {
+            out,
+            hosts,
+            clients,
+        }) => certificates(&out, &hosts, &clients),
         None => run(cli.run),
     };
     match result {
@@ -322,13 +362,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.bind))?;
         // Tests bind port 0 and read the real port from this line.
         println!("listening on {}", listener.local_addr()?);
+        if let Some(tls) = &config.tls {
+            let mutual = if tls.mutual() { " (mutual)" } else { "" };
+            println!("TLS{mutual} on {}", config.bind);
+        }
         let bar = ProgressBar::new(u64::from(config.rounds)).with_style(
             ProgressStyle::with_template("{bar:30} round {pos}/{len} {msg} [{elapsed}]")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let progress = Bar(bar);
         let flower = flower_listeners(&config).await?;
-        let outcome = federation::run(config.clone(), listener, flower, &progress).await?;
+        let outcome = match config.tls.clone() {
+            Some(tls) => {
+                let listener = host_server::tls::TlsListener::new(listener, tls);
+                federation::run(config.clone(), listener, flower, &progress).await?
+            }
+            None => federation::run(config.clone(), listener, flower, &progress).await?,
+        };
         progress.0.finish();
         println!();
         print!(
@@ -391,6 +441,32 @@ fn init_logging(file: Option<&std::path::Path>) -> anyhow::Result<()> {
         }
         None => builder.with_writer(std::io::stderr).init(),
     }
+    Ok(())
+}
+
+fn certificates(out: &std::path::Path, hosts: &[String], clients: &[String]) -> anyhow::Result<()> {
+    let issued = fedhost::certificates::issue(out, hosts, clients)?;
+    let (cert, key) = &issued.server;
+    println!(
+        "server:  --tls-cert {} --tls-key {} [--tls-client-ca {}]",
+        cert.display(),
+        key.display(),
+        issued.ca.display()
+    );
+    println!("clients: --tls-ca {}", issued.ca.display());
+    for (name, cert, key) in &issued.clients {
+        println!(
+            "{name}: --tls-ca {} --tls-cert {} --tls-key {}",
+            issued.ca.display(),
+            cert.display(),
+            key.display()
+        );
+    }
+    println!(
+        "valid for {} days for {}; keep the .key files private",
+        fedhost::certificates::DAYS,
+        hosts.join(", ")
+    );
     Ok(())
 }
 

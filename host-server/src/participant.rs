@@ -38,7 +38,7 @@ use tracing::Instrument;
 
 use crate::config::{Limits, SerialLine};
 use crate::exchange::{self, Peer};
-use crate::history::{Identity, LinkKind};
+use crate::history::{Credentials, Identity, KeyProof, LinkKind};
 use crate::job::{Job, answer_by};
 use crate::strikes::Strikes;
 use crate::validate::Declared;
@@ -231,18 +231,38 @@ pub enum AdmissionError {
     Link(#[from] LinkError),
 }
 
-/// Serves one connection from a listener (TCP, or an in-memory pipe in tests)
-/// until it fails or is told goodbye; `peer` names it in the log.
-pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, peer: String, shared: Arc<Shared>) {
+/// Where a connection comes from, as its listener saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// Its address (or what stands for one), for the log.
+    pub address: String,
+    /// The fingerprint of the TLS client certificate it presented (mutual TLS).
+    pub certificate: Option<String>,
+}
+
+impl Origin {
+    /// A connection known by its address only.
+    pub fn address(address: String) -> Self {
+        Origin {
+            address,
+            certificate: None,
+        }
+    }
+}
+
+/// Serves one connection from a listener (TCP, TLS, or an in-memory pipe in
+/// tests) until it fails or is told goodbye.
+pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T, origin: Origin, shared: Arc<Shared>) {
     let mut link = Link::new(io);
     let hello = tokio::time::timeout(HELLO_TIMEOUT, await_hello(&mut link, false))
         .await
         .unwrap_or(Err(AdmissionError::NoHello(HELLO_TIMEOUT)));
+    let peer = &origin.address;
     match hello {
         Ok(hello) => {
             // Every line the session logs names the peer's address.
             let span = tracing::info_span!("tcp", %peer);
-            session(&mut link, hello, LinkKind::Tcp, None, &shared)
+            session(&mut link, hello, LinkKind::Tcp, &origin, None, &shared)
                 .instrument(span)
                 .await;
         }
@@ -294,7 +314,16 @@ pub async fn attach_serial(line: SerialLine, shared: Arc<Shared>) {
                 },
             };
             let retry = RetryPolicy::for_line(baud, greeting.max_frame);
-            match session(&mut link, greeting, LinkKind::Serial, Some(retry), &shared).await {
+            let origin = Origin::address(line.to_string());
+            let ended = session(
+                &mut link,
+                greeting,
+                LinkKind::Serial,
+                &origin,
+                Some(retry),
+                &shared,
+            );
+            match ended.await {
                 Ended::Bye => return,
                 // It was told why; its hellos would only be refused again.
                 Ended::Dropped(_) => return,
@@ -364,15 +393,19 @@ const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
 const CHALLENGES: usize = 4;
 
 /// With `--auth-key-file`: challenges the participant to prove it holds its
-/// name's key, before it is given an id or anything of the model.
+/// name's key, before it is given an id or anything of the model; which key it proved.
 async fn admit_by_key<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
     hello: &Greeting,
     lossy: bool,
     shared: &Shared,
-) -> Result<(), (ErrorCode, AdmissionError)> {
+) -> Result<KeyProof, (ErrorCode, AdmissionError)> {
     let Some(keys) = &shared.keys else {
-        return Ok(());
+        return Ok(KeyProof::None);
+    };
+    let proves = match keys {
+        Keys::Shared(_) => KeyProof::Shared,
+        Keys::PerName(_) => KeyProof::Own,
     };
     let Some(key) = keys.for_name(&hello.name) else {
         return Err((ErrorCode::Auth, AdmissionError::NoKey(hello.name.clone())));
@@ -390,7 +423,7 @@ async fn admit_by_key<T: AsyncRead + AsyncWrite + Unpin>(
             Ok(Ok(Some(proof))) => {
                 let proved = auth::verify(key, &challenge, hello.version, &hello.name, &proof);
                 return if proved {
-                    Ok(())
+                    Ok(proves)
                 } else {
                     Err((ErrorCode::Auth, AdmissionError::BadProof))
                 };
@@ -442,11 +475,12 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
     hello: Greeting,
     kind: LinkKind,
+    origin: &Origin,
     retry: Option<RetryPolicy>,
     shared: &Shared,
 ) -> Ended {
     let claimed = hello.name.clone();
-    let (handle, mut jobs, peer) = match welcome(link, hello, kind, retry, shared).await {
+    let (handle, mut jobs, peer) = match welcome(link, hello, kind, origin, retry, shared).await {
         Ok(joined) => joined,
         Err(e) => {
             tracing::warn!(name = %claimed, "a participant was not admitted: {e}");
@@ -657,6 +691,7 @@ pub(crate) fn enter(
     shared: &Shared,
     name: String,
     kind: LinkKind,
+    credentials: Credentials,
 ) -> Result<(Handle, mpsc::Receiver<Job>), (ErrorCode, AdmissionError)> {
     if name.len() > MAX_NAME_BYTES {
         return Err((ErrorCode::Unsupported, AdmissionError::Name(name.len())));
@@ -667,7 +702,12 @@ pub(crate) fn enter(
     let id = shared.registry.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(4);
     let handle = Handle {
-        who: Identity { id, name, kind },
+        who: Identity {
+            id,
+            name,
+            kind,
+            credentials,
+        },
         jobs: tx,
         replaced: Arc::new(Notify::new()),
     };
@@ -694,6 +734,7 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<T>,
     hello: Greeting,
     kind: LinkKind,
+    origin: &Origin,
     retry: Option<RetryPolicy>,
     shared: &Shared,
 ) -> Result<(Handle, mpsc::Receiver<Job>, Peer), AdmissionError> {
@@ -716,11 +757,16 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
     if let Some((code, refusal)) = refusal {
         return Err(refuse(link, code, refusal).await);
     }
-    if let Err((code, refusal)) = admit_by_key(link, &hello, retry.is_some(), shared).await {
-        return Err(refuse(link, code, refusal).await);
-    }
+    let key = match admit_by_key(link, &hello, retry.is_some(), shared).await {
+        Ok(key) => key,
+        Err((code, refusal)) => return Err(refuse(link, code, refusal).await),
+    };
+    let credentials = Credentials {
+        key,
+        certificate: origin.certificate.clone(),
+    };
     let recorded = LinkKind::recorded(kind, hello.participant);
-    let (handle, rx) = match enter(shared, hello.name, recorded) {
+    let (handle, rx) = match enter(shared, hello.name, recorded, credentials) {
         Ok(entered) => entered,
         Err((code, refusal)) => return Err(refuse(link, code, refusal).await),
     };
@@ -935,7 +981,7 @@ mod tests {
     /// Connects a participant named `name` to the server and sends its hello.
     async fn said_hello(shared: &Arc<Shared>, name: &str) -> Link<DuplexStream> {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
-        tokio::spawn(serve(theirs, "peer".to_string(), Arc::clone(shared)));
+        tokio::spawn(serve(theirs, Origin::default(), Arc::clone(shared)));
         let mut link = Link::new(ours);
         link.send(&Message::Hello(Hello {
             version: PROTOCOL_VERSION,

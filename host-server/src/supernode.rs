@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::flower::checked_fit;
-use crate::history::{LinkKind, Traffic};
+use crate::history::{Credentials, LinkKind, Traffic};
 use crate::job::{EvaluateDone, FitDone, FitJob, Job, JobError, answer_by};
 use crate::participant::{self, Shared};
 use crate::validate::{self, Declared};
@@ -46,7 +46,12 @@ pub async fn serve(
 
 async fn session(mut node: NodeHandle, shared: Arc<Shared>) {
     let name = format!("supernode-{}", node.node_id);
-    let (handle, mut jobs) = match participant::enter(&shared, name.clone(), LinkKind::Supernode) {
+    let (handle, mut jobs) = match participant::enter(
+        &shared,
+        name.clone(),
+        LinkKind::Supernode,
+        Credentials::default(),
+    ) {
         Ok(entered) => entered,
         Err((_, refusal)) => {
             // The Fleet API cannot refuse a node that activated: it gets no messages.

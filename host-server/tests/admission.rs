@@ -24,29 +24,6 @@ fn key_file(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-/// Runs one host client to its end; its success and what it wrote on stderr.
-fn client(addr: &str, data: &Path, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("host-client"))
-        .args([
-            "--server",
-            addr,
-            "--num-clients",
-            "2",
-            "--client-index",
-            "0",
-        ])
-        .args(["--connect-timeout", "20", "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn only_holders_of_the_key_are_admitted_and_the_others_learn_nothing() {
     let (out, data) = (temp_dir("auth-out"), temp_dir("auth-data"));
@@ -65,12 +42,12 @@ fn only_holders_of_the_key_are_admitted_and_the_others_learn_nothing() {
         &["--auth-key-file", &keys, "--round-timeout", "60"],
     );
 
-    let (ok, said) = client(&addr, &data, &["--name", "nokey"]);
+    let (ok, said) = run_client(&addr, &data, &["--name", "nokey"]);
     assert!(
         !ok && said.contains("admits only holders of a key"),
         "{said}"
     );
-    let (ok, said) = client(
+    let (ok, said) = run_client(
         &addr,
         &data,
         &["--name", "wrong", "--auth-key-file", &wrong],
@@ -114,7 +91,7 @@ fn only_holders_of_the_key_are_admitted_and_the_others_learn_nothing() {
     let mut honest_device_peer =
         start_clients_with(&device_addr, &data, 0, 1, 2, &["--auth-key-file", &keys]);
     let mut honest = start_clients_with(&addr, &data, 0, 1, 2, &["--auth-key-file", &keys]);
-    let (ok, said) = client(
+    let (ok, said) = run_client(
         &addr,
         &data,
         &["--name", "second", "--auth-key-file", &keys],

@@ -64,6 +64,7 @@ fn config(out: &std::path::Path, participants: usize) -> ServerConfig {
         fab: None,
         flower_node_keys: None,
         keys: None,
+        tls: None,
         server_eval: None,
         limits: Limits::default(),
         resume: false,

@@ -215,6 +215,29 @@ pub fn start_clients_with(
     Proc(child)
 }
 
+/// Runs one host client to its end; its success and what it wrote on stderr.
+pub fn run_client(addr: &str, data: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("host-client"))
+        .args([
+            "--server",
+            addr,
+            "--num-clients",
+            "2",
+            "--client-index",
+            "0",
+        ])
+        .args(["--connect-timeout", "20", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Waits for a process to exit by itself (bounded), returning its success.
 pub fn wait(server: &mut Proc, limit: Duration) -> bool {
     let start = Instant::now();
