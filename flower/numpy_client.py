@@ -34,6 +34,7 @@ def main():
     parser.add_argument("--examples", type=int, default=0, help="training examples (0: an equal share)")
     parser.add_argument("--test-examples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--root-certificates", type=Path, help="PEM CA of a server that serves TLS")
     args = parser.parse_args()
 
     spec = args.model.removeprefix("mlp:")
@@ -63,7 +64,8 @@ def main():
             print(f"round {config.get('server_round', '?')}: accuracy {accuracy:.4f}", flush=True)
             return loss, len(y_test), {"accuracy": accuracy}
 
-    fl.client.start_numpy_client(server_address=args.server, client=Client())
+    roots = args.root_certificates.read_bytes() if args.root_certificates else None
+    fl.client.start_numpy_client(server_address=args.server, client=Client(), root_certificates=roots)
     return 0
 
 

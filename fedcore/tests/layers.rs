@@ -69,7 +69,6 @@ const LAYERS: &[(&str, &[&str])] = &[
             "round",
             "checkpoint",
             "federation",
-            "tls",
             "summary",
         ],
     ),

@@ -11,9 +11,18 @@
 //!
 //! TLS sits under the framed link: the link's frames are the same inside it,
 //! and admission by key runs inside the TLS session as it does without.
+//!
+//! [`Incoming`] accepts on a TCP listener and runs every handshake in a task
+//! of its own, beside the accepting loop, so a peer that connects and says
+//! nothing (or a plaintext client) holds up no one: each has
+//! [`HANDSHAKE_TIMEOUT`], at most [`HANDSHAKES`] run at once (beyond that a
+//! connection is closed at once), and a failed one is logged with the peer's
+//! address and rustls' reason. Our listener and Flower's all take connections from it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -21,8 +30,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// How long a connection has to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once, at most.
+pub const HANDSHAKES: usize = 64;
 
 /// A server's end of a TLS connection.
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
@@ -67,6 +82,8 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct ServerTls {
     acceptor: TlsAcceptor,
+    /// The same certificate, asking clients for none (for Flower's clients, which have none).
+    server_only: Arc<rustls::ServerConfig>,
     mutual: bool,
 }
 
@@ -91,6 +108,14 @@ impl ServerTls {
                 what: "TLS versions",
                 source,
             })?;
+        let server_only = builder
+            .clone()
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|source| TlsError::Config {
+                what: "--tls-cert and --tls-key",
+                source,
+            })?;
         let builder = match client_ca {
             Some(path) => {
                 let roots = Arc::new(roots("--tls-client-ca", path)?);
@@ -112,13 +137,23 @@ impl ServerTls {
             })?;
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            server_only: Arc::new(server_only),
             mutual: client_ca.is_some(),
         })
     }
 
-    /// What runs the server's side of a handshake.
-    pub fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    /// The same certificate without asking clients for one, offering the
+    /// application protocols `alpn` (gRPC needs `h2`): for Flower's
+    /// clients, which cannot present a certificate (they authenticate, if at
+    /// all, by their own means).
+    pub fn server_only(&self, alpn: &[&[u8]]) -> ServerTls {
+        let mut config = (*self.server_only).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            server_only: Arc::clone(&self.server_only),
+            mutual: false,
+        }
     }
 
     /// Whether clients must present a certificate (mutual TLS).
@@ -192,6 +227,75 @@ impl ClientTls {
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
         };
         self.connector.connect(name, socket).await
+    }
+}
+
+/// TLS connections accepted on a TCP listener, each with its peer's address.
+pub struct Incoming {
+    done: mpsc::Receiver<(ServerStream, SocketAddr)>,
+    local: SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Incoming {
+    /// Accepts on `tcp` and runs every connection's handshake with `tls`.
+    pub fn new(tcp: TcpListener, tls: ServerTls) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (finished, done) = mpsc::channel(HANDSHAKES);
+        let accepting = tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(HANDSHAKES));
+            loop {
+                let (socket, peer) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait, then go on accepting.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(%peer, "{HANDSHAKES} TLS handshakes under way: closed");
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let (acceptor, finished) = (tls.acceptor.clone(), finished.clone());
+                tokio::spawn(async move {
+                    let shaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket));
+                    match shaken.await {
+                        Ok(Ok(stream)) => {
+                            drop(slot);
+                            let _ = finished.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::warn!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => {
+                            tracing::warn!(%peer, "no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Incoming {
+            done,
+            local,
+            accepting,
+        })
+    }
+
+    /// The next connection whose handshake succeeded, and its peer.
+    pub async fn next(&mut self) -> Option<(ServerStream, SocketAddr)> {
+        self.done.recv().await
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.accepting.abort();
     }
 }
 
@@ -278,8 +382,8 @@ mod tests {
         ));
     }
 
-    /// A TLS server on loopback: for each connection, the fingerprint of
-    /// the client certificate it was shown, or why the handshake failed.
+    /// A TLS server on loopback: for each connection whose handshake
+    /// succeeded, the fingerprint of the client certificate it was shown.
     async fn serve(
         tls: ServerTls,
     ) -> (
@@ -288,21 +392,18 @@ mod tests {
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
+        let mut incoming = Incoming::new(listener, tls).unwrap();
+        let address = incoming.local_addr().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let result = match tls.acceptor().accept(socket).await {
-                    Ok(mut stream) => {
-                        let mut byte = [0u8; 1];
-                        let read = stream.read_exact(&mut byte).await;
-                        let _ = stream.write_all(&byte).await;
-                        let _ = stream.shutdown().await;
-                        read.map(|_| peer_fingerprint(&stream))
-                            .map_err(|e| e.to_string())
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
+            while let Some((mut stream, _)) = incoming.next().await {
+                let mut byte = [0u8; 1];
+                let read = stream.read_exact(&mut byte).await;
+                let _ = stream.write_all(&byte).await;
+                let _ = stream.shutdown().await;
+                let result = read
+                    .map(|_| peer_fingerprint(&stream))
+                    .map_err(|e| e.to_string());
                 if tx.send(result).await.is_err() {
                     return;
                 }
@@ -347,16 +448,14 @@ mod tests {
         let alice = ClientTls::load(&ours.ca, Some((alice_cert, alice_key)), None).unwrap();
         assert_eq!(talk(&alice, &address).await, Ok(()));
         let expected = fingerprint(&certificates("test", alice_cert).unwrap()[0]);
-        assert_eq!(seen.recv().await.unwrap(), Ok(Some(expected)));
+        assert_eq!(seen.recv().await.unwrap(), Ok(Some(expected.clone())));
 
         // Without a certificate, and with one from another CA: refused by the server.
         let anonymous = ClientTls::load(&ours.ca, None, None).unwrap();
         assert!(talk(&anonymous, &address).await.is_err());
-        assert!(seen.recv().await.unwrap().is_err());
         let (_, eve_cert, eve_key) = &theirs.clients[0];
         let eve = ClientTls::load(&ours.ca, Some((eve_cert, eve_key)), None).unwrap();
         assert!(talk(&eve, &address).await.is_err());
-        assert!(seen.recv().await.unwrap().is_err());
 
         // A client that trusts another CA refuses the server.
         let misled = ClientTls::load(&theirs.ca, Some((alice_cert, alice_key)), None).unwrap();
@@ -370,6 +469,9 @@ mod tests {
         )
         .unwrap();
         assert!(talk(&wrong_name, &address).await.is_err());
+        // None of them became a connection: the next one is Alice's again.
+        assert_eq!(talk(&alice, &address).await, Ok(()));
+        assert_eq!(seen.recv().await.unwrap(), Ok(Some(expected)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use fedhost::tls::{Incoming, ServerTls};
 use prost::Message as _;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -129,23 +130,44 @@ impl FlowerService for Gateway {
     }
 }
 
-/// Serves Flower's Join on `listener` until the task is dropped, passing every
-/// stream to `joined`. With `keepalive`, HTTP/2 pings find a client that went
-/// away without closing: its stream then fails.
+/// Serves Flower's Join on `listener` (over TLS with `tls`) until the task
+/// is dropped, passing every stream to `joined`. With `keepalive`, HTTP/2
+/// pings find a client that went away without closing: its stream then fails.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     keepalive: Option<Duration>,
     joined: mpsc::Sender<ClientStream>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let service = FlowerServiceServer::new(Gateway { joined })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(keepalive)
-        .add_service(service)
-        .serve_with_incoming(TcpListenerStream::new(listener))
-        .await
+        .add_service(service);
+    match tls {
+        Some(tls) => {
+            let incoming = Incoming::new(listener, tls.server_only(&[b"h2"]))?;
+            let connections = crate::tls::connections(incoming);
+            Ok(server.serve_with_incoming(connections).await?)
+        }
+        None => {
+            let connections = TcpListenerStream::new(listener);
+            Ok(server.serve_with_incoming(connections).await?)
+        }
+    }
+}
+
+/// Why the original protocol's listener stopped.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// gRPC's transport failed.
+    #[error("{0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The listener could not be set up for TLS.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Our end of a stream to a Flower server.
@@ -197,7 +219,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (joined, mut streams) = mpsc::channel(1);
-        let server = tokio::spawn(serve(listener, None, joined));
+        let server = tokio::spawn(serve(listener, None, None, joined));
         let mut ours = connect(addr).await.unwrap();
         let mut theirs = streams.recv().await.unwrap();
         assert!(theirs.peer().starts_with("127.0.0.1:"), "{}", theirs.peer());

@@ -17,7 +17,8 @@
 //! - [`superlink`]: the Fleet API served to Flower's SuperNodes;
 //! - [`supernode`]: the Fleet API's requests, made of a Flower SuperLink;
 //! - [`join`]: the original protocol's stream, served to Flower clients or opened to a
-//!   Flower server.
+//!   Flower server;
+//! - [`tls`]: both listeners over TLS.
 
 pub mod join;
 pub mod legacy;
@@ -27,3 +28,4 @@ pub mod proto;
 pub mod superlink;
 pub mod supernode;
 pub mod tensors;
+pub mod tls;

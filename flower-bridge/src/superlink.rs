@@ -498,9 +498,13 @@ impl SuperLink {
             .with_state(Arc::clone(&self.link))
     }
 
-    /// Serves the Fleet API on `listener` until the task is dropped, and
-    /// finds nodes that stopped heartbeating.
-    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    /// Serves the Fleet API on `listener` (over TLS with `tls`) until the
+    /// task is dropped, and finds nodes that stopped heartbeating.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Option<fedhost::tls::ServerTls>,
+    ) -> std::io::Result<()> {
         let link = Arc::clone(&self.link);
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -509,7 +513,14 @@ impl SuperLink {
                 link.sweep();
             }
         });
-        let served = axum::serve(listener, self.router()).await;
+        let router = self.router();
+        let served = match tls {
+            Some(tls) => {
+                let incoming = fedhost::tls::Incoming::new(listener, tls.server_only(&[b"http/1.1"]))?;
+                axum::serve(crate::tls::FleetListener(incoming), router).await
+            }
+            None => axum::serve(listener, router).await,
+        };
         sweeper.abort();
         served
     }

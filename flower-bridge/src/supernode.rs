@@ -368,7 +368,7 @@ mod tests {
         let (link, mut nodes) = SuperLink::new(fab, None, 4);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(link.serve(listener));
+        let server = tokio::spawn(link.serve(listener, None));
         let mut fleet = Fleet::new(&addr);
         let id = fleet.join().await.unwrap();
         fleet.joined(id);

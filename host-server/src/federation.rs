@@ -88,6 +88,21 @@ impl Listener for TcpListener {
     }
 }
 
+/// TLS connections (`--tls-cert`), handshakes done; with mutual TLS each
+/// carries the fingerprint of the client certificate it presented.
+impl Listener for fedhost::tls::Incoming {
+    type Io = fedhost::tls::ServerStream;
+
+    async fn accept(&mut self) -> Option<(Self::Io, Origin)> {
+        let (stream, peer) = self.next().await?;
+        let origin = Origin {
+            address: peer.to_string(),
+            certificate: fedhost::tls::peer_fingerprint(&stream),
+        };
+        Some((stream, origin))
+    }
+}
+
 /// In-memory connections, for tests: each stream sent is a participant.
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Listener for mpsc::Receiver<T> {
     type Io = T;
@@ -116,6 +131,7 @@ pub async fn run(
         limits: config.limits,
         strikes: Strikes::new(config.limits.max_strikes, 4 * config.limits.max_clients),
         keys: config.keys.clone(),
+        tls: config.tls.clone(),
     });
     let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
     let legacy = flower

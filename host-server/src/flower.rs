@@ -42,7 +42,12 @@ const GOODBYE_ACK: Duration = Duration::from_secs(2);
 /// joins gets a session. Pings idle connections every `--heartbeat`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let (joined, streams) = mpsc::channel(8);
-    let server = join::serve(listener, shared.limits.heartbeat, joined);
+    let server = join::serve(
+        listener,
+        shared.tls.clone(),
+        shared.limits.heartbeat,
+        joined,
+    );
     let what = "the Flower listener";
     participant::sessions(what, server, streams, |s| session(s, Arc::clone(&shared))).await;
 }

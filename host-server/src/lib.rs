@@ -9,7 +9,6 @@
 //! - [`exchange`]: one job's conversation over a link, a driver of fedcore's transfer engine;
 //! - [`strikes`]: participants that fail the same way again and again, and the dropped;
 //! - [`participant`]: connections, their handshake, heartbeats, and the jobs they carry out;
-//! - [`tls`]: TLS connections, their handshakes run beside the accepting loop;
 //! - [`flower`]: Flower clients of the original protocol as participants;
 //! - [`supernode`]: Flower SuperNodes (the current protocol) as participants;
 //! - [`round`]: one round's bookkeeping;
@@ -33,5 +32,4 @@ pub mod round;
 pub mod strikes;
 pub mod summary;
 pub mod supernode;
-pub mod tls;
 pub mod validate;

@@ -363,8 +363,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // Tests bind port 0 and read the real port from this line.
         println!("listening on {}", listener.local_addr()?);
         if let Some(tls) = &config.tls {
-            let mutual = if tls.mutual() { " (mutual)" } else { "" };
-            println!("TLS{mutual} on {}", config.bind);
+            let mutual = if tls.mutual() {
+                ", client certificates required"
+            } else {
+                ""
+            };
+            tracing::info!("serving TLS{mutual}");
         }
         let bar = ProgressBar::new(u64::from(config.rounds)).with_style(
             ProgressStyle::with_template("{bar:30} round {pos}/{len} {msg} [{elapsed}]")
@@ -374,7 +378,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let flower = flower_listeners(&config).await?;
         let outcome = match config.tls.clone() {
             Some(tls) => {
-                let listener = host_server::tls::TlsListener::new(listener, tls);
+                let listener = fedhost::tls::Incoming::new(listener, tls)?;
                 federation::run(config.clone(), listener, flower, &progress).await?
             }
             None => federation::run(config.clone(), listener, flower, &progress).await?,

@@ -181,6 +181,9 @@ pub struct Shared {
     pub strikes: Strikes,
     /// The keys participants must prove they hold (`--auth-key-file`), if any.
     pub keys: Option<Keys>,
+    /// The TLS of our listener, which Flower's listeners serve too (without
+    /// asking for client certificates: Flower's clients have none).
+    pub tls: Option<fedhost::tls::ServerTls>,
 }
 
 /// Why a connection was not admitted.
@@ -833,6 +836,7 @@ mod tests {
             limits,
             strikes: Strikes::new(3, 16),
             keys: keys.map(|text| Keys::parse(text, std::path::Path::new("keys")).unwrap()),
+            tls: None,
         })
     }
 

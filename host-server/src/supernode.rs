@@ -39,7 +39,7 @@ pub async fn serve(
     nodes: mpsc::Receiver<NodeHandle>,
     shared: Arc<Shared>,
 ) {
-    let server = superlink.serve(listener);
+    let server = superlink.serve(listener, shared.tls.clone());
     let what = "the Fleet API listener";
     participant::sessions(what, server, nodes, |n| session(n, Arc::clone(&shared))).await;
 }

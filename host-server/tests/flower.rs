@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use host_server::history::{History, LinkKind};
 use support::{
-    Proc, bin, flower_python, start_clients, start_federation_announcing, start_python, temp_dir,
-    wait,
+    Proc, bin, flower_python, start_clients, start_clients_with, start_federation_announcing,
+    start_python, temp_dir, wait,
 };
 
 /// Checks every round's distributed accuracy is the example-weighted mean of
@@ -371,6 +371,17 @@ fn build_fab(python: &Path, dir: &Path) -> std::path::PathBuf {
 /// Starts an unchanged `flower-supernode` on `superlink` holding shard
 /// `partition` of 2 (3,000 training and 500 test examples), in its own home.
 fn start_supernode(python: &Path, superlink: &str, partition: u32, out: &Path) -> Group {
+    start_supernode_trusting(python, superlink, partition, out, None)
+}
+
+/// [`start_supernode`] over TLS when given the CA (PEM) to trust the SuperLink by.
+fn start_supernode_trusting(
+    python: &Path,
+    superlink: &str,
+    partition: u32,
+    out: &Path,
+    ca: Option<&str>,
+) -> Group {
     let home = out.join(format!("supernode-{partition}"));
     std::fs::create_dir_all(&home).unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
@@ -379,14 +390,13 @@ fn start_supernode(python: &Path, superlink: &str, partition: u32, out: &Path) -
         data.display()
     );
     let log = std::fs::File::create(out.join(format!("supernode-{partition}.log"))).unwrap();
+    let transport = match ca {
+        Some(ca) => vec!["--root-certificates", ca],
+        None => vec!["--insecure"],
+    };
     let child = flower_command(python, "flower-supernode", Some(&home))
-        .args([
-            "--insecure",
-            "--superlink",
-            superlink,
-            "--node-config",
-            &config,
-        ])
+        .args(transport)
+        .args(["--superlink", superlink, "--node-config", &config])
         .args(["--port", &free_port().to_string()])
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -582,5 +592,82 @@ fn two_of_our_clients_join_a_flower_superlink_and_train_in_flwr_run() {
         accuracy[2] > accuracy[0] && accuracy[2] > 0.9,
         "accuracy by round {accuracy:?}"
     );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn flower_clients_of_both_protocols_join_over_tls() {
+    let Some(python) = flower_python() else {
+        return;
+    };
+    let out = temp_dir("flower-tls");
+    let certs = out.join("certs");
+    let made = Command::new(bin("host-server"))
+        .args(["certificates", "--out"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let path = |file: &str| certs.join(file).display().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("server.pem"), path("server.key"));
+    let fab = build_fab(&python, &out);
+    let listeners = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--flower-bind",
+        "127.0.0.1:0",
+        "--superlink-bind",
+        "127.0.0.1:0",
+        "--fab",
+        fab.to_str().unwrap(),
+    ];
+    let (mut server, lines) =
+        start_federation_announcing(&out, 2, "mlp:784-32-10", 3, &listeners, 3);
+    let addr = lines[0].strip_prefix("listening on ").unwrap();
+    let flower = lines[1].strip_prefix("flower listening on ").unwrap();
+    let superlink = lines[2].strip_prefix("superlink listening on ").unwrap();
+    let node = start_supernode_trusting(&python, superlink, 0, &out, Some(&ca));
+    let python_args = [
+        "--server",
+        flower,
+        "--examples",
+        "3000",
+        "--test-examples",
+        "500",
+        "--root-certificates",
+        &ca,
+    ];
+    let log = out.join("flower-client.log");
+    let mut legacy = start_python(&python, "numpy_client.py", &python_args, &log);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+    let mut ours = start_clients_with(addr, &data, 0, 1, 3, &["--tls-ca", &ca]);
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    assert!(
+        wait(&mut server, Duration::from_secs(300)),
+        "the server failed:\n{}",
+        read("server.log")
+    );
+    assert!(wait(&mut ours, Duration::from_secs(20)));
+    assert!(
+        wait(&mut legacy, Duration::from_secs(20)),
+        "{}",
+        read("flower-client.log")
+    );
+    drop(node);
+    let history = History::read(&out.join("history_2.json")).unwrap();
+    assert_eq!(history.config["transport"], "tls");
+    for r in &history.rounds {
+        assert!(r.aggregated && r.failures.is_empty(), "{:?}", r.failures);
+        let mut kinds: Vec<&str> = r.participants.iter().map(|p| p.kind.name()).collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            ["flower-legacy", "supernode", "tcp"],
+            "round {}",
+            r.round
+        );
+    }
     std::fs::remove_dir_all(&out).unwrap();
 }
