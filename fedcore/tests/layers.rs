@@ -87,6 +87,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "flower-bridge/src",
         &[
             "proto",
+            "tls",
             "npy",
             "tensors",
             "legacy",
