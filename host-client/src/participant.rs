@@ -42,8 +42,9 @@ pub async fn run(config: ParticipantConfig, mut local: Local) -> anyhow::Result<
     // How the parameters are cut into chunks, both ways, once the model is known.
     let mut chunks = None;
     loop {
+        let connecting = Instant::now();
         let stream = connect(&config).await?;
-        let ended = session(&config, &mut local, &mut chunks, stream).await;
+        let ended = session(&config, &mut local, &mut chunks, stream, connecting).await;
         // Chunks are cut once the server has welcomed us, in this session or an earlier one.
         let welcomed = chunks.is_some();
         match ended {
@@ -132,6 +133,7 @@ async fn session(
     local: &mut Local,
     chunks: &mut Option<Chunking>,
     stream: Box<dyn ByteStream>,
+    connecting: Instant,
 ) -> Result<String, SessionError> {
     let mut link = Link::new(stream);
     let hello = Hello {
@@ -177,7 +179,9 @@ async fn session(
         *chunks = Some(cut);
     }
     let chunks = chunks.as_ref().ok_or_else(|| fatal("no model"))?;
-    tracing::info!(name = %config.name, model = %spec, "joined the federation");
+    // From the first connection attempt to the welcome: TCP, TLS and admission.
+    let handshake_ms = connecting.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(name = %config.name, model = %spec, handshake_ms, "joined the federation");
     loop {
         let message = link.recv().await?;
         match message {

@@ -483,6 +483,8 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
 ) -> Ended {
     let claimed = hello.name.clone();
+    // From its hello to its welcome: what admission (by key, on this link) costs.
+    let hello_heard = std::time::Instant::now();
     let (handle, mut jobs, peer) = match welcome(link, hello, kind, origin, retry, shared).await {
         Ok(joined) => joined,
         Err(e) => {
@@ -493,7 +495,8 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     let id = handle.who.id;
     let name = handle.who.name.clone();
     let recorded = handle.who.kind.name();
-    tracing::info!(id, %name, kind = recorded, "participant joined");
+    let admission_ms = hello_heard.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(id, %name, kind = recorded, admission_ms, "participant joined");
     let mut heartbeat = Heartbeat::new(shared.limits.heartbeat);
     let ended = loop {
         let job = tokio::select! {
