@@ -16,6 +16,7 @@
 #            [--devices N] [--device-baud B (0: unthrottled)] [--device-ber P (bit errors, e.g. 1e-4)]
 #            [--qemu-devices N (firmware on QEMU boards: M4F training in f32, M3 in Q16.16, in turn)]
 #            [--qemu-ram-kb K (the boards' RAM budget, default 128)]
+#            [--secure (admission by key and TLS: a key and certificates made in OUT/secure on first use)]
 #                                                            devices need a model that fits
 #                                                            128 KiB, e.g. --model mlp:784-32-10
 set -euo pipefail
@@ -23,6 +24,7 @@ cd "$(dirname "$0")"
 
 rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
 devices=0 device_baud=115200 device_ber=0 qemu_devices=0 qemu_ram_kb=128 encoding=f32 train_slots=$(nproc) seed=0 momentum_state=persist
+secure=0
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
@@ -42,7 +44,8 @@ while (($#)); do
     --train-slots) train_slots=${2:?--train-slots needs a number}; shift 2 ;;
     --seed) seed=${2:?--seed needs a number}; shift 2 ;;
     --momentum-state) momentum_state=${2:?--momentum-state needs round or persist}; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --secure) secure=1; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +58,21 @@ participants=$((clients + devices + qemu_devices))
 if ((qemu_devices > 0)); then
   echo "QEMU for the boards (unpacked into firmware/target/qemu on first use)..."
   bash firmware/qemu.sh
+fi
+
+# --secure: every participant proves the federation's key, and TCP runs over
+# TLS under the federation's own CA (devices on serial lines prove the key).
+server_secure=() client_secure=() device_secure=()
+if ((secure)); then
+  keys=$out/secure/federation.key certs=$out/secure/certs
+  mkdir -p "$out/secure"
+  if [[ ! -f $keys ]]; then
+    (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > "$keys")
+  fi
+  [[ -f $certs/ca.pem ]] || "$bin/host-server" certificates --out "$certs" > /dev/null
+  server_secure=(--auth-key-file "$keys" --tls-cert "$certs/server.pem" --tls-key "$certs/server.key")
+  client_secure=(--auth-key-file "$keys" --tls-ca "$certs/ca.pem")
+  device_secure=(--auth-key-file "$keys")
 fi
 
 pids=()
@@ -92,7 +110,7 @@ for ((d = 0; d < devices; d++)); do
   i=$((clients + d))
   : > "$out/device-$i.out"
   "$bin/firmware-sim" --pty --baud "$device_baud" --link-ber "$device_ber" --model "$model" --shard "$i/$participants" \
-    --partition "$partition" --data-dir "$data" --name "device-$i" \
+    --partition "$partition" --data-dir "$data" --name "device-$i" "${device_secure[@]}" \
     > "$out/device-$i.out" 2> "$out/device-$i.log" &
   pids+=("$!")
   dpids[d]=$!
@@ -114,7 +132,7 @@ for ((q = 0; q < qemu_devices; q++)); do
   if ((q % 2 == 0)); then board=(--board m4 --numeric f32); else board=(--board m3 --numeric fixed); fi
   : > "$out/qemu-$i.out"
   "$bin/firmware-qemu" "${board[@]}" --model "$model" --ram-kb "$qemu_ram_kb" --shard "$i/$participants" \
-    --partition "$partition" --data-dir "$data" --name "qemu-$i" \
+    --partition "$partition" --data-dir "$data" --name "qemu-$i" "${device_secure[@]}" \
     > "$out/qemu-$i.out" 2> "$out/qemu-$i.log" &
   pids+=("$!")
   qpids[q]=$!
@@ -131,7 +149,7 @@ done
 "$bin/host-server" --bind "127.0.0.1:$port" --rounds "$rounds" --model "$model" --strategy "$strategy" \
   --min-available-clients "$participants" --min-fit-clients "$participants" \
   --min-evaluate-clients "$participants" --seed "$seed" --momentum-state "$momentum_state" "${serial[@]}" \
-  --out "$out" --log-file "$out/server.log" > >(tee "$out/server.out") &
+  "${server_secure[@]}" --out "$out" --log-file "$out/server.log" > >(tee "$out/server.out") &
 server=$!
 pids+=("$server")
 # The server's first line is its real address (--port 0 picks a free port).
@@ -140,7 +158,7 @@ addr=${listening#listening on }
 for ((i = 0; i < clients; i++)); do
   "$bin/host-client" --server "$addr" --client-index "$i" --num-clients "$participants" \
     --partition "$partition" --data-dir "$data" --encoding "$encoding" --name "client" \
-    --train-slots "$train_slots" --slot-dir "$out/.train-slots" \
+    --train-slots "$train_slots" --slot-dir "$out/.train-slots" "${client_secure[@]}" \
     2>"$out/client-$i.log" &
   pids+=("$!")
 done

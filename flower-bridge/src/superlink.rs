@@ -516,7 +516,8 @@ impl SuperLink {
         let router = self.router();
         let served = match tls {
             Some(tls) => {
-                let incoming = fedhost::tls::Incoming::new(listener, tls.server_only(&[b"http/1.1"]))?;
+                let incoming =
+                    fedhost::tls::Incoming::new(listener, tls.server_only(&[b"http/1.1"]))?;
                 axum::serve(crate::tls::FleetListener(incoming), router).await
             }
             None => axum::serve(listener, router).await,

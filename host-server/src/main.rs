@@ -18,13 +18,33 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// The federation server: coordinates rounds of federated training and records them.
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version, args_conflicts_with_subcommands = true, after_long_help = PROTECTED)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
 }
+
+/// What `--help` says is and is not protected.
+const PROTECTED: &str = "\
+What is protected:
+  --auth-key-file      only holders of a key join (HMAC-SHA256 over a fresh challenge;
+                       the key never crosses the wire, a captured answer fails on
+                       another connection); with `name: key` lines no one can claim
+                       another's name, and a second connection under a name replaces
+                       the first only after its own proof.
+  --tls-cert/--tls-key TCP runs over TLS (rustls): no one on the path reads the model
+                       or the updates, and clients check the server's certificate
+                       (--tls-ca). Flower's listeners serve the same certificate.
+  --tls-client-ca      mutual TLS: only clients with a certificate from this CA connect;
+                       the history records each one's certificate fingerprint.
+What is not:
+  an admitted participant receives the global model; the server sees every update
+  (no secure aggregation); serial lines are not encrypted (a device proves its key,
+  then speaks in the clear); Flower's clients are not admitted by key (SuperNodes
+  by --flower-node-keys). The server binds 127.0.0.1 unless told otherwise, and warns
+  when it listens beyond loopback open to anyone or in plaintext (--insecure silences it).";
 
 #[derive(Subcommand, Debug)]
 enum Command {
