@@ -1,7 +1,8 @@
 //! Admission by key through the real binaries: a server with
 //! `--auth-key-file` refuses clients without the key or with a wrong one
-//! before it sends them anything of the model, admits the one holding it, and
-//! admits a device on a pty that proves it holds its own key.
+//! before it sends them anything of the model, admits the one holding it,
+//! admits a device on a pty that proves it holds its own key, and refuses a
+//! captured answer replayed on another connection.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -123,4 +124,71 @@ fn only_holders_of_the_key_are_admitted_and_the_others_learn_nothing() {
             "the device proved its key over the pty and trained"
         );
     }
+}
+
+/// Says hello as `name` on a new connection to `addr`; the link and the challenge.
+async fn challenged(
+    addr: &str,
+    name: &str,
+) -> (
+    fedhost::link::Link<tokio::net::TcpStream>,
+    fedcore::protocol::auth::Challenge,
+) {
+    use fedcore::protocol::{Encoding, Hello, Message, PROTOCOL_VERSION, ParticipantKind};
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut link = fedhost::link::Link::new(socket);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        name,
+        kind: ParticipantKind::Host,
+        train_examples: 10,
+        test_examples: 10,
+        max_frame: fedhost::link::HOST_MAX_FRAME as u32,
+        encoding: Encoding::F32,
+    };
+    link.send(&Message::Hello(hello)).await.unwrap();
+    match link.recv().await.unwrap() {
+        Message::Challenge(challenge) => (link, challenge),
+        other => panic!("expected a challenge, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_replayed_answer_is_refused_by_the_server_binary_and_nothing_of_the_model_follows() {
+    use fedcore::protocol::{ErrorCode, Message, PROTOCOL_VERSION, auth};
+    let out = temp_dir("replay-out");
+    let keys = key_file(&out, "server.keys", KEY);
+    let (_server, addr) =
+        start_federation(&out, 1, "mlp:784-16-10", 2, &["--auth-key-file", &keys]);
+    let key: Vec<u8> = (0..KEY.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&KEY[i..i + 2], 16).unwrap())
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // An honest participant's answer, as an eavesdropper would capture it.
+        let (mut honest, first) = challenged(&addr, "client-0").await;
+        let captured = auth::prove(&key, &first, PROTOCOL_VERSION, "client-0");
+        honest.send(&Message::Proof(captured)).await.unwrap();
+        assert!(matches!(honest.recv().await.unwrap(), Message::Welcome(_)));
+        drop(honest);
+        // Replayed on a connection of the eavesdropper's own: another challenge, refused.
+        let (mut replay, second) = challenged(&addr, "client-0").await;
+        assert_ne!(first.nonce, second.nonce);
+        replay.send(&Message::Proof(captured)).await.unwrap();
+        match replay.recv().await.unwrap() {
+            Message::Error(e) => assert_eq!(e.code, ErrorCode::Auth, "{}", e.text),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        // Then the connection closes: no welcome, no parameters.
+        assert!(replay.recv().await.is_err());
+    });
+    let log = std::fs::read_to_string(out.join("server.log")).unwrap();
+    assert!(
+        log.contains("did not prove") && log.contains("peer=127.0.0.1:"),
+        "the refusal is logged with the peer's address:\n{log}"
+    );
 }
