@@ -78,6 +78,10 @@ async fn session(mut stream: ClientStream, shared: Arc<Shared>) {
     let refusal = loop {
         let job = tokio::select! {
             job = jobs.recv() => job,
+            () = handle.replaced() => {
+                tracing::warn!(id, "a newer connection under this name took its place");
+                break Some(format!("another connection under the name {name} took its place"));
+            }
             heard = stream.recv() => {
                 match heard {
                     Ok(_) => tracing::warn!(id, "a Flower client spoke out of turn; closing"),

@@ -69,6 +69,11 @@ impl Handle {
     pub async fn send(&self, job: Job) -> bool {
         self.jobs.send(job).await.is_ok()
     }
+
+    /// Resolves when a newer connection under the same name has taken its place.
+    pub(crate) async fn replaced(&self) {
+        self.replaced.notified().await
+    }
 }
 
 /// The participants connected now.
@@ -501,7 +506,7 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
     let ended = loop {
         let job = tokio::select! {
             job = jobs.recv() => job,
-            () = handle.replaced.notified() => {
+            () = handle.replaced() => {
                 tracing::warn!(id, %name, "a newer connection under this name took its place");
                 break Ended::Replaced;
             }

@@ -69,6 +69,10 @@ async fn session(mut node: NodeHandle, shared: Arc<Shared>) {
     loop {
         let job = tokio::select! {
             job = jobs.recv() => job,
+            () = handle.replaced() => {
+                tracing::warn!(id, "a newer connection under this name took its place");
+                break;
+            }
             why = node.gone() => {
                 tracing::info!(id, "SuperNode left: {why}");
                 break;
