@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "fedhost/src",
         &[
             "keys",
+            "subnormal",
             "certificates",
             "tls",
             "output",

@@ -7,7 +7,8 @@
 //! - [`model_file`]: saved models (spec and parameters);
 //! - [`output`]: writing result files whole or not at all;
 //! - [`keys`]: key files for admission by key (one shared key, or one per name);
-//! - [`tls`]: TLS for TCP links (rustls), and [`certificates`], a federation's own small CA.
+//! - [`tls`]: TLS for TCP links (rustls), and [`certificates`], a federation's own small CA;
+//! - [`subnormal`]: subnormal floats flushed to zero on training threads (Intel's slow path).
 
 pub mod certificates;
 pub mod dataset;
@@ -17,4 +18,5 @@ pub mod model_file;
 pub mod output;
 pub mod partition;
 pub mod share;
+pub mod subnormal;
 pub mod tls;

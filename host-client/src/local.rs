@@ -152,6 +152,8 @@ impl Local {
         );
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            // Pool threads are reused: cheap enough to set every time.
+            fedhost::subnormal::flush_to_zero();
             let reused = trainer.and_then(|mut t| match cfg {
                 Some(cfg) => t.set_config(&cfg).is_ok().then_some(t),
                 None => Some(t),
