@@ -38,6 +38,26 @@ pub fn chunking(
     Chunking::new(total, max_frame.min(HOST_MAX_FRAME), encoding)
 }
 
+/// The next connection on `listener`, with Nagle off (a link's frames are
+/// small and answered at once). A failed accept (out of file descriptors,
+/// say) is logged and retried after 50 ms rather than ending the listener.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                return (socket, peer);
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// A byte stream a link can run over, chosen at run time (plain TCP or TLS): boxed as `Box<dyn ByteStream>`.
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
 

@@ -108,15 +108,16 @@ impl ServerTls {
                 what: "TLS versions",
                 source,
             })?;
+        let pair_error = |source| TlsError::Config {
+            what: "--tls-cert and --tls-key",
+            source,
+        };
         let server_only = builder
             .clone()
             .with_no_client_auth()
             .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|source| TlsError::Config {
-                what: "--tls-cert and --tls-key",
-                source,
-            })?;
-        let builder = match client_ca {
+            .map_err(pair_error)?;
+        let config = match client_ca {
             Some(path) => {
                 let roots = Arc::new(roots("--tls-client-ca", path)?);
                 let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
@@ -125,16 +126,13 @@ impl ServerTls {
                         path: path.to_path_buf(),
                         problem: e.to_string(),
                     })?;
-                builder.with_client_cert_verifier(verifier)
+                builder
+                    .with_client_cert_verifier(verifier)
+                    .with_single_cert(chain, key)
+                    .map_err(pair_error)?
             }
-            None => builder.with_no_client_auth(),
+            None => server_only.clone(),
         };
-        let config = builder
-            .with_single_cert(chain, key)
-            .map_err(|source| TlsError::Config {
-                what: "--tls-cert and --tls-key",
-                source,
-            })?;
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             server_only: Arc::new(server_only),
@@ -245,20 +243,11 @@ impl Incoming {
         let accepting = tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(HANDSHAKES));
             loop {
-                let (socket, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors, say: wait, then go on accepting.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+                let (socket, peer) = crate::link::accept(&tcp).await;
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                     tracing::warn!(%peer, "{HANDSHAKES} TLS handshakes under way: closed");
                     continue;
                 };
-                let _ = socket.set_nodelay(true);
                 let (acceptor, finished) = (tls.acceptor.clone(), finished.clone());
                 tokio::spawn(async move {
                     let shaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket));

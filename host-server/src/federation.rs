@@ -72,19 +72,8 @@ impl Listener for TcpListener {
     type Io = tokio::net::TcpStream;
 
     async fn accept(&mut self) -> Option<(Self::Io, Origin)> {
-        loop {
-            match TcpListener::accept(self).await {
-                Ok((socket, peer)) => {
-                    let _ = socket.set_nodelay(true);
-                    return Some((socket, Origin::address(peer.to_string())));
-                }
-                Err(e) => {
-                    // Out of file descriptors, say: wait, then go on accepting.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let (socket, peer) = fedhost::link::accept(self).await;
+        Some((socket, Origin::address(peer.to_string())))
     }
 }
 
