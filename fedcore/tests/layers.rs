@@ -43,6 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "keys",
             "subnormal",
+            "malloc",
             "certificates",
             "output",
             "dataset",

@@ -8,12 +8,14 @@
 //! - [`output`]: writing result files whole or not at all;
 //! - [`keys`]: key files for admission by key (one shared key, or one per name);
 //! - [`tls`]: TLS for TCP links (rustls), and [`certificates`], a federation's own small CA;
-//! - [`subnormal`]: subnormal floats flushed to zero on training threads (Intel's slow path).
+//! - [`subnormal`]: subnormal floats flushed to zero on training threads (Intel's slow path);
+//! - [`malloc`]: one malloc arena per process (less memory held by idle threads).
 
 pub mod certificates;
 pub mod dataset;
 pub mod keys;
 pub mod link;
+pub mod malloc;
 pub mod model_file;
 pub mod output;
 pub mod partition;

@@ -130,6 +130,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fedhost::malloc::single_arena();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -337,6 +337,7 @@ impl Progress for Bar {
 }
 
 fn main() -> ExitCode {
+    fedhost::malloc::single_arena();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Plot { histories, output }) => plot(&histories, &output),
