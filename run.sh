@@ -19,12 +19,13 @@
 #            [--secure (admission by key and TLS: a key and certificates made in OUT/secure on first use)]
 #                                                            devices need a model that fits
 #                                                            128 KiB, e.g. --model mlp:784-32-10
+#            [--no-build (run the binaries in target/release as they are: benchmarks build first)]
 set -euo pipefail
 cd "$(dirname "$0")"
 
 rounds=40 clients=5 model=cnn partition=iid strategy=fedavg out=results port=8000 data=data/mnist
 devices=0 device_baud=115200 device_ber=0 qemu_devices=0 qemu_ram_kb=128 encoding=f32 train_slots=$(nproc) seed=0 momentum_state=persist
-secure=0
+secure=0 build=1
 while (($#)); do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
@@ -45,13 +46,16 @@ while (($#)); do
     --seed) seed=${2:?--seed needs a number}; shift 2 ;;
     --momentum-state) momentum_state=${2:?--momentum-state needs round or persist}; shift 2 ;;
     --secure) secure=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --no-build) build=0; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
 
-echo "building (release)..."
-cargo build --release --quiet -p host-server -p host-client -p firmware-sim
+if ((build)); then
+  echo "building (release)..."
+  cargo build --release --quiet -p host-server -p host-client -p firmware-sim
+fi
 bin=target/release
 mkdir -p "$out"
 participants=$((clients + devices + qemu_devices))
