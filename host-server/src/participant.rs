@@ -560,7 +560,14 @@ async fn session<T: AsyncRead + AsyncWrite + Unpin>(
                 deadline,
                 reply,
             } => {
-                let work = exchange::fit(link, &shared.uploads, job, &global, peer);
+                // The model is let go when the exchange ends, before the answer
+                // goes back, so the round takes it back without a copy.
+                let (link, uploads) = (&mut *link, &shared.uploads);
+                let work = async move {
+                    let done = exchange::fit(link, uploads, job, &global, peer).await;
+                    drop(global);
+                    done
+                };
                 answer_by(deadline, work, reply).await
             }
             Job::Evaluate {
