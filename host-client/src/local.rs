@@ -1,7 +1,7 @@
 //! A participant's own side, whoever coordinates it: its data, the model it
 //! holds, and training and evaluation on blocking threads, at most one per
 //! core of this process and, with training slots, one per core of the machine
-//! (for models large enough that turns pay, [`TURN_MIN_BYTES`]).
+//! (for models large enough that turns pay, [`Slots::turn_for`]).
 //!
 //! Both conversations drive it: ours ([`crate::participant`]) and Flower's
 //! ([`crate::flower`]). The trainer is kept between rounds, so its arena is
@@ -18,7 +18,7 @@ use fedhost::dataset::Shard;
 use fedhost::share::Share;
 use tokio::sync::Semaphore;
 
-use crate::slots::{SlotConfig, Slots, TURN_MIN_BYTES};
+use crate::slots::{SlotConfig, Slots};
 
 /// One participant's data, cores and model.
 pub struct Local {
@@ -164,10 +164,7 @@ impl Local {
                 None => Trainer::new(&spec, &cfg.unwrap_or_else(TrainConfig::evaluation))?,
             };
             let working_set = fedcore::train::memory::<f32>(&spec, trainer.config()).total();
-            let mut turn = slots
-                .as_deref()
-                .filter(|_| working_set >= TURN_MIN_BYTES)
-                .map(Slots::take);
+            let mut turn = slots.as_deref().and_then(|s| s.turn_for(working_set));
             let mut between = |trained| {
                 if let Some(turn) = turn.as_mut() {
                     turn.between(trained);

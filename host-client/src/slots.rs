@@ -18,7 +18,7 @@
 //!
 //! Turns pay only where sharing a core costs a trainer its cache: a trainer
 //! whose working set (parameters, momentum, a batch's activations and scratch,
-//! [`fedcore::train::memory`]) is below [`TURN_MIN_BYTES`] trains without them.
+//! [`fedcore::train::memory`]) under 4 MiB trains without them.
 //! Measured on a 2-core AMD EPYC (Zen 5, AVX-512, 1 MiB L2 a core, 32 MiB L3),
 //! five clients, per-fit thread CPU time and round medians: the MLP 784-128-10
 //! (0.9 MiB) spent the same CPU on a fit with or without turns (40-48 ms),
@@ -40,7 +40,7 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub const TURN_SAMPLES: usize = 4096;
 /// Working sets below this train without turns: five such trainers keep
 /// their data in the cache they share (see the module's figures).
-pub const TURN_MIN_BYTES: usize = 4 << 20;
+const TURN_MIN_BYTES: usize = 4 << 20;
 /// How often a waiting trainer looks for a free slot.
 const POLL: Duration = Duration::from_millis(1);
 
@@ -90,6 +90,12 @@ impl Slots {
         };
         turn.wait();
         turn
+    }
+
+    /// A turn for a trainer whose working set is `working_set` bytes, taken as
+    /// [`Slots::take`] does; none under 4 MiB, where turns do not pay.
+    pub fn turn_for(&self, working_set: usize) -> Option<Turn<'_>> {
+        (working_set >= TURN_MIN_BYTES).then(|| self.take())
     }
 
     fn try_take(&self) -> Option<usize> {
