@@ -18,7 +18,7 @@
 //!
 //! Turns pay only where sharing a core costs a trainer its cache: a trainer
 //! whose working set (parameters, momentum, a batch's activations and scratch,
-//! [`fedcore::train::memory`]) under 4 MiB trains without them.
+//! [`fedcore::train::memory`]) is under 4 MiB trains without them.
 //! Measured on a 2-core AMD EPYC (Zen 5, AVX-512, 1 MiB L2 a core, 32 MiB L3),
 //! five clients, per-fit thread CPU time and round medians: the MLP 784-128-10
 //! (0.9 MiB) spent the same CPU on a fit with or without turns (40-48 ms),
