@@ -38,8 +38,9 @@ fn bench_fit<S: Scalar>(
         // Each timed fit starts from the same initial weights. Carried over,
         // the hundreds of fits criterion runs overfit the 2048 samples and the
         // later fits run at about half the speed (the CNN: 8.4k against 14.9k
-        // samples/s on a 2-core Xeon with AVX-512), likely from subnormal
-        // floats once softmax saturates; no federation round trains that way.
+        // samples/s on a 2-core Xeon with AVX-512): subnormal floats, which
+        // Intel cores take a slow path for and which host-client flushes to
+        // zero on its training threads (`fedhost::subnormal`), fedcore alone not.
         b.iter_batched_ref(
             || params.clone(),
             |params| trainer.fit(params, &data, 3).expect("fit"),
