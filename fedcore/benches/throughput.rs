@@ -1,8 +1,10 @@
 //! Training throughput (samples/s) and aggregation throughput (parameters/s).
 //!
-//! `cargo bench -p fedcore`. The physical limits on this machine's one core
-//! (SGEMM peak about 175 GFLOP/s): MLP 784-128-10 about 0.61 MFLOP a sample,
-//! so 290k samples/s; the reference CNN about 4.4 MFLOP, so 40k samples/s.
+//! `cargo bench -p fedcore`. The physical limits of one core whose SGEMM peaks
+//! at 175 GFLOP/s (the 2-core EPYC these were first worked out on; `bench/ratio.sh`
+//! measures the machine at hand), with a sample's FLOP counted as that bench
+//! counts them: MLP 784-128-10 0.41 MFLOP, so 430k samples/s; the reference
+//! CNN 4.03 MFLOP, so 43k samples/s.
 
 // A benchmark has nothing to recover to: failing loudly is right.
 #![allow(clippy::expect_used)]
