@@ -618,14 +618,15 @@ mod tests {
     fn reference_cnn_memory_counts_every_buffer() {
         let (spec, cfg) = (ModelSpec::reference_cnn(), TrainConfig::default());
         // The fused kernels: no gradients, no convolution output, its delta or
-        // im2col matrix; the scratch is two pooled-output deltas and the fused
-        // stage's 320 gradients.
+        // im2col matrix, only which position of each pooling window won (two
+        // bits a pooled value); the scratch is two pooled-output deltas and the
+        // fused stage's 320 gradients.
         let m = memory::<f32>(&spec, &cfg);
         assert_eq!(
             (m.parameters, m.gradients, m.optimizer_state),
             (2_168_920, 0, 2_168_920)
         );
-        assert_eq!(m.activations, 32 * (784 + 5_408 + 100 + 10) * 4);
+        assert_eq!(m.activations, 32 * (784 + 5_408 + 352 + 100 + 10) * 4);
         assert_eq!(m.scratch, (32 * 2 * 5_408 + 320) * 4);
         let fused = Trainer::<f32, std::vec::Vec<f32>>::arena_len(&spec, &cfg);
         assert_eq!(fused * 4, m.total() - m.parameters);
@@ -729,14 +730,15 @@ mod tests {
     /// product) train as the portable loops the devices run do: the same
     /// parameters to float rounding after two epochs, for every optimizer
     /// setting, on nets with a fused stage (filters a multiple of the kernel's
-    /// 16 lanes or not, pooling that drops an odd edge), one whose second
+    /// 16 lanes or not, pooling that drops an odd edge, more windows than one
+    /// word holds the winners of), one whose second
     /// convolution stays unfused, and an MLP.
     #[test]
     fn fused_and_portable_kernels_train_alike() {
         use crate::model::{Layer::*, Shape};
         let nets = [
             ModelSpec::new(
-                Shape::image(9, 10, 1),
+                Shape::image(15, 14, 1),
                 &[
                     Conv2d { filters: 20 },
                     Relu,
@@ -748,7 +750,7 @@ mod tests {
                 ],
             ),
             ModelSpec::new(
-                Shape::image(9, 10, 1),
+                Shape::image(15, 14, 1),
                 &[
                     Conv2d { filters: 16 },
                     Relu,
@@ -758,7 +760,7 @@ mod tests {
                 ],
             ),
             ModelSpec::new(
-                Shape::image(9, 10, 1),
+                Shape::image(15, 14, 1),
                 &[
                     Conv2d { filters: 3 },
                     Relu,
@@ -769,9 +771,9 @@ mod tests {
                     Dense { units: 3 },
                 ],
             ),
-            ModelSpec::mlp(&[90, 7, 3]),
+            ModelSpec::mlp(&[210, 7, 3]),
         ];
-        let data = noise::<90>(13, 3, 7);
+        let data = noise::<210>(13, 3, 7);
         let base = TrainConfig {
             epochs: 2,
             batch_size: 4,

@@ -8,7 +8,7 @@
 //! functions have no f32 view and leave their outputs as they are.
 
 use super::plan::Stage;
-use crate::kernels::{ConvPool, conv_relu_pool_grads};
+use crate::kernels::{ConvPool, conv_relu_pool, conv_relu_pool_grads};
 use crate::linalg::{Mat, MatMut, sgemm};
 use crate::scalar::Scalar;
 
@@ -20,40 +20,48 @@ fn conv_pool(st: &Stage) -> ConvPool {
     }
 }
 
-/// Forward through a fused stage: pooled, rectified outputs `y` from images `x`.
+/// Forward through a fused stage: pooled, rectified outputs `y` from images
+/// `x`, and each window's winner into `winners` (the stage's
+/// [`Stage::winners_len`] values a sample, read back as bits).
 pub(crate) fn forward<S: Scalar>(
     st: &Stage,
     x: &[S],
     (w, b): (&[S], &[S]),
-    y: &mut [S],
+    (y, winners): (&mut [S], &mut [S]),
     batch: usize,
 ) {
-    if let (Some(x), Some(w), Some(b), Some(y)) =
-        (S::as_f32(x), S::as_f32(w), S::as_f32(b), S::as_f32_mut(y))
-    {
-        crate::kernels::conv_relu_pool(conv_pool(st), x, w, b, y, batch);
+    let winners = S::as_f32_mut(winners).and_then(|w| bytemuck::try_cast_slice_mut(w).ok());
+    if let (Some(x), Some(w), Some(b), Some(y), Some(winners)) = (
+        S::as_f32(x),
+        S::as_f32(w),
+        S::as_f32(b),
+        S::as_f32_mut(y),
+        winners,
+    ) {
+        conv_relu_pool(conv_pool(st), x, (w, b), (y, winners), batch);
     }
 }
 
 /// A fused stage's summed weight and bias gradients into `grads` (as long as
-/// its parameters), from its inputs `x`, weights `w`, outputs `y` and their
-/// gradients `dy`.
+/// its parameters), from its inputs `x`, its outputs `y` and `winners` as
+/// [`forward`] wrote them, and the outputs' gradients `dy`.
 pub(crate) fn param_grads<S: Scalar>(
     st: &Stage,
     x: &[S],
-    w: &[S],
-    (y, dy): (&[S], &[S]),
+    (y, winners): (&[S], &[S]),
+    dy: &[S],
     grads: &mut [S],
     batch: usize,
 ) {
-    if let (Some(x), Some(w), Some(y), Some(dy), Some(grads)) = (
+    let winners = S::as_f32(winners).and_then(|w| bytemuck::try_cast_slice(w).ok());
+    if let (Some(x), Some(y), Some(winners), Some(dy), Some(grads)) = (
         S::as_f32(x),
-        S::as_f32(w),
         S::as_f32(y),
+        winners,
         S::as_f32(dy),
         S::as_f32_mut(grads),
     ) {
-        conv_relu_pool_grads(conv_pool(st), x, w, (y, dy), grads, batch);
+        conv_relu_pool_grads(conv_pool(st), x, (y, winners), dy, grads, batch);
     }
 }
 

@@ -125,12 +125,15 @@ pub(crate) fn forward<S: Scalar>(
         }
         let (lo, hi) = acts.split_at_mut(st.act_out * cap);
         let x = &lo[st.act_in * cap..st.act_in * cap + n_in];
-        let y = &mut hi[..n_out];
+        // A fused stage keeps its winners after its output slot's `cap` samples.
+        let (y, _kept) = hi.split_at_mut(st.written_len() * cap);
+        let y = &mut y[..n_out];
         let (w, b) = weights(st, params);
         match st.layer {
             #[cfg(feature = "std")]
             Layer::Conv2d { .. } if st.fusion == Fusion::ConvReluPool => {
-                fused::forward(st, x, (w, b), y, batch);
+                let winners = &mut _kept[..st.winners_len() * batch];
+                fused::forward(st, x, (w, b), (y, winners), batch);
             }
             Layer::Dense { .. } | Layer::Conv2d { .. } => {
                 let (rows, k, units) = st.product_shape(batch);
@@ -189,7 +192,10 @@ pub(crate) fn backward<S: Scalar>(
             #[cfg(feature = "std")]
             Layer::Conv2d { .. } if st.fusion == Fusion::ConvReluPool => {
                 let y = &acts[st.act_out * cap..st.act_out * cap + n_out];
-                fused_param_grads(st, params, x, (y, &cur[..n_out]), &mut sink, batch);
+                let kept = (st.act_out + st.written_len()) * cap;
+                let winners = &acts[kept..kept + st.winners_len() * batch];
+                let outputs = ((y, winners), &cur[..n_out]);
+                fused_param_grads(st, params, x, outputs, &mut sink, batch);
             }
             Layer::Dense { .. } | Layer::Conv2d { .. } => {
                 let (rows, k, units) = st.product_shape(batch);
@@ -378,30 +384,31 @@ fn param_grads<S: Scalar>(
 }
 
 /// A fused stage's gradients, sent to `sink`: computed where the sink keeps
-/// them, or into scratch and from there through the update.
+/// them, or into scratch and from there through the update. `kept` is what
+/// forward kept (the outputs and their windows' winners), `dy` the outputs'
+/// gradient.
 #[cfg(feature = "std")]
 fn fused_param_grads<S: Scalar>(
     st: &Stage,
     params: &mut [S],
     x: &[S],
-    outputs: (&[S], &[S]),
+    (kept, dy): ((&[S], &[S]), &[S]),
     sink: &mut GradSink<'_, S>,
     batch: usize,
 ) {
     let span = st.params..st.params + st.weight_count() + st.bias_count();
-    let kernel = st.params..st.params + st.weight_count();
     match sink {
         GradSink::Store(grads) => {
-            fused::param_grads(st, x, &params[kernel], outputs, &mut grads[span], batch);
+            fused::param_grads(st, x, kept, dy, &mut grads[span], batch);
         }
         GradSink::Apply { row, rule } => {
             let g = &mut row[..span.len()];
-            fused::param_grads(st, x, &params[kernel], outputs, g, batch);
+            fused::param_grads(st, x, kept, dy, g, batch);
             rule(&mut params[span.clone()], span.start, g);
         }
         GradSink::Fold(fold) => {
             let g = &mut fold.scratch[..span.len()];
-            fused::param_grads(st, x, &params[kernel], outputs, g, batch);
+            fused::param_grads(st, x, kept, dy, g, batch);
             sgd_step(
                 &mut params[span.clone()],
                 g,

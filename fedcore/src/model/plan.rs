@@ -93,6 +93,19 @@ impl Stage {
         }
     }
 
+    /// Values per sample a fused stage keeps after its output for backward:
+    /// which position of each pooling window won, packed (zero for others).
+    pub fn winners_len(&self) -> usize {
+        match self.fusion {
+            #[cfg(feature = "std")]
+            Fusion::ConvReluPool => crate::kernels::winner_words(
+                self.written_len() / self.output.channels as usize,
+                self.output.channels as usize,
+            ),
+            _ => 0,
+        }
+    }
+
     /// Values per sample in the im2col matrix of a convolution, zero otherwise.
     pub fn cols_len(&self) -> usize {
         match self.layer {
@@ -164,7 +177,7 @@ impl Plan {
                 fusion,
             };
             match fusion {
-                Fusion::ConvReluPool => acts += stage.written_len(),
+                Fusion::ConvReluPool => acts += stage.written_len() + stage.winners_len(),
                 Fusion::Absorbed => {}
                 Fusion::Alone => {
                     if !in_place {
@@ -320,9 +333,12 @@ mod tests {
         // The fused stage writes the pooled slot, which Flatten and Dense read.
         assert_eq!(s[0].act_out, 784);
         assert_eq!((s[2].act_out, s[3].act_in, s[4].act_in), (784, 784, 784));
-        // input 784 + pooled 5408 + dense 100 + dense 10; no im2col matrix; the
-        // widest delta is the pooled output's.
-        assert_eq!(plan.acts_len(), 784 + 5408 + 100 + 10);
+        // input 784 + pooled 5408 and its 169 windows' winners (two bits each,
+        // 16 windows a word, 11 words a filter) + dense 100 + dense 10; no
+        // im2col matrix; the widest delta is the pooled output's.
+        assert_eq!(s[0].winners_len(), 11 * 32);
+        assert_eq!(s[4].act_out, 784 + 5408 + 11 * 32);
+        assert_eq!(plan.acts_len(), 784 + 5408 + 11 * 32 + 100 + 10);
         assert_eq!((plan.cols_len(), plan.delta_len()), (0, 5408));
         assert_eq!(plan.fused_params(), 320);
         // Parameters are laid out as in the portable plan.
