@@ -12,8 +12,10 @@
 //! (Backward used to recompute each window to find its winner: the bits cost
 //! 1.4 KB a sample in the reference CNN and made its training 7% faster;
 //! selecting each lane's winning pixel, rather than multiplying all four
-//! positions' pixels by a gradient that is zero at three, 2-3% more.) No GEMM library fuses a K = 9 product with what follows it, so
-//! this is written here, on `pulp` (the SIMD layer of the gemm crate the dense
+//! positions' pixels by a gradient that is zero at three, 2-3% more.)
+//!
+//! No GEMM library fuses a K = 9 product with what follows it, so this is
+//! written here, on `pulp` (the SIMD layer of the gemm crate the dense
 //! products use): the same code runs on AVX-512, AVX2+FMA or NEON, picked at run
 //! time, without unsafe code. Compiler auto-vectorisation of the plain loops was
 //! measured first and gave 128-bit code that made the block slower than
