@@ -14,7 +14,10 @@
 //! CNN clients, fit phase per round, medians of three runs side by side: 2.40 s
 //! without slots, 2.21 s with two. Turns of 2048 samples gave 2.6 s, whole fits
 //! as one turn 2.4 s (cores idle while the last client trains alone), 4096 the
-//! least.
+//! least there. On a 2-core Zen 4 EPYC (AVX-512), 10-round runs alternated:
+//! 6000 samples (half a reference client's 12,000, so ten turns share two
+//! slots evenly) 1.87-2.07 s a round, 4096 1.97-2.19 s (medians of five, 1.95
+//! and 2.04 s), whole fits 2.16-2.23 s.
 //!
 //! Turns pay only where sharing a core costs a trainer its cache: a trainer
 //! whose working set (parameters, momentum, a batch's activations and scratch,
@@ -35,9 +38,9 @@ use std::time::{Duration, Instant};
 
 /// How long a trainer waits for a slot before it runs without one.
 pub const PATIENCE: Duration = Duration::from_secs(10);
-/// Samples a trainer trains before it passes its slot on (about 0.25 s of the
+/// Samples a trainer trains before it passes its slot on (about 0.3 s of the
 /// reference CNN on one core).
-pub const TURN_SAMPLES: usize = 4096;
+pub const TURN_SAMPLES: usize = 6000;
 /// Working sets below this train without turns: five such trainers keep
 /// their data in the cache they share (see the module's figures).
 const TURN_MIN_BYTES: usize = 4 << 20;
