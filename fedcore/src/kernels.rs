@@ -133,35 +133,45 @@ pub(crate) fn conv_relu_pool_grads(
 /// vectors; zero past the row's end.
 #[inline(always)]
 fn load<S: Simd, const V: usize>(simd: S, row: &[f32], f0: usize) -> [S::f32s; V] {
-    core::array::from_fn(|v| simd.partial_load_f32s(lanes::<S>(row, f0, v)))
+    core::array::from_fn(|v| simd.partial_load_f32s(lanes::<S, _>(row, f0, v)))
 }
 
-/// [`load`] for `u32` rows.
+/// [`load`] for `u32` rows (the winners' words).
 #[inline(always)]
 fn load_words<S: Simd, const V: usize>(simd: S, row: &[u32], f0: usize) -> [S::u32s; V] {
-    core::array::from_fn(|v| {
-        let (start, end) = span::<S>(row.len(), f0, v);
-        simd.partial_load_u32s(&row[start..end])
-    })
+    core::array::from_fn(|v| simd.partial_load_u32s(lanes::<S, _>(row, f0, v)))
 }
 
 /// Stores `values` into the same lanes of `row` that [`load`] reads.
 #[inline(always)]
 fn store<S: Simd, const V: usize>(simd: S, row: &mut [f32], f0: usize, values: [S::f32s; V]) {
     for (v, value) in values.into_iter().enumerate() {
-        let (start, end) = span::<S>(row.len(), f0, v);
-        simd.partial_store_f32s(&mut row[start..end], value);
+        simd.partial_store_f32s(lanes_mut::<S, _>(row, f0, v), value);
     }
 }
 
-fn span<S: Simd>(len: usize, f0: usize, v: usize) -> (usize, usize) {
-    let start = (f0 + v * S::F32_LANES).min(len);
-    (start, (start + S::F32_LANES).min(len))
+/// [`store`] for `u32` rows (the winners' words).
+#[inline(always)]
+fn store_words<S: Simd, const V: usize>(simd: S, row: &mut [u32], f0: usize, values: [S::u32s; V]) {
+    for (v, value) in values.into_iter().enumerate() {
+        simd.partial_store_u32s(lanes_mut::<S, _>(row, f0, v), value);
+    }
 }
 
-fn lanes<S: Simd>(row: &[f32], f0: usize, v: usize) -> &[f32] {
-    let (start, end) = span::<S>(row.len(), f0, v);
-    &row[start..end]
+/// Where the `v`-th vector of the block at `f0` falls in a row of `len`
+/// values, cut at the row's end (f32 and u32 vectors have as many lanes).
+fn span<S: Simd>(len: usize, f0: usize, v: usize) -> core::ops::Range<usize> {
+    let start = (f0 + v * S::F32_LANES).min(len);
+    start..(start + S::F32_LANES).min(len)
+}
+
+fn lanes<S: Simd, T>(row: &[T], f0: usize, v: usize) -> &[T] {
+    &row[span::<S>(row.len(), f0, v)]
+}
+
+fn lanes_mut<S: Simd, T>(row: &mut [T], f0: usize, v: usize) -> &mut [T] {
+    let span = span::<S>(row.len(), f0, v);
+    &mut row[span]
 }
 
 /// The kernel's nine taps for the filters of the block at `f0`.
@@ -281,10 +291,7 @@ impl Forward<'_> {
                             }
                             simd.or_u32s(old[v], simd.wrapping_dyn_shl_u32s(code, shift))
                         });
-                        for (v, value) in packed.into_iter().enumerate() {
-                            let (start, end) = span::<S>(row.len(), f0, v);
-                            simd.partial_store_u32s(&mut row[start..end], value);
-                        }
+                        store_words(simd, row, f0, packed);
                     }
                 }
             }

@@ -17,6 +17,8 @@ use super::fused;
 use crate::linalg::{Mat, MatMut};
 use crate::model::{Fusion, Layer, Plan, Stage};
 use crate::scalar::Scalar;
+#[cfg(feature = "std")]
+use core::ops::Range;
 
 /// Applies a row of gradients `g` to the parameters `w` that start at index `at`.
 pub(crate) type UpdateRule<'a, S> = dyn FnMut(&mut [S], usize, &[S]) + 'a;
@@ -125,16 +127,23 @@ pub(crate) fn forward<S: Scalar>(
         }
         let (lo, hi) = acts.split_at_mut(st.act_out * cap);
         let x = &lo[st.act_in * cap..st.act_in * cap + n_in];
-        // A fused stage keeps its winners after its output slot's `cap` samples.
-        let (y, _kept) = hi.split_at_mut(st.written_len() * cap);
-        let y = &mut y[..n_out];
+        #[cfg(feature = "std")]
+        if st.fusion == Fusion::ConvReluPool {
+            let (outputs, winners) = fused_slots(st, cap, batch);
+            let (y, rest) = hi.split_at_mut(winners.start - outputs.start);
+            let winners = &mut rest[..winners.len()];
+            fused::forward(
+                st,
+                x,
+                weights(st, params),
+                (&mut y[..n_out], winners),
+                batch,
+            );
+            continue;
+        }
+        let y = &mut hi[..n_out];
         let (w, b) = weights(st, params);
         match st.layer {
-            #[cfg(feature = "std")]
-            Layer::Conv2d { .. } if st.fusion == Fusion::ConvReluPool => {
-                let winners = &mut _kept[..st.winners_len() * batch];
-                fused::forward(st, x, (w, b), (y, winners), batch);
-            }
             Layer::Dense { .. } | Layer::Conv2d { .. } => {
                 let (rows, k, units) = st.product_shape(batch);
                 let a = if st.cols_len() > 0 {
@@ -191,11 +200,9 @@ pub(crate) fn backward<S: Scalar>(
             }
             #[cfg(feature = "std")]
             Layer::Conv2d { .. } if st.fusion == Fusion::ConvReluPool => {
-                let y = &acts[st.act_out * cap..st.act_out * cap + n_out];
-                let kept = (st.act_out + st.written_len()) * cap;
-                let winners = &acts[kept..kept + st.winners_len() * batch];
-                let outputs = ((y, winners), &cur[..n_out]);
-                fused_param_grads(st, params, x, outputs, &mut sink, batch);
+                let (y, winners) = fused_slots(st, cap, batch);
+                let kept = (&acts[y], &acts[winners]);
+                fused_param_grads(st, params, x, (kept, &cur[..n_out]), &mut sink, batch);
             }
             Layer::Dense { .. } | Layer::Conv2d { .. } => {
                 let (rows, k, units) = st.product_shape(batch);
@@ -381,6 +388,18 @@ fn param_grads<S: Scalar>(
             );
         }
     }
+}
+
+/// Where a fused stage's `batch` pooled outputs and their windows' winners lie
+/// in an activation arena of `cap` samples: the winners follow the output
+/// slot's `cap` samples.
+#[cfg(feature = "std")]
+fn fused_slots(st: &Stage, cap: usize, batch: usize) -> (Range<usize>, Range<usize>) {
+    let (outputs, winners) = (st.act_out * cap, (st.act_out + st.written_len()) * cap);
+    (
+        outputs..outputs + st.written_len() * batch,
+        winners..winners + st.winners_len() * batch,
+    )
 }
 
 /// A fused stage's gradients, sent to `sink`: computed where the sink keeps
