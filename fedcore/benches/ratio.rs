@@ -1,6 +1,6 @@
 //! How close training runs to the machine: in one run, the one-core SGEMM peak
 //! of the library the f32 path multiplies with (the gemm crate, timed through
-//! fedcore's own `Scalar::gemm`, as the layers call it), that path and
+//! the host backend's `Kernels::gemm`, as the layers call it), that path and
 //! matrixmultiply (what it used before) on the products training does, and
 //! each model's training throughput as GFLOP/s and as a fraction of that peak.
 //!
@@ -21,10 +21,11 @@ mod support;
 
 use std::time::Instant;
 
+use fedcore::kernels::Kernels;
+use fedcore::kernels::host::Host;
 use fedcore::linalg::{Mat, MatMut};
 use fedcore::model::{ModelSpec, Plan, init_params};
 use fedcore::rng::Rng;
-use fedcore::scalar::Scalar;
 use fedcore::train::{TrainConfig, Trainer};
 use ndarray::Array2;
 
@@ -90,7 +91,7 @@ fn sgemm_gflops(m: usize, k: usize, n: usize, (a_t, b_t): (bool, bool)) -> (f64,
             } else {
                 Mat::new(bp, k, n)
             };
-            <f32 as Scalar>::gemm(a, b, MatMut::new(&mut c, m, n), false);
+            Host::gemm(a, b, MatMut::new(&mut c, m, n), None, 1.0);
         }
     });
     let rate = |seconds: f64| flop * reps as f64 / seconds / 1e9;
@@ -171,7 +172,7 @@ fn main() {
         let plan = Plan::new(&spec);
         let mut params = vec![0.0f32; spec.param_count()];
         init_params(&plan, &mut params, &mut Rng::new(1));
-        let mut trainer = Trainer::<f32, _>::new(&spec, &TrainConfig::default()).unwrap();
+        let mut trainer = Trainer::<f32, _, Host>::new(&spec, &TrainConfig::default()).unwrap();
         // Every repetition from the initial weights, as the throughput bench
         // does: there criterion's hundreds of fits carried over overfit the
         // 2048 samples into subnormal floats, slow on Intel cores. These eight

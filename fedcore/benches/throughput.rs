@@ -14,6 +14,8 @@ mod support;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fedcore::aggregate::FedAvg;
+use fedcore::kernels::host::Host;
+use fedcore::kernels::{Kernels, Portable};
 use fedcore::model::{ModelSpec, Plan, init_params};
 use fedcore::rng::Rng;
 use fedcore::scalar::{Fixed, Scalar};
@@ -21,7 +23,7 @@ use fedcore::train::{TrainConfig, Trainer};
 
 const SAMPLES: usize = 2048;
 
-fn bench_fit<S: Scalar>(
+fn bench_fit<S: Scalar, K: Kernels<S>>(
     c: &mut Criterion,
     mnist: &support::Mnist,
     name: &str,
@@ -32,7 +34,7 @@ fn bench_fit<S: Scalar>(
     let data = mnist.train().slice(0..SAMPLES);
     let mut params = vec![S::ZERO; spec.param_count()];
     init_params(&Plan::new(&spec), &mut params, &mut Rng::new(1));
-    let mut trainer = Trainer::<S, _>::new(&spec, &cfg).expect("valid config");
+    let mut trainer = Trainer::<S, _, K>::new(&spec, &cfg).expect("valid config");
     let mut group = c.benchmark_group("train");
     group.throughput(Throughput::Elements(SAMPLES as u64));
     group.sample_size(10);
@@ -61,29 +63,29 @@ fn training(c: &mut Criterion) {
         momentum: 0.0,
         ..TrainConfig::default()
     };
-    bench_fit::<f32>(
+    bench_fit::<f32, Host>(
         c,
         &mnist,
         "f32 mlp:784-128-10 batch 32",
         "mlp:784-128-10",
         batch32,
     );
-    bench_fit::<f32>(c, &mnist, "f32 cnn batch 32", "cnn", batch32);
-    bench_fit::<Fixed>(
+    bench_fit::<f32, Host>(c, &mnist, "f32 cnn batch 32", "cnn", batch32);
+    bench_fit::<Fixed, Portable>(
         c,
         &mnist,
         "Q16.16 mlp:784-32-10 batch 32",
         "mlp:784-32-10",
         batch32,
     );
-    bench_fit::<Fixed>(
+    bench_fit::<Fixed, Portable>(
         c,
         &mnist,
         "Q16.16 mlp:784-32-10 in place",
         "mlp:784-32-10",
         in_place,
     );
-    bench_fit::<f32>(
+    bench_fit::<f32, Host>(
         c,
         &mnist,
         "f32 mlp:784-32-10 in place",

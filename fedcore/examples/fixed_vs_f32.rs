@@ -12,12 +12,14 @@ use std::time::Instant;
 use fedcore::Error;
 use fedcore::fixed::FixedI32;
 use fedcore::fixed::types::extra::{U20, U24};
+use fedcore::kernels::host::Host;
+use fedcore::kernels::{Kernels, Portable};
 use fedcore::model::{ModelSpec, Plan, init_params};
 use fedcore::rng::Rng;
 use fedcore::scalar::{Fixed, Scalar};
 use fedcore::train::{Rounding, TrainConfig, Trainer};
 
-fn run<S: Scalar>(
+fn run<S: Scalar, K: Kernels<S>>(
     mnist: &support::Mnist,
     spec: &ModelSpec,
     cfg: &TrainConfig,
@@ -25,7 +27,7 @@ fn run<S: Scalar>(
 ) -> Result<(), Error> {
     let mut params = vec![S::ZERO; spec.param_count()];
     init_params(&Plan::new(spec), &mut params, &mut Rng::new(1));
-    let mut trainer = Trainer::<S, _>::new(spec, cfg)?;
+    let mut trainer = Trainer::<S, _, K>::new(spec, cfg)?;
     let start = Instant::now();
     let train = trainer.fit(&mut params, &mnist.train(), 7)?;
     let secs = start.elapsed().as_secs_f64();
@@ -64,13 +66,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rounding: Rounding::Nearest,
             ..cfg
         };
-        run::<f32>(&mnist, &spec, &cfg, label)?;
-        run::<Fixed>(&mnist, &spec, &nearest, &format!("{label}, nearest"))?;
-        run::<Fixed>(&mnist, &spec, &cfg, &format!("{label}, stochastic"))?;
-        run::<FixedI32<U20>>(&mnist, &spec, &nearest, &format!("{label}, nearest"))?;
-        run::<FixedI32<U20>>(&mnist, &spec, &cfg, &format!("{label}, stochastic"))?;
-        run::<FixedI32<U24>>(&mnist, &spec, &nearest, &format!("{label}, nearest"))?;
-        run::<FixedI32<U24>>(&mnist, &spec, &cfg, &format!("{label}, stochastic"))?;
+        run::<f32, Host>(&mnist, &spec, &cfg, label)?;
+        run::<Fixed, Portable>(&mnist, &spec, &nearest, &format!("{label}, nearest"))?;
+        run::<Fixed, Portable>(&mnist, &spec, &cfg, &format!("{label}, stochastic"))?;
+        run::<FixedI32<U20>, Portable>(&mnist, &spec, &nearest, &format!("{label}, nearest"))?;
+        run::<FixedI32<U20>, Portable>(&mnist, &spec, &cfg, &format!("{label}, stochastic"))?;
+        run::<FixedI32<U24>, Portable>(&mnist, &spec, &nearest, &format!("{label}, nearest"))?;
+        run::<FixedI32<U24>, Portable>(&mnist, &spec, &cfg, &format!("{label}, stochastic"))?;
     }
     Ok(())
 }

@@ -42,8 +42,26 @@ pub enum Error {
         /// The bound ([`crate::model::MAX_PARAMS`]).
         max: u64,
     },
-    /// A model spec string could not be parsed; the expected forms are `cnn` or `mlp:784-128-10`.
-    BadModelSpec,
+    /// A model spec string could not be parsed: `word` (counted from 1; 0 for
+    /// the whole string) is not what `what` says it should be.
+    BadModelSpec {
+        /// The word at fault, from 1 (0: the string as a whole).
+        word: usize,
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// A layer's settings are out of range (kernel size, stride, rate, ...).
+    BadLayer {
+        /// Index of the offending layer.
+        layer: usize,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// A model has more classes than labels can name (labels are bytes).
+    TooManyClasses {
+        /// Classes the model's last layer outputs.
+        classes: usize,
+    },
     /// A buffer has the wrong length for the model it is used with.
     BufferLength {
         /// Length the model needs.
@@ -178,9 +196,14 @@ impl fmt::Display for Error {
                 f,
                 "the model has more {what} than the {max} fedcore accepts: pick a smaller model"
             ),
-            Error::BadModelSpec => write!(
+            Error::BadModelSpec { word: 0, what } => write!(f, "bad model spec: {what}"),
+            Error::BadModelSpec { word, what } => {
+                write!(f, "bad model spec, word {word}: {what}")
+            }
+            Error::BadLayer { layer, what } => write!(f, "layer {layer}: {what}"),
+            Error::TooManyClasses { classes } => write!(
                 f,
-                "bad model spec: expected `cnn` or `mlp:` followed by layer widths, e.g. `mlp:784-128-10`"
+                "the model outputs {classes} classes but labels are bytes: at most 256 classes"
             ),
             Error::BufferLength { expected, got } => write!(
                 f,

@@ -1,5 +1,5 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
-// No unsafe code, but one call: `linalg::sgemm`'s into the gemm crate (std only).
+// No unsafe code, but one call: the host backend's into the gemm crate (std only).
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -15,8 +15,7 @@ pub mod compress;
 pub mod data;
 pub mod device;
 mod error;
-#[cfg(feature = "std")]
-mod kernels;
+pub mod kernels;
 pub mod linalg;
 pub mod model;
 pub mod protocol;

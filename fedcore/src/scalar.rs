@@ -1,8 +1,8 @@
 //! One scalar abstraction for every numeric path: `f32` and fixed point.
 //!
 //! Layers, training and the loss are written once, generic over [`Scalar`]. The
-//! f32 implementation is the host path (micromath for `exp`/`ln` so it also runs
-//! without std). The fixed-point implementation is for devices without an FPU:
+//! f32 implementation is the host path (and a device's with an FPU); `exp`,
+//! `ln` and `sqrt` come from `libm` on every target. The fixed-point implementation is for devices without an FPU:
 //! every operation in the training loop is integer arithmetic on the raw bits,
 //! saturating instead of overflowing, so a diverging model clamps rather than
 //! panics. Conversions from f32 (learning rates at configuration time) go through
@@ -35,7 +35,7 @@ use core::fmt::Debug;
 use fixed::FixedI32;
 use fixed::types::extra::{U16, U20, U24};
 
-use crate::linalg::{Mat, MatMut, gemm_f32, gemm_loops};
+use crate::linalg::{Mat, MatMut};
 
 /// The fixed-point type devices train in: Q16.16.
 pub type Fixed = FixedI32<U16>;
@@ -85,18 +85,31 @@ pub trait Scalar: Copy + Default + PartialOrd + Debug + Send + Sync + 'static {
     fn to_q16(self) -> i64;
     /// The value of `q / 2^16` (saturating).
     fn from_q16(q: i64) -> Self;
-    /// `C = A·B`, or `C += A·B` when `accumulate`.
-    fn gemm(a: Mat<'_, Self>, b: Mat<'_, Self>, c: MatMut<'_, Self>, accumulate: bool);
-    /// The same values as f32, when `Self` is f32 (the type the host kernels take).
-    fn as_f32(values: &[Self]) -> Option<&[f32]> {
-        let _ = values;
-        None
-    }
-    /// The same values as mutable f32, when `Self` is f32.
-    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
-        let _ = values;
-        None
-    }
+    /// The portable product `C = keep·C + scale·A·B` (`C = scale·A·B` when
+    /// `keep` is `None`): plain loops, accumulating each entry in [`Scalar::Wide`].
+    fn gemm(
+        a: Mat<'_, Self>,
+        b: Mat<'_, Self>,
+        c: MatMut<'_, Self>,
+        keep: Option<Self>,
+        scale: Self,
+    );
+
+    /// What sums of products accumulate in before one rounding: f32 itself;
+    /// for fixed point the raw products in an `i64`.
+    type Wide: Copy;
+    /// The empty sum.
+    const WIDE_ZERO: Self::Wide;
+    /// `acc + a·b`, unrounded.
+    fn mac(acc: Self::Wide, a: Self, b: Self) -> Self::Wide;
+    /// The sum rounded (and saturated) to a value.
+    fn narrow(acc: Self::Wide) -> Self;
+
+    /// A 32-bit word kept in a value's place (what the fused kernels record
+    /// beside their outputs), bit for bit.
+    fn from_word(word: u32) -> Self;
+    /// The word [`Scalar::from_word`] stored.
+    fn to_word(self) -> u32;
 
     /// The larger of two values.
     fn max(self, rhs: Self) -> Self {
@@ -153,46 +166,37 @@ impl Scalar for f32 {
     fn from_q16(q: i64) -> Self {
         q as f32 * (1.0 / 65536.0)
     }
-    fn gemm(a: Mat<'_, Self>, b: Mat<'_, Self>, c: MatMut<'_, Self>, accumulate: bool) {
-        gemm_f32(a, b, c, accumulate)
+    fn gemm(
+        a: Mat<'_, Self>,
+        b: Mat<'_, Self>,
+        c: MatMut<'_, Self>,
+        keep: Option<Self>,
+        scale: Self,
+    ) {
+        sgemm_loops(a, b, c, keep, scale)
     }
-    fn as_f32(values: &[Self]) -> Option<&[f32]> {
-        Some(values)
+    type Wide = f32;
+    const WIDE_ZERO: f32 = 0.0;
+    fn mac(acc: f32, a: f32, b: f32) -> f32 {
+        acc + a * b
     }
-    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
-        Some(values)
+    fn narrow(acc: f32) -> f32 {
+        acc
+    }
+    fn from_word(word: u32) -> Self {
+        f32::from_bits(word)
+    }
+    fn to_word(self) -> u32 {
+        self.to_bits()
     }
 }
 
-/// f32 functions that core lacks: std's where std is linked, micromath's
-/// approximations (about 1e-3 relative error, fine for training) on bare metal.
+/// The f32 functions core lacks, from the `libm` crate on every target:
+/// hosts and devices compute the same loss, and the choice does not change
+/// with a feature (micromath's approximations, used before, erred by about
+/// 1e-3 and only where std was not linked).
 pub(crate) mod float {
-    #[cfg(any(test, feature = "std"))]
-    pub(crate) fn exp(x: f32) -> f32 {
-        x.exp()
-    }
-    #[cfg(any(test, feature = "std"))]
-    pub(crate) fn ln(x: f32) -> f32 {
-        x.ln()
-    }
-    #[cfg(any(test, feature = "std"))]
-    pub(crate) fn sqrt(x: f32) -> f32 {
-        x.sqrt()
-    }
-    #[cfg(not(any(test, feature = "std")))]
-    pub(crate) use micromath::F32Ext;
-    #[cfg(not(any(test, feature = "std")))]
-    pub(crate) fn exp(x: f32) -> f32 {
-        F32Ext::exp(x)
-    }
-    #[cfg(not(any(test, feature = "std")))]
-    pub(crate) fn ln(x: f32) -> f32 {
-        F32Ext::ln(x)
-    }
-    #[cfg(not(any(test, feature = "std")))]
-    pub(crate) fn sqrt(x: f32) -> f32 {
-        F32Ext::sqrt(x)
-    }
+    pub(crate) use libm::{cosf as cos, expf as exp, logf as ln, sqrtf as sqrt};
 }
 
 /// ln 2 in Q2.30.
@@ -326,19 +330,28 @@ macro_rules! impl_fixed_scalar {
                 };
                 Self::from_bits(saturate(bits))
             }
-            fn gemm(a: Mat<'_, Self>, b: Mat<'_, Self>, c: MatMut<'_, Self>, accumulate: bool) {
-                gemm_loops(
-                    a,
-                    b,
-                    c,
-                    accumulate,
-                    0i64,
-                    |acc, x, y| acc + i64::from(x.to_bits()) * i64::from(y.to_bits()),
-                    |acc, prev| {
-                        let v = Self::from_bits(saturate(round_shift(acc, Self::FRAC_NBITS)));
-                        prev.map_or(v, |p| p.saturating_add(v))
-                    },
-                )
+            fn gemm(
+                a: Mat<'_, Self>,
+                b: Mat<'_, Self>,
+                c: MatMut<'_, Self>,
+                keep: Option<Self>,
+                scale: Self,
+            ) {
+                gemm_loops(a, b, c, keep, scale)
+            }
+            type Wide = i64;
+            const WIDE_ZERO: i64 = 0;
+            fn mac(acc: i64, a: Self, b: Self) -> i64 {
+                acc.saturating_add(i64::from(a.to_bits()) * i64::from(b.to_bits()))
+            }
+            fn narrow(acc: i64) -> Self {
+                Self::from_bits(saturate(round_shift(acc, Self::FRAC_NBITS)))
+            }
+            fn from_word(word: u32) -> Self {
+                Self::from_bits(word as i32)
+            }
+            fn to_word(self) -> u32 {
+                self.to_bits() as u32
             }
         }
     };
@@ -347,6 +360,63 @@ macro_rules! impl_fixed_scalar {
 impl_fixed_scalar!(U16, "Q16.16");
 impl_fixed_scalar!(U20, "Q12.20");
 impl_fixed_scalar!(U24, "Q8.24");
+
+/// `C = keep·C + scale·A·B` (`C = scale·A·B` when `keep` is `None`) by a
+/// plain loop nest, each entry summed in [`Scalar::Wide`] and rounded once.
+fn gemm_loops<S: Scalar>(
+    a: Mat<'_, S>,
+    b: Mat<'_, S>,
+    c: MatMut<'_, S>,
+    keep: Option<S>,
+    scale: S,
+) {
+    debug_assert_eq!(a.cols, b.rows);
+    debug_assert_eq!((a.rows, b.cols), (c.rows, c.cols));
+    for i in 0..c.rows {
+        let row = &mut c.data[i * c.cols..(i + 1) * c.cols];
+        for (j, out) in row.iter_mut().enumerate() {
+            let acc = (0..a.cols).fold(S::WIDE_ZERO, |acc, p| S::mac(acc, a.at(i, p), b.at(p, j)));
+            let mut v = S::narrow(acc);
+            if scale != S::ONE {
+                v = scale.mul(v);
+            }
+            *out = match keep {
+                None => v,
+                Some(k) if k == S::ONE => out.add(v),
+                Some(k) => k.mul(*out).add(v),
+            };
+        }
+    }
+}
+
+/// f32's portable product: [`gemm_loops`], and for one row through a
+/// row-major matrix (a sample through a weight matrix) a sweep of the
+/// matrix's rows, contiguous, so that it vectorises.
+fn sgemm_loops(
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    c: MatMut<'_, f32>,
+    keep: Option<f32>,
+    scale: f32,
+) {
+    if a.rows == 1 && b.col_stride == 1 {
+        let out = &mut c.data[..c.cols];
+        match keep {
+            Some(1.0) => {}
+            Some(k) => out.iter_mut().for_each(|o| *o *= k),
+            None => out.fill(0.0),
+        }
+        for p in 0..a.cols {
+            let x = scale * a.at(0, p);
+            let row = &b.data[p * b.row_stride..p * b.row_stride + b.cols];
+            for (o, w) in out.iter_mut().zip(row) {
+                *o += x * w;
+            }
+        }
+        return;
+    }
+    gemm_loops(a, b, c, keep, scale)
+}
 
 #[cfg(test)]
 mod tests {
@@ -438,8 +508,75 @@ mod tests {
             Mat::new(&a, 1, 2),
             Mat::new(&b, 2, 1),
             MatMut::new(&mut c, 1, 1),
-            false,
+            None,
+            Fixed::ONE,
         );
         assert_eq!(c[0].to_f32(), -4.0);
+    }
+
+    fn gemm_f32(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
+        sgemm_loops(a, b, c, accumulate.then_some(1.0), 1.0)
+    }
+
+    #[test]
+    fn gemm_matches_definition_with_transposes() {
+        // A: 2x3, B: 3x2 given as the transpose of a 2x3 row-major buffer.
+        let a = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let bt = [7.0f32, 9.0, 11.0, 8.0, 10.0, 12.0];
+        let mut c = [1.0f32; 4];
+        gemm_f32(
+            Mat::new(&a, 2, 3),
+            Mat::new(&bt, 2, 3).t(),
+            MatMut::new(&mut c, 2, 2),
+            false,
+        );
+        assert_eq!(c, [58.0, 64.0, 139.0, 154.0]);
+        gemm_f32(
+            Mat::new(&a, 2, 3),
+            Mat::new(&bt, 2, 3).t(),
+            MatMut::new(&mut c, 2, 2),
+            true,
+        );
+        assert_eq!(c, [116.0, 128.0, 278.0, 308.0]);
+        let mut d = [0.0f32; 4];
+        gemm_f32(
+            Mat::new(&a, 2, 3),
+            Mat::new(&bt, 2, 3).t(),
+            MatMut::new(&mut d, 2, 2),
+            false,
+        );
+        assert_eq!(d, [58.0, 64.0, 139.0, 154.0]);
+    }
+
+    #[test]
+    fn a_single_row_product_matches_the_loop_nest_with_and_without_accumulation() {
+        let x = [0.5f32, -1.0, 2.0];
+        let w = [
+            1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0,
+        ];
+        let mut fast = [1.0f32; 4];
+        gemm_f32(
+            Mat::new(&x, 1, 3),
+            Mat::new(&w, 3, 4),
+            MatMut::new(&mut fast, 1, 4),
+            false,
+        );
+        let mut slow = [1.0f32; 4];
+        gemm_loops(
+            Mat::new(&x, 1, 3),
+            Mat::new(&w, 3, 4),
+            MatMut::new(&mut slow, 1, 4),
+            None,
+            1.0,
+        );
+        assert_eq!(fast, slow);
+        assert_eq!(fast, [13.5, 15.0, 16.5, 18.0]);
+        gemm_f32(
+            Mat::new(&x, 1, 3),
+            Mat::new(&w, 3, 4),
+            MatMut::new(&mut fast, 1, 4),
+            true,
+        );
+        assert_eq!(fast, [27.0, 30.0, 33.0, 36.0]);
     }
 }

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::data::Dataset;
-use crate::model::network::{GradSink, backward, forward, sgd_step, softmax_xent};
-use crate::model::{ModelSpec, Plan};
+use crate::kernels::Kernels;
+use crate::model::network::{Fold, GradSink, Pass, backward, forward, sgd_step, softmax_xent};
+use crate::model::{Layer, ModelSpec, Plan};
 use crate::rng::{Permutation, Rng};
 use crate::scalar::Scalar;
 
@@ -115,41 +116,6 @@ impl TrainConfig {
     }
 }
 
-/// Which kernels a trainer runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernels {
-    /// The plain loops of every build, layer by layer: what devices run.
-    Portable,
-    /// The host's (f32 with `std`): each one-channel convolution with its ReLU
-    /// and pooling as one fused stage ([`Plan::fused`]), and the SGD step folded
-    /// into each weight-gradient product, so that no gradient buffer exists.
-    Fused,
-}
-
-impl Kernels {
-    /// The fastest kernels this build has for `S`: fused for f32 under `std`.
-    pub fn best<S: Scalar>() -> Self {
-        if cfg!(feature = "std") && S::as_f32(&[]).is_some() {
-            Kernels::Fused
-        } else {
-            Kernels::Portable
-        }
-    }
-
-    /// Whether this build can run these kernels on `S`.
-    fn available<S: Scalar>(self) -> bool {
-        self == Kernels::Portable || Self::best::<S>() == Kernels::Fused
-    }
-
-    fn plan(self, spec: &ModelSpec) -> Plan {
-        match self {
-            #[cfg(feature = "std")]
-            Kernels::Fused => Plan::fused(spec),
-            _ => Plan::new(spec),
-        }
-    }
-}
-
 /// Bytes a model needs to train, by purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Memory {
@@ -185,20 +151,21 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(plan: &Plan, cfg: &TrainConfig, kernels: Kernels) -> Self {
+    /// The arena for `plan` and `cfg`, on a backend that folds its steps
+    /// into its products or not (`folds`).
+    fn new(plan: &Plan, cfg: &TrainConfig, folds: bool) -> Self {
         let (b, p) = (cfg.batch_size as usize, plan.param_count());
         let in_place = cfg.in_place();
-        let fused = kernels == Kernels::Fused;
         Layout {
-            // The fused kernels fold each step into its product: no gradients kept.
-            grads: if in_place || fused { 0 } else { p },
+            // Folded steps, and steps in place, keep no gradients.
+            grads: if in_place || folds { 0 } else { p },
             velocity: if cfg.momentum > 0.0 { p } else { 0 },
             anchor: if cfg.proximal_mu > 0.0 { p } else { 0 },
             acts: b * plan.acts_len(),
             delta: b * plan.delta_len(),
             cols: b * plan.cols_len(),
             // The in-place row, and the scratch a fused stage's gradients pass through.
-            row: if in_place && !fused {
+            row: if in_place && !folds {
                 plan.widest_row().max(plan.fused_params())
             } else {
                 plan.fused_params()
@@ -211,12 +178,11 @@ impl Layout {
     }
 }
 
-/// Exact bytes needed to train `spec` with `cfg` in scalar type `S`, on the
-/// best kernels this build has for it ([`Kernels::best`]).
-pub fn memory<S: Scalar>(spec: &ModelSpec, cfg: &TrainConfig) -> Memory {
-    let kernels = Kernels::best::<S>();
-    let plan = kernels.plan(spec);
-    let l = Layout::new(&plan, cfg, kernels);
+/// Exact bytes needed to train `spec` with `cfg` in scalar type `S` on the
+/// backend `K`.
+pub fn memory<S: Scalar, K: Kernels<S>>(spec: &ModelSpec, cfg: &TrainConfig) -> Memory {
+    let plan = Plan::new(spec);
+    let l = Layout::new(&plan, cfg, K::FOLDS_STEP);
     let size = core::mem::size_of::<S>();
     Memory {
         parameters: plan.param_count() * size,
@@ -256,17 +222,19 @@ impl Stats {
     }
 }
 
-/// Trains and evaluates a model held in the caller's parameter buffer.
+/// Trains and evaluates a model held in the caller's parameter buffer, in
+/// scalar type `S`, with its arena in `B`, on the backend `K`.
 #[derive(Debug)]
-pub struct Trainer<S, B> {
+pub struct Trainer<S, B, K> {
     plan: Plan,
-    kernels: Kernels,
     cfg: TrainConfig,
     layout: Layout,
     arena: B,
     /// Whether the arena's velocity is the last fit's (kept for `MomentumState::Persist`).
     velocity_kept: bool,
-    _scalar: PhantomData<S>,
+    /// Whether the plan has dropout (whose masks need a seed a batch).
+    dropout: bool,
+    _scalar: PhantomData<(S, K)>,
 }
 
 /// The arena split into its parts.
@@ -280,39 +248,17 @@ struct Parts<'a, S> {
     row: &'a mut [S],
 }
 
-impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
-    /// Scalars the arena must hold for `spec` and `cfg` on the best kernels.
+impl<S: Scalar, B: AsMut<[S]>, K: Kernels<S>> Trainer<S, B, K> {
+    /// Scalars the arena must hold for `spec` and `cfg`.
     pub fn arena_len(spec: &ModelSpec, cfg: &TrainConfig) -> usize {
-        Self::arena_len_on(spec, cfg, Kernels::best::<S>())
+        Layout::new(&Plan::new(spec), cfg, K::FOLDS_STEP).total()
     }
 
-    /// Scalars the arena must hold for `spec` and `cfg` on `kernels`.
-    pub fn arena_len_on(spec: &ModelSpec, cfg: &TrainConfig, kernels: Kernels) -> usize {
-        Layout::new(&kernels.plan(spec), cfg, kernels).total()
-    }
-
-    /// A trainer on the best kernels ([`Kernels::best`]) working in `arena` (at
-    /// least [`Trainer::arena_len`] scalars).
-    pub fn with_arena(spec: &ModelSpec, cfg: &TrainConfig, arena: B) -> Result<Self, Error> {
-        Self::with_kernels(spec, cfg, Kernels::best::<S>(), arena)
-    }
-
-    /// A trainer on `kernels` working in `arena` (at least
-    /// [`Trainer::arena_len_on`] scalars).
-    pub fn with_kernels(
-        spec: &ModelSpec,
-        cfg: &TrainConfig,
-        kernels: Kernels,
-        mut arena: B,
-    ) -> Result<Self, Error> {
+    /// A trainer working in `arena` (at least [`Trainer::arena_len`] scalars).
+    pub fn with_arena(spec: &ModelSpec, cfg: &TrainConfig, mut arena: B) -> Result<Self, Error> {
         cfg.validate()?;
-        if !kernels.available::<S>() {
-            return Err(Error::BadConfig(
-                "the fused kernels need f32 and fedcore's std feature",
-            ));
-        }
-        let plan = kernels.plan(spec);
-        let layout = Layout::new(&plan, cfg, kernels);
+        let plan = Plan::new(spec);
+        let layout = Layout::new(&plan, cfg, K::FOLDS_STEP);
         let got = arena.as_mut().len();
         if got < layout.total() {
             return Err(Error::BufferLength {
@@ -320,13 +266,17 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
                 got,
             });
         }
+        let dropout = spec
+            .layers()
+            .iter()
+            .any(|l| matches!(l, Layer::Dropout { .. }));
         Ok(Trainer {
             plan,
-            kernels,
             cfg: *cfg,
             layout,
             arena,
             velocity_kept: false,
+            dropout,
             _scalar: PhantomData,
         })
     }
@@ -344,7 +294,7 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
     /// Changes the settings (a new round may bring a new learning rate), if the arena still fits them.
     pub fn set_config(&mut self, cfg: &TrainConfig) -> Result<(), Error> {
         cfg.validate()?;
-        let layout = Layout::new(&self.plan, cfg, self.kernels);
+        let layout = Layout::new(&self.plan, cfg, K::FOLDS_STEP);
         let got = self.arena.as_mut().len();
         if got < layout.total() {
             return Err(Error::BufferLength {
@@ -417,7 +367,14 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
                 trained += n;
                 let label = |k: usize| data.sample(index(start + k)).label;
                 load(plan, acts, data, n, |k| index(start + k));
-                forward(plan, params, acts, cols, n);
+                // Drawn only for nets with dropout, so that others keep their streams.
+                let seed = if self.dropout {
+                    (u64::from(rng.next_u32()) << 32) | u64::from(rng.next_u32())
+                } else {
+                    0
+                };
+                let pass = Pass::Train { seed };
+                forward::<S, K>(plan, params, acts, cols, n, pass);
                 let cap = acts.len() / plan.acts_len();
                 let logits = &acts[plan.logits_slot() * cap..][..n * plan.classes()];
                 let (loss, correct) = softmax_xent(logits, label, plan.classes(), delta.0);
@@ -426,15 +383,15 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
                 let step = lr.div(S::from_count(n as u32));
                 let mut dither = || if dithered { rng.next_u32() } else { 1 << 31 };
                 let deltas = (&mut *delta.0, &mut *delta.1);
-                #[cfg(feature = "std")]
-                if self.kernels == Kernels::Fused {
-                    let fold = crate::model::network::Fold {
+                if K::FOLDS_STEP {
+                    let fold = Fold {
                         velocity: &mut *velocity,
                         anchor: &*anchor,
                         coeffs: [step, momentum, prox],
                         scratch: &mut *row,
                     };
-                    backward(plan, params, acts, cols, deltas, n, GradSink::Fold(fold));
+                    let sink = GradSink::Fold(fold);
+                    backward::<S, K>(plan, params, acts, cols, deltas, n, pass, sink);
                     continue;
                 }
                 if cfg.in_place() {
@@ -443,20 +400,14 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
                         let anchor = anchor.get(at..at + w.len()).unwrap_or(&[]);
                         sgd_step(w, g, &mut [], anchor, [step, momentum, prox], &mut dither);
                     };
-                    backward(
-                        plan,
-                        params,
-                        acts,
-                        cols,
-                        deltas,
-                        n,
-                        GradSink::Apply {
-                            row,
-                            rule: &mut rule,
-                        },
-                    );
+                    let sink = GradSink::Apply {
+                        row,
+                        rule: &mut rule,
+                    };
+                    backward::<S, K>(plan, params, acts, cols, deltas, n, pass, sink);
                 } else {
-                    backward(plan, params, acts, cols, deltas, n, GradSink::Store(grads));
+                    let sink = GradSink::Store(grads);
+                    backward::<S, K>(plan, params, acts, cols, deltas, n, pass, sink);
                     sgd_step(
                         params,
                         grads,
@@ -483,7 +434,7 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
         for start in (0..data.len()).step_by(batch) {
             let n = batch.min(data.len() - start);
             load(plan, acts, data, n, |k| start + k);
-            forward(plan, params, acts, cols, n);
+            forward::<S, K>(plan, params, acts, cols, n, Pass::Evaluate);
             let cap = acts.len() / plan.acts_len();
             let logits = &acts[plan.logits_slot() * cap..][..n * plan.classes()];
             let (loss, correct) = softmax_xent(
@@ -530,16 +481,11 @@ impl<S: Scalar, B: AsMut<[S]>> Trainer<S, B> {
 }
 
 #[cfg(feature = "alloc")]
-impl<S: Scalar> Trainer<S, alloc::vec::Vec<S>> {
-    /// A trainer on the best kernels with a heap-allocated arena of exactly the size it needs.
+impl<S: Scalar, K: Kernels<S>> Trainer<S, alloc::vec::Vec<S>, K> {
+    /// A trainer with a heap-allocated arena of exactly the size it needs.
     pub fn new(spec: &ModelSpec, cfg: &TrainConfig) -> Result<Self, Error> {
-        Self::new_on(spec, cfg, Kernels::best::<S>())
-    }
-
-    /// A trainer on `kernels` with a heap-allocated arena of exactly the size it needs.
-    pub fn new_on(spec: &ModelSpec, cfg: &TrainConfig, kernels: Kernels) -> Result<Self, Error> {
-        let len = Self::arena_len_on(spec, cfg, kernels);
-        Self::with_kernels(spec, cfg, kernels, alloc::vec![S::ZERO; len])
+        let len = Self::arena_len(spec, cfg);
+        Self::with_arena(spec, cfg, alloc::vec![S::ZERO; len])
     }
 }
 
@@ -582,9 +528,10 @@ fn load<S: Scalar>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scalar::Fixed;
-
     use crate::data::Samples;
+    use crate::kernels::Portable;
+    use crate::kernels::host::Host;
+    use crate::scalar::Fixed;
 
     #[test]
     fn device_mlp_memory_is_exact() {
@@ -596,7 +543,7 @@ mod tests {
             momentum: 0.0,
             ..TrainConfig::default()
         };
-        let m = memory::<Fixed>(&spec, &cfg);
+        let m = memory::<Fixed, Portable>(&spec, &cfg);
         assert_eq!(
             m,
             Memory {
@@ -609,7 +556,7 @@ mod tests {
         );
         assert_eq!(m.total(), 105_488);
         assert_eq!(
-            Trainer::<Fixed, &mut [Fixed]>::arena_len(&spec, &cfg) * 4,
+            Trainer::<Fixed, &mut [Fixed], Portable>::arena_len(&spec, &cfg) * 4,
             m.total() - m.parameters
         );
     }
@@ -617,40 +564,48 @@ mod tests {
     #[test]
     fn reference_cnn_memory_counts_every_buffer() {
         let (spec, cfg) = (ModelSpec::reference_cnn(), TrainConfig::default());
-        // The fused kernels: no gradients, no convolution output, its delta or
-        // im2col matrix, only which position of each pooling window won (two
-        // bits a pooled value); the scratch is two pooled-output deltas and the
-        // fused stage's 320 gradients.
-        let m = memory::<f32>(&spec, &cfg);
+        // The fused block: no convolution output, its delta or im2col
+        // matrix, only which position of each pooling window won (two bits a
+        // pooled value); the scratch is two pooled-output deltas and the
+        // fused stage's 320 gradients. The host folds its steps: no gradients.
+        let m = memory::<f32, Host>(&spec, &cfg);
         assert_eq!(
             (m.parameters, m.gradients, m.optimizer_state),
             (2_168_920, 0, 2_168_920)
         );
         assert_eq!(m.activations, 32 * (784 + 5_408 + 352 + 100 + 10) * 4);
         assert_eq!(m.scratch, (32 * 2 * 5_408 + 320) * 4);
-        let fused = Trainer::<f32, std::vec::Vec<f32>>::arena_len(&spec, &cfg);
-        assert_eq!(fused * 4, m.total() - m.parameters);
-        // The portable loops keep them all.
-        let portable =
-            Trainer::<f32, std::vec::Vec<f32>>::arena_len_on(&spec, &cfg, Kernels::Portable);
-        let grads_and_velocity = 2 * 542_230;
-        let acts = 32 * (784 + 21_632 + 5_408 + 100 + 10);
-        let scratch = 32 * (2 * 21_632 + 26 * 26 * 9);
-        assert_eq!(portable, grads_and_velocity + acts + scratch);
+        let host = Trainer::<f32, std::vec::Vec<f32>, Host>::arena_len(&spec, &cfg);
+        assert_eq!(host * 4, m.total() - m.parameters);
+        // The portable backend keeps the gradients.
+        let portable = memory::<f32, Portable>(&spec, &cfg);
+        assert_eq!(portable.gradients, m.parameters);
+        assert_eq!(portable.total(), m.total() + m.parameters);
     }
 
     #[test]
-    fn fixed_point_has_only_the_portable_kernels() {
-        let spec = ModelSpec::mlp(&[4, 3, 2]).unwrap();
-        assert_eq!(Kernels::best::<Fixed>(), Kernels::Portable);
-        assert_eq!(Kernels::best::<f32>(), Kernels::Fused);
-        assert!(matches!(
-            Trainer::<Fixed, _>::new_on(&spec, &TrainConfig::default(), Kernels::Fused),
-            Err(Error::BadConfig(_))
-        ));
+    fn a_device_cnn_fits_its_ram_on_the_fused_block() {
+        // 4 filters 3x3, pooling, dense 10 on 28x28x1, in Q16.16, in place:
+        // the fused block keeps the pooled output (676 values) and its winners
+        // (11 words a filter), no convolution output or im2col matrix.
+        let spec: ModelSpec = "28x28x1 conv:4x3 relu maxpool:2 flatten dense:10"
+            .parse()
+            .unwrap();
+        let cfg = TrainConfig {
+            batch_size: 1,
+            momentum: 0.0,
+            ..TrainConfig::default()
+        };
+        let m = memory::<Fixed, Portable>(&spec, &cfg);
+        assert_eq!(m.parameters, (40 + 6_770) * 4);
+        assert_eq!(m.activations, (784 + 676 + 44 + 10) * 4);
+        // Two deltas of the pooled output, the widest gradient row (10) or
+        // the fused stage's 40 gradients.
+        assert_eq!(m.scratch, (2 * 676 + 40) * 4);
+        assert!(m.total() < 40 * 1024, "{m:?}");
     }
 
-    type HostTrainer = Trainer<f32, std::vec::Vec<f32>>;
+    type HostTrainer = Trainer<f32, std::vec::Vec<f32>, Host>;
 
     #[test]
     fn persisted_momentum_carries_over_until_the_layout_changes() {
@@ -674,7 +629,7 @@ mod tests {
         };
         let fresh = {
             let mut p = init.clone();
-            Trainer::<f32, _>::new(&spec, &cfg(MomentumState::Round))
+            HostTrainer::new(&spec, &cfg(MomentumState::Round))
                 .unwrap()
                 .fit(&mut p, &data, 1)
                 .unwrap();
@@ -726,53 +681,24 @@ mod tests {
         )
     }
 
-    /// The host kernels (fused convolution stage, step folded into each
-    /// product) train as the portable loops the devices run do: the same
+    /// The host backend (SIMD fused block, SGEMM, step folded into each
+    /// product) trains as the portable loops the devices run do: the same
     /// parameters to float rounding after two epochs, for every optimizer
     /// setting, on nets with a fused stage (filters a multiple of the kernel's
     /// 16 lanes or not, pooling that drops an odd edge, more windows than one
     /// word holds the winners of), one whose second
     /// convolution stays unfused, and an MLP.
     #[test]
-    fn fused_and_portable_kernels_train_alike() {
-        use crate::model::{Layer::*, Shape};
+    fn host_and_portable_kernels_train_alike() {
         let nets = [
-            ModelSpec::new(
-                Shape::image(15, 14, 1),
-                &[
-                    Conv2d { filters: 20 },
-                    Relu,
-                    MaxPool2d,
-                    Flatten,
-                    Dense { units: 6 },
-                    Relu,
-                    Dense { units: 3 },
-                ],
-            ),
-            ModelSpec::new(
-                Shape::image(15, 14, 1),
-                &[
-                    Conv2d { filters: 16 },
-                    Relu,
-                    MaxPool2d,
-                    Flatten,
-                    Dense { units: 3 },
-                ],
-            ),
-            ModelSpec::new(
-                Shape::image(15, 14, 1),
-                &[
-                    Conv2d { filters: 3 },
-                    Relu,
-                    MaxPool2d,
-                    Conv2d { filters: 4 },
-                    Relu,
-                    Flatten,
-                    Dense { units: 3 },
-                ],
-            ),
-            ModelSpec::mlp(&[210, 7, 3]),
-        ];
+            "15x14x1 conv:20x3 relu maxpool:2 flatten dense:6 relu dense:3",
+            "15x14x1 conv:16x3 relu maxpool:2 flatten dense:3",
+            "15x14x1 conv:3x3 relu maxpool:2 conv:4x3 relu flatten dense:3",
+            "15x14x1 conv:6x5:s2:same relu avgpool:2 conv:4x3:p1 maxpool:3:s2 dropout:0.3 gap dense:3",
+            "210 dense:7 relu dropout:0.5 dense:3",
+            "mlp:210-7-3",
+        ]
+        .map(|s| s.parse::<ModelSpec>());
         let data = noise::<210>(13, 3, 7);
         let base = TrainConfig {
             epochs: 2,
@@ -812,14 +738,19 @@ mod tests {
             let mut init = std::vec![0.0f32; spec.param_count()];
             crate::model::init_params(&Plan::new(&spec), &mut init, &mut Rng::new(3));
             for cfg in configs {
-                let run = |kernels| {
-                    let mut params = init.clone();
-                    let mut t = Trainer::<f32, _>::new_on(&spec, &cfg, kernels).unwrap();
-                    let fit = t.fit(&mut params, &data, 11).unwrap();
-                    (params, fit, t.evaluate(&init, &data).unwrap())
-                };
-                let (fast, fast_fit, fast_eval) = run(Kernels::Fused);
-                let (slow, slow_fit, slow_eval) = run(Kernels::Portable);
+                fn run<K: Kernels<f32>>(
+                    spec: &ModelSpec,
+                    cfg: &TrainConfig,
+                    init: &[f32],
+                    data: &Samples<210>,
+                ) -> (std::vec::Vec<f32>, Stats, Stats) {
+                    let mut params = init.to_vec();
+                    let mut t = Trainer::<f32, _, K>::new(spec, cfg).unwrap();
+                    let fit = t.fit(&mut params, data, 11).unwrap();
+                    (params, fit, t.evaluate(init, data).unwrap())
+                }
+                let (fast, fast_fit, fast_eval) = run::<Host>(&spec, &cfg, &init, &data);
+                let (slow, slow_fit, slow_eval) = run::<Portable>(&spec, &cfg, &init, &data);
                 assert_eq!(fast_eval.correct, slow_eval.correct, "{cfg:?}");
                 assert!((fast_fit.loss() - slow_fit.loss()).abs() < 1e-4, "{cfg:?}");
                 assert_ne!(fast, init, "training changed the model");
@@ -839,7 +770,7 @@ mod tests {
         let cfg = TrainConfig::default();
         let mut small = [0.0f32; 10];
         assert!(matches!(
-            Trainer::<f32, _>::with_arena(&spec, &cfg, &mut small[..]),
+            Trainer::<f32, _, Host>::with_arena(&spec, &cfg, &mut small[..]),
             Err(Error::BufferLength { .. })
         ));
         let bad = TrainConfig {
@@ -847,10 +778,10 @@ mod tests {
             ..cfg
         };
         assert!(matches!(
-            Trainer::<f32, _>::new(&spec, &bad),
+            Trainer::<f32, _, Host>::new(&spec, &bad),
             Err(Error::BadConfig(_))
         ));
-        let mut t = Trainer::<f32, _>::new(&spec, &cfg).unwrap();
+        let mut t = Trainer::<f32, _, Host>::new(&spec, &cfg).unwrap();
         let mislabelled = Samples(std::vec![([1, 2, 3, 4], 7)]);
         let mut params = std::vec![0.0f32; spec.param_count()];
         assert_eq!(
@@ -888,7 +819,7 @@ mod tests {
         let run = |seed| {
             let mut params = std::vec![0.0f32; spec.param_count()];
             crate::model::init_params(&Plan::new(&spec), &mut params, &mut Rng::new(1));
-            let stats = Trainer::<f32, _>::new(&spec, &cfg)
+            let stats = Trainer::<f32, _, Host>::new(&spec, &cfg)
                 .unwrap()
                 .fit(&mut params, &tiny, seed)
                 .unwrap();
@@ -914,7 +845,7 @@ mod tests {
                 ..TrainConfig::default()
             };
             let mut params = std::vec![0.1f32; spec.param_count()];
-            Trainer::<f32, _>::new(&spec, &cfg)
+            Trainer::<f32, _, Host>::new(&spec, &cfg)
                 .unwrap()
                 .fit(&mut params, &one, 1)
                 .unwrap();

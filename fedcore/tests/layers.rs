@@ -18,9 +18,9 @@ const LAYERS: &[(&str, &[&str])] = &[
             "error",
             "rng",
             "linalg",
-            "kernels",
             "data",
             "scalar",
+            "kernels",
             "compress",
             "aggregate",
             "model",
@@ -29,7 +29,12 @@ const LAYERS: &[(&str, &[&str])] = &[
             "device",
         ],
     ),
-    ("fedcore/src/model", &["spec", "plan", "fused", "network"]),
+    ("fedcore/src/kernels", &["portable", "host"]),
+    ("fedcore/src/kernels/host", &["simd"]),
+    (
+        "fedcore/src/model",
+        &["spec", "plan", "layers", "network", "backends"],
+    ),
     (
         "fedcore/src/protocol",
         &["auth", "message", "frame", "transfer"],
@@ -42,6 +47,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "fedhost/src",
         &[
             "keys",
+            "keras",
             "subnormal",
             "malloc",
             "certificates",

@@ -5,6 +5,7 @@
 //! - [`share`]: loading one participant's share (or several sharing one pool);
 //! - [`link`]: fedcore frames over any async byte stream, with chunked parameter transfer;
 //! - [`model_file`]: saved models (spec and parameters);
+//! - [`keras`]: Keras models in (a Sequential model's JSON), and `--model` arguments;
 //! - [`output`]: writing result files whole or not at all;
 //! - [`keys`]: key files for admission by key (one shared key, or one per name);
 //! - [`tls`]: TLS for TCP links (rustls), and [`certificates`], a federation's own small CA;
@@ -13,6 +14,7 @@
 
 pub mod certificates;
 pub mod dataset;
+pub mod keras;
 pub mod keys;
 pub mod link;
 pub mod malloc;

@@ -77,17 +77,17 @@ pub fn slots(spec: &ModelSpec) -> Vec<TensorSlot> {
     let plan = Plan::new(spec);
     let mut slots = Vec::new();
     for (i, st) in plan.stages().iter().enumerate() {
-        let (name, kernel) = match st.layer {
-            Layer::Conv2d { filters } => (
-                format!("conv2d {filters}"),
-                vec![3, 3, st.input.channels as usize, filters as usize],
-            ),
-            Layer::Dense { units } => (
-                format!("dense {units}"),
-                vec![st.input.len(), units as usize],
-            ),
+        let kernel = match st.layer {
+            Layer::Conv2d {
+                filters, kernel, ..
+            } => {
+                let k = usize::from(kernel);
+                vec![k, k, st.input.channels as usize, filters as usize]
+            }
+            Layer::Dense { units, .. } => vec![st.input.len(), units as usize],
             _ => continue,
         };
+        let name = &st.layer;
         let units = st.bias_count();
         slots.push(TensorSlot {
             offset: st.params,
@@ -196,7 +196,7 @@ mod tests {
         let err = decode(&ours, &views, &mut params).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "tensor 0 has shape [6, 5], but the model's layer 0 (dense 4) kernel is [6, 4]"
+            "tensor 0 has shape [6, 5], but the model's layer 0 (dense:4) kernel is [6, 4]"
         );
         assert!(params.iter().all(|&p| p == 0.5));
         // A garbage tensor late in the list also leaves the first ones unwritten.

@@ -252,6 +252,10 @@ fn messages() -> Vec<Message<'static>> {
             test_examples: 10,
             max_frame: 256,
             encoding: Encoding::Q16,
+            data: fedcore::protocol::DataShape {
+                values: 4,
+                labels: 2,
+            },
         }),
         Message::Welcome(Welcome {
             client_id: 3,

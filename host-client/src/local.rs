@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use fedcore::data::Dataset;
+use fedcore::kernels::host::Host;
 use fedcore::model::ModelSpec;
 use fedcore::train::{Stats, TrainConfig, Trainer};
 use fedhost::dataset::Shard;
@@ -32,7 +33,7 @@ pub struct Local {
 struct Model {
     spec: ModelSpec,
     params: Vec<f32>,
-    trainer: Option<Trainer<f32, Vec<f32>>>,
+    trainer: Option<Trainer<f32, Vec<f32>, Host>>,
 }
 
 /// An evaluation's figures.
@@ -74,6 +75,12 @@ impl Local {
     /// Test examples it holds.
     pub fn test_examples(&self) -> u32 {
         self.data.test.len() as u32
+    }
+
+    /// What its samples are (told in the hello, so that a model they do not
+    /// fit is refused at once).
+    pub fn data_shape(&self) -> fedcore::protocol::DataShape {
+        fedcore::protocol::DataShape::of(&self.data.train, &self.data.test)
     }
 
     /// Holds `spec` from now on: its parameters are zeros if it was not the
@@ -135,7 +142,7 @@ impl Local {
         cfg: Option<TrainConfig>,
         data: Shard,
         work: impl FnOnce(
-            &mut Trainer<f32, Vec<f32>>,
+            &mut Trainer<f32, Vec<f32>, Host>,
             &mut Vec<f32>,
             &Shard,
             &mut dyn FnMut(usize),
@@ -163,7 +170,7 @@ impl Local {
                 Some(t) => t,
                 None => Trainer::new(&spec, &cfg.unwrap_or_else(TrainConfig::evaluation))?,
             };
-            let working_set = fedcore::train::memory::<f32>(&spec, trainer.config()).total();
+            let working_set = fedcore::train::memory::<f32, Host>(&spec, trainer.config()).total();
             let mut turn = slots.as_deref().and_then(|s| s.turn_for(working_set));
             let mut between = |trained| {
                 if let Some(turn) = turn.as_mut() {

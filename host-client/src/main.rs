@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fedcore::kernels::host::Host;
 use fedcore::model::ModelSpec;
 use fedcore::train::{TrainConfig, Trainer};
 use fedhost::dataset::DEFAULT_DATA_DIR;
@@ -55,7 +56,7 @@ struct JoinArgs {
     superlink: Option<String>,
     /// The model a Flower server trains (it does not say): cnn (the reference
     /// CNN) or an MLP such as mlp:784-128-10. Our server names its own.
-    #[arg(long, default_value = "cnn", requires = "flower")]
+    #[arg(long, default_value = "cnn", requires = "flower", value_parser = fedhost::keras::parse_model_arg)]
     model: ModelSpec,
     /// This client's index among --num-clients (the first one when --clients > 1).
     #[arg(long, default_value_t = 0)]
@@ -261,8 +262,8 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
 fn evaluate(model_file: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
     let (spec, params) = fedhost::model_file::load(model_file)?;
     let test = fedhost::dataset::load_test(data_dir)?;
-    let stats =
-        Trainer::<f32, _>::new(&spec, &TrainConfig::evaluation())?.evaluate(&params, &test)?;
+    let stats = Trainer::<f32, _, Host>::new(&spec, &TrainConfig::evaluation())?
+        .evaluate(&params, &test)?;
     println!(
         "model {spec}: accuracy {:.2}% ({} of {}), loss {:.4}",
         100.0 * stats.accuracy(),

@@ -144,6 +144,7 @@ async fn session(
         test_examples: local.test_examples(),
         max_frame: HOST_MAX_FRAME as u32,
         encoding: config.encoding,
+        data: local.data_shape(),
     };
     link.send(&Message::Hello(hello)).await?;
     let mut answer = link.recv().await?;

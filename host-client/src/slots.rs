@@ -246,8 +246,13 @@ mod tests {
     #[test]
     fn the_reference_cnn_takes_turns_and_the_mlp_does_not() {
         let cfg = fedcore::train::TrainConfig::default();
-        let bytes =
-            |model: &str| fedcore::train::memory::<f32>(&model.parse().unwrap(), &cfg).total();
+        let bytes = |model: &str| {
+            fedcore::train::memory::<f32, fedcore::kernels::host::Host>(
+                &model.parse().unwrap(),
+                &cfg,
+            )
+            .total()
+        };
         let (cnn, mlp) = (bytes("cnn"), bytes("mlp:784-128-10"));
         assert!(cnn >= TURN_MIN_BYTES, "cnn {cnn} B");
         assert!(mlp < TURN_MIN_BYTES, "mlp {mlp} B");

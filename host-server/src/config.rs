@@ -460,7 +460,9 @@ impl ServerConfig {
     /// those that could only produce an untrained model.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.train.validate()?;
-        let bytes = fedcore::train::memory::<f32>(&self.model, &self.train).total() as u64;
+        let bytes =
+            fedcore::train::memory::<f32, fedcore::kernels::host::Host>(&self.model, &self.train)
+                .total() as u64;
         if bytes > Self::MAX_TRAINER_BYTES {
             return Err(ConfigError::TrainerTooLarge {
                 model: self.model.to_string(),

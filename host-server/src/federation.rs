@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use fedcore::kernels::host::Host;
 use fedcore::model::{Plan, init_params};
 use fedcore::rng::Rng;
 use fedcore::train::{Stats, TrainConfig, Trainer};
@@ -561,7 +562,7 @@ async fn evaluate_on_server(
 ) -> anyhow::Result<Stats> {
     let (spec, params, test) = (spec.clone(), global.to_vec(), Arc::clone(test));
     let stats = tokio::task::spawn_blocking(move || {
-        Trainer::<f32, _>::new(&spec, &TrainConfig::evaluation())?.evaluate(&params, &*test)
+        Trainer::<f32, _, Host>::new(&spec, &TrainConfig::evaluation())?.evaluate(&params, &*test)
     })
     .await??;
     Ok(stats)

@@ -93,9 +93,16 @@ struct RunArgs {
     /// How updates become the next global model.
     #[arg(long, value_enum, default_value_t = Strategy::Fedavg)]
     strategy: Strategy,
-    /// The model: cnn (the reference CNN) or an MLP such as mlp:784-128-10.
-    #[arg(long, default_value = "cnn")]
+    /// The model: cnn (the reference CNN), an MLP such as mlp:784-128-10, or
+    /// layers in one line, e.g. "28x28x1 conv:32x3 relu maxpool:2 flatten dense:10"
+    /// (conv:FxK[:sN][:same|:pN][:init], dense:N[:init], maxpool:N[:sN],
+    /// avgpool:N[:sN], gap, relu, flatten, dropout:R).
+    #[arg(long, default_value = "cnn", value_parser = fedhost::keras::parse_model_arg)]
     model: ModelSpec,
+    /// A Keras model to train instead of --model: the JSON that
+    /// `model.to_json()` writes for a Sequential model (Keras 2 or 3).
+    #[arg(long, value_name = "PATH", conflicts_with = "model")]
+    model_file: Option<PathBuf>,
     /// Fraction of connected clients asked to train each round.
     #[arg(long, default_value_t = 1.0)]
     fraction_fit: f64,
@@ -259,7 +266,10 @@ impl RunArgs {
             bind: self.bind,
             rounds: self.rounds,
             strategy: self.strategy,
-            model: self.model,
+            model: match &self.model_file {
+                Some(path) => fedhost::keras::load(path)?,
+                None => self.model,
+            },
             fraction_fit: self.fraction_fit,
             fraction_evaluate: self.fraction_evaluate,
             min_fit_clients: self.min_fit_clients,
@@ -410,6 +420,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "{}",
             host_server::summary::render(&config, &outcome, started.elapsed())
         );
+        if !outcome.history.rounds.iter().any(|r| r.aggregated) {
+            anyhow::bail!(
+                "no round aggregated an update: every participant failed or was refused (the log says why), so the model saved is the untrained one"
+            );
+        }
         Ok(())
     })
 }

@@ -27,7 +27,8 @@ use fedcore::model::ModelSpec;
 use fedcore::protocol::auth::{self, Challenge, Proof};
 use fedcore::protocol::transfer::RetryPolicy;
 use fedcore::protocol::{
-    Encoding, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_VERSION, ParticipantKind, Welcome,
+    DataMismatch, DataShape, Encoding, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_VERSION,
+    ParticipantKind, Welcome,
 };
 use fedhost::keys::Keys;
 use fedhost::link::{HOST_MAX_FRAME, Link, LinkError};
@@ -222,6 +223,9 @@ pub enum AdmissionError {
         /// The bound.
         max: u32,
     },
+    /// Its data does not fit the federation's model.
+    #[error("{0}")]
+    Data(DataMismatch),
     /// Admission is by key and the key file has none for its name.
     #[error("the key file holds no key for the name {0:?}")]
     NoKey(String),
@@ -361,6 +365,7 @@ struct Greeting {
     encoding: Encoding,
     max_frame: usize,
     declared: Declared,
+    data: DataShape,
 }
 
 impl From<&Hello<'_>> for Greeting {
@@ -375,6 +380,7 @@ impl From<&Hello<'_>> for Greeting {
                 train_examples: h.train_examples,
                 test_examples: h.test_examples,
             },
+            data: h.data,
         }
     }
 }
@@ -770,7 +776,8 @@ async fn welcome<T: AsyncRead + AsyncWrite + Unpin>(
         };
         Some((ErrorCode::Unsupported, e))
     } else {
-        None
+        let mismatch = hello.data.mismatch(&shared.model);
+        mismatch.map(|m| (ErrorCode::Unsupported, AdmissionError::Data(m)))
     };
     if let Some((code, refusal)) = refusal {
         return Err(refuse(link, code, refusal).await);
@@ -1010,6 +1017,10 @@ mod tests {
             test_examples: 10,
             max_frame: HOST_MAX_FRAME as u32,
             encoding: Encoding::F32,
+            data: fedcore::protocol::DataShape {
+                values: 4,
+                labels: 2,
+            },
         }))
         .await
         .unwrap();

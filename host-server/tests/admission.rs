@@ -145,6 +145,10 @@ async fn challenged(
         test_examples: 10,
         max_frame: fedhost::link::HOST_MAX_FRAME as u32,
         encoding: Encoding::F32,
+        data: fedcore::protocol::DataShape {
+            values: 784,
+            labels: 10,
+        },
     };
     link.send(&Message::Hello(hello)).await.unwrap();
     match link.recv().await.unwrap() {

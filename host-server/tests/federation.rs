@@ -432,6 +432,35 @@ fn bad_flags_are_one_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("host-server: /nonexistent.json"));
 }
 
+/// A participant whose data the model cannot take is refused at its hello,
+/// told why, and a run that never aggregated anything fails saying so.
+#[test]
+fn a_model_the_data_does_not_fit_is_refused_before_training() {
+    let (out, data) = (temp_dir("mismatch-out"), temp_dir("mismatch-data"));
+    mnist_subset(&data, 200, 50);
+    for (model, says) in [
+        ("mlp:100-10", "its samples have 784 values but the model's input takes 100"),
+        ("mlp:784-8-4", "its labels go up to 9 but the model has 4 classes"),
+    ] {
+        let (mut server, addr) = start_server(
+            &out,
+            &["--rounds", "1", "--model", model, "--min-available-clients", "1", "--min-fit-clients", "1", "--wait-timeout", "3"],
+        );
+        let client = Command::new(bin("host-client"))
+            .args(["--server", &addr, "--num-clients", "1", "--client-index", "0"])
+            .args(["--connect-timeout", "20", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(!client.status.success(), "{model}: the client was refused");
+        let err = String::from_utf8_lossy(&client.stderr);
+        assert!(err.contains(says), "{model}: {err}");
+        assert!(!wait(&mut server, Duration::from_secs(60)), "{model}: the server fails");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
 #[test]
 fn every_strategy_runs_end_to_end() {
     let data = temp_dir("strategies-data");

@@ -10,13 +10,14 @@ use core::fmt;
 
 use crate::Error;
 use crate::data::Dataset;
+use crate::kernels::Portable;
 use crate::model::ModelSpec;
 use crate::protocol::auth::{self, Challenge};
 use crate::protocol::frame::{self, FrameReader};
 use crate::protocol::transfer::{Arrival, Chunking, Receiver, Retries, RetryPolicy, Span};
 use crate::protocol::{
-    Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes, FitIns, FitRes, Hello, Message, Nack,
-    PROTOCOL_VERSION, ParticipantKind, Resend,
+    DataShape, Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes, FitIns, FitRes, Hello,
+    Message, Nack, PROTOCOL_VERSION, ParticipantKind, Resend,
 };
 use crate::scalar::Scalar;
 use crate::train::{Stats, TrainConfig, Trainer};
@@ -150,7 +151,7 @@ pub struct Device<'m, S, U, C, D, const F: usize> {
     train: D,
     test: D,
     params: &'m mut [S],
-    trainer: Trainer<S, &'m mut [S]>,
+    trainer: Trainer<S, &'m mut [S], Portable>,
     buffers: FrameBuffers<F>,
     state: WorkingSet,
 }
@@ -246,6 +247,7 @@ where
     fn join(&mut self) -> Result<bool, DeviceError<U::Error>> {
         self.state.uploaded = None;
         self.state.receiver.close();
+        let data = DataShape::of(&self.train, &self.test);
         loop {
             let hello = Message::Hello(Hello {
                 version: PROTOCOL_VERSION,
@@ -255,6 +257,7 @@ where
                 test_examples: self.test.len() as u32,
                 max_frame: F as u32,
                 encoding: self.firmware.encoding,
+                data,
             });
             self.send(&hello)?;
             let until = self.clock.now_ms() + HELLO_INTERVAL_MS;

@@ -8,6 +8,7 @@
 use core::fmt;
 
 use crate::Error;
+use crate::kernels::Portable;
 use crate::model::ModelSpec;
 use crate::protocol::frame::FrameReader;
 use crate::protocol::transfer::{Chunking, Receiver, RetryPolicy};
@@ -66,7 +67,7 @@ pub struct Footprint {
 impl Footprint {
     /// The footprint of a device training `model` in `S` with frames of `F` bytes.
     pub fn of<S: Scalar, const F: usize>(model: &ModelSpec) -> Self {
-        let memory = train::memory::<S>(model, &device_config(&TrainConfig::default()));
+        let memory = train::memory::<S, Portable>(model, &device_config(&TrainConfig::default()));
         Footprint {
             numeric: S::NAME,
             parameters: memory.parameters,
@@ -91,7 +92,10 @@ impl Footprint {
     /// Scalars of the arena given to [`super::Device::boot`]: parameters and trainer together.
     pub fn arena_len<S: Scalar>(model: &ModelSpec) -> usize {
         model.param_count()
-            + Trainer::<S, &mut [S]>::arena_len(model, &device_config(&TrainConfig::default()))
+            + Trainer::<S, &mut [S], Portable>::arena_len(
+                model,
+                &device_config(&TrainConfig::default()),
+            )
     }
 
     /// Checks the footprint fits in `budget` bytes of RAM.

@@ -1,24 +1,29 @@
-//! Forward and backward passes over a [`Plan`], generic over [`Scalar`].
+//! Forward and backward passes over a [`Plan`], generic over the [`Scalar`]
+//! and the backend ([`Kernels`]) they run on.
 //!
 //! # Shapes
 //! Activations are batch-major, each sample HWC. A Dense layer is `Y = X·W + b`
 //! with `X: (batch, in)`, `W: (in, units)`; a convolution is the same product over
-//! the im2col matrix `(batch·Ho·Wo, 9·C)` whose column order `(ky, kx, c)` matches
-//! the HWIO kernel flattened to `(9·C, filters)`. Backward reuses those products
-//! with transposed views: `dW = Xᵀ·dY`, `dX = dY·Wᵀ`.
+//! the im2col matrix `(batch·Ho·Wo, K·K·C)` whose column order `(ky, kx, c)` matches
+//! the HWIO kernel flattened to `(K·K·C, filters)`. Backward reuses those products
+//! with transposed views: `dW = Xᵀ·dY`, `dX = dY·Wᵀ`. The other layers' loops
+//! are in [`super::layers`].
 //!
 //! Parameter gradients go to a `GradSink`: stored into a full gradient buffer
-//! (mini-batch SGD), or applied to the weights row by row as they are produced
-//! (the in-place batch-1 trainer, which owns no gradient buffer). In both cases a
-//! layer's input gradient is computed before its weights can change.
+//! (mini-batch SGD), applied to the weights row by row as they are produced
+//! (the in-place batch-1 trainer, which owns no gradient buffer), or folded
+//! into the product that computes them (backends whose
+//! [`Kernels::FOLDS_STEP`] says so). In every case a layer's input gradient is
+//! computed before its weights can change.
 
-#[cfg(feature = "std")]
-use super::fused;
-use crate::linalg::{Mat, MatMut};
-use crate::model::{Fusion, Layer, Plan, Stage};
-use crate::scalar::Scalar;
-#[cfg(feature = "std")]
 use core::ops::Range;
+
+use super::layers;
+use crate::kernels::Kernels;
+use crate::linalg::{Mat, MatMut};
+use crate::model::{Fusion, Initializer, Layer, Plan, Stage};
+use crate::rng::Rng;
+use crate::scalar::Scalar;
 
 /// Applies a row of gradients `g` to the parameters `w` that start at index `at`.
 pub(crate) type UpdateRule<'a, S> = dyn FnMut(&mut [S], usize, &[S]) + 'a;
@@ -35,13 +40,11 @@ pub(crate) enum GradSink<'a, S> {
         /// The update rule.
         rule: &'a mut UpdateRule<'a, S>,
     },
-    /// Into an SGD step folded into each weight-gradient product (host kernels).
-    #[cfg(feature = "std")]
+    /// Into an SGD step folded into each weight-gradient product.
     Fold(Fold<'a, S>),
 }
 
 /// The state of an SGD step taken layer by layer as backward reaches it.
-#[cfg(feature = "std")]
 pub(crate) struct Fold<'a, S> {
     /// Momentum velocity, as long as the parameters (empty without momentum).
     pub velocity: &'a mut [S],
@@ -51,6 +54,28 @@ pub(crate) struct Fold<'a, S> {
     pub coeffs: [S; 3],
     /// Where a fused stage's gradients wait for their step (its parameter count).
     pub scratch: &'a mut [S],
+}
+
+/// Whether a pass trains (dropout on, its masks drawn from `seed`) or evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Training: each dropout layer's mask comes from this seed and its index.
+    Train {
+        /// The batch's seed.
+        seed: u64,
+    },
+    /// Evaluation: dropout passes everything.
+    Evaluate,
+}
+
+impl Pass {
+    /// The seed of stage `index`'s dropout mask, when training.
+    fn dropout_seed(self, index: usize) -> Option<u64> {
+        match self {
+            Pass::Train { seed } => Some(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            Pass::Evaluate => None,
+        }
+    }
 }
 
 /// One SGD step over `params` (all of them, or one weight row when training in
@@ -104,36 +129,41 @@ pub(crate) fn sgd_step<S: Scalar>(
 }
 
 /// Runs the net on `batch` samples already in the input slot of `acts`.
-pub(crate) fn forward<S: Scalar>(
+pub(crate) fn forward<S: Scalar, K: Kernels<S>>(
     plan: &Plan,
     params: &[S],
     acts: &mut [S],
     cols: &mut [S],
     batch: usize,
+    pass: Pass,
 ) {
     let cap = acts.len() / plan.acts_len().max(1);
-    for st in plan.stages() {
+    for (index, st) in plan.stages().iter().enumerate() {
         if st.fusion == Fusion::Absorbed {
             continue;
         }
         let (n_in, n_out) = (st.input.len() * batch, st.written_len() * batch);
         if st.act_in == st.act_out {
-            if st.layer == Layer::Relu {
-                for v in &mut acts[st.act_in * cap..st.act_in * cap + n_out] {
-                    *v = v.max(S::ZERO);
+            let y = &mut acts[st.act_in * cap..st.act_in * cap + n_out];
+            match st.layer {
+                Layer::Relu => y.iter_mut().for_each(|v| *v = v.max(S::ZERO)),
+                Layer::Dropout { rate } => {
+                    if let Some(seed) = pass.dropout_seed(index) {
+                        layers::dropout(y, rate, seed);
+                    }
                 }
+                _ => {}
             }
             continue;
         }
         let (lo, hi) = acts.split_at_mut(st.act_out * cap);
         let x = &lo[st.act_in * cap..st.act_in * cap + n_in];
-        #[cfg(feature = "std")]
         if st.fusion == Fusion::ConvReluPool {
             let (outputs, winners) = fused_slots(st, cap, batch);
             let (y, rest) = hi.split_at_mut(winners.start - outputs.start);
             let winners = &mut rest[..winners.len()];
-            fused::forward(
-                st,
+            K::conv_relu_pool(
+                st.conv_pool(),
                 x,
                 weights(st, params),
                 (&mut y[..n_out], winners),
@@ -142,46 +172,57 @@ pub(crate) fn forward<S: Scalar>(
             continue;
         }
         let y = &mut hi[..n_out];
-        let (w, b) = weights(st, params);
         match st.layer {
             Layer::Dense { .. } | Layer::Conv2d { .. } => {
+                let (w, b) = weights(st, params);
                 let (rows, k, units) = st.product_shape(batch);
                 let a = if st.cols_len() > 0 {
-                    im2col(st, x, &mut cols[..rows * k], batch);
+                    layers::im2col(st, x, &mut cols[..rows * k], batch);
                     &cols[..rows * k]
                 } else {
                     x
                 };
-                S::gemm(
+                K::gemm(
                     Mat::new(a, rows, k),
                     Mat::new(w, k, units),
                     MatMut::new(y, rows, units),
-                    false,
+                    None,
+                    S::ONE,
                 );
-                add_bias(y, b);
+                layers::add_bias(y, b);
             }
-            Layer::MaxPool2d => maxpool(st, x, y, batch),
-            Layer::Relu | Layer::Flatten => {}
+            Layer::MaxPool2d { .. } => layers::maxpool(st, x, y, batch),
+            Layer::AvgPool2d { .. } => layers::avgpool(st, x, y, batch),
+            Layer::GlobalAvgPool2d => layers::global_avgpool(st, x, y, batch),
+            Layer::Relu | Layer::Flatten | Layer::Dropout { .. } => {}
         }
     }
 }
 
 /// Backpropagates `delta` (the loss gradient of the logits, `(batch, classes)`,
 /// in `deltas.0`) through the net, sending parameter gradients to `sink`.
-pub(crate) fn backward<S: Scalar>(
+/// `pass` must be the forward pass's (dropout draws the same masks again).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<S: Scalar, K: Kernels<S>>(
     plan: &Plan,
     params: &mut [S],
     acts: &[S],
     cols: &mut [S],
     deltas: (&mut [S], &mut [S]),
     batch: usize,
+    pass: Pass,
     mut sink: GradSink<'_, S>,
 ) {
     let cap = acts.len() / plan.acts_len().max(1);
     let (mut cur, mut next) = deltas;
-    for st in plan.stages().iter().rev() {
+    for (index, st) in plan.stages().iter().enumerate().rev() {
         if st.fusion == Fusion::Absorbed {
             continue;
+        }
+        let has_params = st.weight_count() > 0;
+        if !has_params && !st.needs_input_grad {
+            // Nothing below this layer learns.
+            break;
         }
         let (n_in, n_out) = (st.input.len() * batch, st.written_len() * batch);
         let x = &acts[st.act_in * cap..st.act_in * cap + n_in];
@@ -193,16 +234,26 @@ pub(crate) fn backward<S: Scalar>(
                 }
                 continue;
             }
-            Layer::Flatten => continue,
-            Layer::MaxPool2d => {
-                let y = &acts[st.act_out * cap..st.act_out * cap + n_out];
-                maxpool_backward(st, x, y, &cur[..n_out], &mut next[..n_in], batch);
+            Layer::Dropout { rate } => {
+                if let Some(seed) = pass.dropout_seed(index) {
+                    layers::dropout(&mut cur[..n_out], rate, seed);
+                }
+                continue;
             }
-            #[cfg(feature = "std")]
+            Layer::Flatten => continue,
+            Layer::MaxPool2d { .. } => {
+                layers::maxpool_backward(st, x, &cur[..n_out], &mut next[..n_in], batch);
+            }
+            Layer::AvgPool2d { .. } => {
+                layers::avgpool_backward(st, &cur[..n_out], &mut next[..n_in], batch);
+            }
+            Layer::GlobalAvgPool2d => {
+                layers::global_avgpool_backward(st, &cur[..n_out], &mut next[..n_in], batch);
+            }
             Layer::Conv2d { .. } if st.fusion == Fusion::ConvReluPool => {
                 let (y, winners) = fused_slots(st, cap, batch);
                 let kept = (&acts[y], &acts[winners]);
-                fused_param_grads(st, params, x, (kept, &cur[..n_out]), &mut sink, batch);
+                fused_param_grads::<S, K>(st, params, x, (kept, &cur[..n_out]), &mut sink, batch);
             }
             Layer::Dense { .. } | Layer::Conv2d { .. } => {
                 let (rows, k, units) = st.product_shape(batch);
@@ -213,29 +264,35 @@ pub(crate) fn backward<S: Scalar>(
                     let (w, _) = weights(st, params);
                     let wt = Mat::new(w, k, units).t();
                     if conv {
-                        S::gemm(dy, wt, MatMut::new(&mut cols[..rows * k], rows, k), false);
-                        col2im(st, &cols[..rows * k], &mut next[..n_in], batch);
+                        let dcols = MatMut::new(&mut cols[..rows * k], rows, k);
+                        K::gemm(dy, wt, dcols, None, S::ONE);
+                        layers::col2im(st, &cols[..rows * k], &mut next[..n_in], batch);
                     } else {
-                        S::gemm(dy, wt, MatMut::new(&mut next[..n_in], rows, k), false);
+                        K::gemm(
+                            dy,
+                            wt,
+                            MatMut::new(&mut next[..n_in], rows, k),
+                            None,
+                            S::ONE,
+                        );
                     }
                 }
                 // dW = Aᵀ·dY. The forward pass's im2col matrix is still in the scratch
                 // when no later convolution and no dX above overwrote it.
                 let a = if conv {
                     if st.needs_input_grad || !plan.is_last_conv(st) {
-                        im2col(st, x, &mut cols[..rows * k], batch);
+                        layers::im2col(st, x, &mut cols[..rows * k], batch);
                     }
                     &cols[..rows * k]
                 } else {
                     x
                 };
-                param_grads(st, params, Mat::new(a, rows, k).t(), dy, &mut sink);
+                param_grads::<S, K>(st, params, Mat::new(a, rows, k).t(), dy, &mut sink);
             }
         }
         core::mem::swap(&mut cur, &mut next);
     }
 }
-
 /// Softmax + cross-entropy of `logits` `(batch, classes)`: writes `p - onehot`
 /// into `delta` and returns the summed loss (Q16 integer, see [`Scalar::to_q16`]) and
 /// the number of correct argmax predictions.
@@ -275,65 +332,67 @@ pub(crate) fn softmax_xent<S: Scalar>(
     (loss, correct)
 }
 
-/// How Keras initialises a layer's kernel (biases start at zero either way).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Initializer {
-    /// Uniform in ±sqrt(6 / (fan_in + fan_out)): Keras' default.
-    GlorotUniform,
-    /// Uniform in ±sqrt(6 / fan_in).
-    HeUniform,
-}
-
 impl Initializer {
-    /// What the model's Keras code initialises `stage` with: the reference CNN
-    /// ([`ModelSpec::reference_cnn`](crate::model::ModelSpec::reference_cnn))
-    /// asks for he_uniform on its convolution and first dense layer; every other
-    /// layer, and every layer of any other model, keeps Keras' default.
-    pub fn keras(plan: &Plan, stage: &Stage) -> Self {
-        let reference = *plan.spec() == crate::model::ModelSpec::reference_cnn();
-        let first_dense = plan
-            .stages()
-            .iter()
-            .find(|s| matches!(s.layer, Layer::Dense { .. }));
-        let asks_for_he = matches!(stage.layer, Layer::Conv2d { .. }) || Some(stage) == first_dense;
-        if reference && asks_for_he {
-            Initializer::HeUniform
-        } else {
-            Initializer::GlorotUniform
+    /// The uniform bound, or the normal's deviation, for a layer with these fans.
+    fn scale(self, fan_in: usize, fan_out: usize) -> f32 {
+        let (fan, numerator) = match self {
+            Initializer::GlorotUniform => (fan_in + fan_out, 6.0),
+            Initializer::HeUniform => (fan_in, 6.0),
+            Initializer::LecunUniform => (fan_in, 3.0),
+            Initializer::GlorotNormal => (fan_in + fan_out, 2.0),
+            Initializer::HeNormal => (fan_in, 2.0),
+            Initializer::LecunNormal => (fan_in, 1.0),
+        };
+        crate::scalar::float::sqrt(numerator / fan.max(1) as f32)
+    }
+
+    /// One draw for a layer whose scale is `scale`.
+    fn draw(self, scale: f32, rng: &mut Rng) -> f32 {
+        match self {
+            Initializer::GlorotUniform | Initializer::HeUniform | Initializer::LecunUniform => {
+                (2.0 * rng.uniform() - 1.0) * scale
+            }
+            // Keras' truncated normal: redrawn beyond two deviations, the
+            // deviation raised so that the truncated draw keeps `scale`.
+            _ => loop {
+                let z = standard_normal(rng);
+                if z.abs() <= 2.0 {
+                    break z * scale / TRUNCATED_DEVIATION;
+                }
+            },
         }
     }
-
-    /// The bound of the uniform draw for a layer with these fans.
-    fn limit(self, fan_in: usize, fan_out: usize) -> f32 {
-        let fan = match self {
-            Initializer::GlorotUniform => fan_in + fan_out,
-            Initializer::HeUniform => fan_in,
-        };
-        crate::scalar::float::sqrt(6.0 / fan.max(1) as f32)
-    }
 }
 
-/// Initialises `params` as Keras initialises the model (see
-/// [`Initializer::keras`]): kernels uniform within their initializer's bound,
-/// biases zero; drawn in f32 and converted, so every scalar type starts from
-/// the same model.
-pub fn init_params<S: Scalar>(plan: &Plan, params: &mut [S], rng: &mut crate::rng::Rng) {
+/// The deviation of a standard normal truncated at ±2.
+const TRUNCATED_DEVIATION: f32 = 0.879_625_7;
+
+/// A standard normal draw (Box-Muller).
+fn standard_normal(rng: &mut Rng) -> f32 {
+    use crate::scalar::float::{cos, ln, sqrt};
+    let u = 1.0 - rng.uniform(); // (0, 1]: ln stays finite
+    let v = rng.uniform();
+    sqrt(-2.0 * ln(u)) * cos(core::f32::consts::TAU * v)
+}
+
+/// Initialises `params` as Keras initialises the model: each kernel by its
+/// layer's [`Initializer`], biases zero; drawn in f32 and converted, so every
+/// scalar type starts from the same model.
+pub fn init_params<S: Scalar>(plan: &Plan, params: &mut [S], rng: &mut Rng) {
     for st in plan.stages() {
         let (nw, nb) = (st.weight_count(), st.bias_count());
-        if nw == 0 {
+        let Some(init) = st.layer.initializer().filter(|_| nw > 0) else {
             continue;
-        }
-        // Keras' fans: a kernel's inputs and outputs per unit, times the
-        // receptive field (3x3) for a convolution.
-        let fan_in = nw / nb;
-        let fan_out = match st.layer {
-            Layer::Conv2d { .. } => 9 * nb,
-            _ => nb,
         };
-        let limit = Initializer::keras(plan, st).limit(fan_in, fan_out);
+        // Keras' fans: a kernel's inputs and outputs per unit, times the
+        // receptive field (K x K) for a convolution.
+        let fan_in = nw / nb;
+        let taps = st.layer.kernel_side().pow(2).max(1);
+        let fan_out = taps * nb;
+        let scale = init.scale(fan_in, fan_out);
         let (w, b) = params[st.params..st.params + nw + nb].split_at_mut(nw);
         for v in w {
-            *v = S::from_f32((2.0 * rng.uniform() - 1.0) * limit);
+            *v = S::from_f32(init.draw(scale, rng));
         }
         b.fill(S::ZERO);
     }
@@ -346,7 +405,7 @@ fn weights<'p, S>(st: &Stage, params: &'p [S]) -> (&'p [S], &'p [S]) {
 
 /// Gradients of a layer's weights (`a·dy`, with `a` the transposed input or
 /// im2col matrix) and bias (column sums of `dy`), sent to `sink`.
-fn param_grads<S: Scalar>(
+fn param_grads<S: Scalar, K: Kernels<S>>(
     st: &Stage,
     params: &mut [S],
     a: Mat<'_, S>,
@@ -357,8 +416,8 @@ fn param_grads<S: Scalar>(
     match sink {
         GradSink::Store(grads) => {
             let (gw, gb) = grads[st.params..st.params + nw + nb].split_at_mut(nw);
-            S::gemm(a, dy, MatMut::new(gw, a.rows, nb), false);
-            column_sums(dy.data, nb, gb);
+            K::gemm(a, dy, MatMut::new(gw, a.rows, nb), None, S::ONE);
+            layers::column_sums(dy.data, nb, gb);
         }
         GradSink::Apply { row, rule } => {
             let row = &mut row[..nb];
@@ -368,18 +427,17 @@ fn param_grads<S: Scalar>(
                     rows: 1,
                     ..a
                 };
-                S::gemm(a_row, dy, MatMut::new(row, 1, nb), false);
+                K::gemm(a_row, dy, MatMut::new(row, 1, nb), None, S::ONE);
                 let start = st.params + r * nb;
                 rule(&mut params[start..start + nb], start, row);
             }
-            column_sums(dy.data, nb, row);
+            layers::column_sums(dy.data, nb, row);
             let start = st.params + nw;
             rule(&mut params[start..start + nb], start, row);
         }
-        #[cfg(feature = "std")]
         GradSink::Fold(fold) => {
             let span = st.params..st.params + nw + nb;
-            fused::update(
+            folded_step::<S, K>(
                 (a, dy),
                 &mut params[span.clone()],
                 fold.velocity.get_mut(span.clone()).unwrap_or(&mut []),
@@ -390,10 +448,73 @@ fn param_grads<S: Scalar>(
     }
 }
 
+/// One SGD step of a layer whose weight gradient is the product `a·dy` (`a`
+/// the transposed input or im2col matrix) and bias gradient the column sums of
+/// `dy`, without storing either: with momentum the product lands in the
+/// velocity (`v = momentum·v - step·a·dy`), without it in the weights. `layer`,
+/// `velocity` and `anchor` are the layer's slices (weights then bias); the
+/// last two are empty when momentum and FedProx are off. `[step, momentum,
+/// prox]` are as [`sgd_step`] takes them.
+fn folded_step<S: Scalar, K: Kernels<S>>(
+    (a, dy): (Mat<'_, S>, Mat<'_, S>),
+    layer: &mut [S],
+    velocity: &mut [S],
+    anchor: &[S],
+    [step, momentum, prox]: [S; 3],
+) {
+    let units = dy.cols;
+    let nw = a.rows * units;
+    let rows = || dy.data.chunks_exact(units).take(dy.rows);
+    let minus_step = S::ZERO.sub(step);
+    if velocity.is_empty() {
+        // The proximal pull uses the weights before this step, so it goes first.
+        for (w, &a) in layer.iter_mut().zip(anchor) {
+            *w = w.sub(prox.mul(w.sub(a)));
+        }
+        let (w, b) = layer.split_at_mut(nw);
+        K::gemm(
+            a,
+            dy,
+            MatMut::new(w, a.rows, units),
+            Some(S::ONE),
+            minus_step,
+        );
+        for row in rows() {
+            for (b, &g) in b.iter_mut().zip(row) {
+                *b = b.sub(step.mul(g));
+            }
+        }
+        return;
+    }
+    let (v, vb) = velocity.split_at_mut(nw);
+    K::gemm(
+        a,
+        dy,
+        MatMut::new(v, a.rows, units),
+        Some(momentum),
+        minus_step,
+    );
+    vb.iter_mut().for_each(|v| *v = v.mul(momentum));
+    for row in rows() {
+        for (v, &g) in vb.iter_mut().zip(row) {
+            *v = v.sub(step.mul(g));
+        }
+    }
+    if anchor.is_empty() {
+        for (w, &v) in layer.iter_mut().zip(velocity.iter()) {
+            *w = w.add(v);
+        }
+    } else {
+        for ((w, v), &a) in layer.iter_mut().zip(velocity.iter_mut()).zip(anchor) {
+            *v = v.sub(prox.mul(w.sub(a)));
+            *w = w.add(*v);
+        }
+    }
+}
+
 /// Where a fused stage's `batch` pooled outputs and their windows' winners lie
 /// in an activation arena of `cap` samples: the winners follow the output
 /// slot's `cap` samples.
-#[cfg(feature = "std")]
 fn fused_slots(st: &Stage, cap: usize, batch: usize) -> (Range<usize>, Range<usize>) {
     let (outputs, winners) = (st.act_out * cap, (st.act_out + st.written_len()) * cap);
     (
@@ -406,8 +527,7 @@ fn fused_slots(st: &Stage, cap: usize, batch: usize) -> (Range<usize>, Range<usi
 /// them, or into scratch and from there through the update. `kept` is what
 /// forward kept (the outputs and their windows' winners), `dy` the outputs'
 /// gradient.
-#[cfg(feature = "std")]
-fn fused_param_grads<S: Scalar>(
+fn fused_param_grads<S: Scalar, K: Kernels<S>>(
     st: &Stage,
     params: &mut [S],
     x: &[S],
@@ -416,18 +536,19 @@ fn fused_param_grads<S: Scalar>(
     batch: usize,
 ) {
     let span = st.params..st.params + st.weight_count() + st.bias_count();
+    let shape = st.conv_pool();
     match sink {
         GradSink::Store(grads) => {
-            fused::param_grads(st, x, kept, dy, &mut grads[span], batch);
+            K::conv_relu_pool_grads(shape, x, kept, dy, &mut grads[span], batch);
         }
         GradSink::Apply { row, rule } => {
             let g = &mut row[..span.len()];
-            fused::param_grads(st, x, kept, dy, g, batch);
+            K::conv_relu_pool_grads(shape, x, kept, dy, g, batch);
             rule(&mut params[span.clone()], span.start, g);
         }
         GradSink::Fold(fold) => {
             let g = &mut fold.scratch[..span.len()];
-            fused::param_grads(st, x, kept, dy, g, batch);
+            K::conv_relu_pool_grads(shape, x, kept, dy, g, batch);
             sgd_step(
                 &mut params[span.clone()],
                 g,
@@ -440,148 +561,11 @@ fn fused_param_grads<S: Scalar>(
     }
 }
 
-/// Sums the rows of a row-major matrix `m` with `cols` columns into `out`.
-fn column_sums<S: Scalar>(m: &[S], cols: usize, out: &mut [S]) {
-    out.fill(S::ZERO);
-    for row in m.chunks_exact(cols) {
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = o.add(v);
-        }
-    }
-}
-
-fn add_bias<S: Scalar>(y: &mut [S], b: &[S]) {
-    for row in y.chunks_exact_mut(b.len()) {
-        for (v, &bias) in row.iter_mut().zip(b) {
-            *v = v.add(bias);
-        }
-    }
-}
-
-/// Calls `f(col_index, x_index, len)` for every contiguous run copied between
-/// image and im2col matrix: in HWC the three pixels of one patch row, all
-/// channels, are adjacent, so a run is `3·channels` values.
-fn for_each_patch_row(st: &Stage, batch: usize, mut f: impl FnMut(usize, usize, usize)) {
-    let (h, w, c) = (
-        st.input.height as usize,
-        st.input.width as usize,
-        st.input.channels as usize,
-    );
-    let (ho, wo) = (st.output.height as usize, st.output.width as usize);
-    let run = 3 * c;
-    let mut col = 0;
-    for b in 0..batch {
-        for i in 0..ho {
-            for j in 0..wo {
-                for ky in 0..3 {
-                    f(col, ((b * h + i + ky) * w + j) * c, run);
-                    col += run;
-                }
-            }
-        }
-    }
-}
-
-// Element loops rather than copy_from_slice: runs are a few values long, and a
-// memmove call per run cost more than the copy (measured: 14% of a CNN step).
-fn im2col<S: Scalar>(st: &Stage, x: &[S], cols: &mut [S], batch: usize) {
-    if st.input.channels == 1 {
-        // Runs of exactly three values: fixed-size copies the compiler unrolls.
-        for_each_patch_row(st, batch, |col, xi, _| {
-            if let (Some(d), Some(s)) = (cols.get_mut(col..col + 3), x.get(xi..xi + 3)) {
-                d[0] = s[0];
-                d[1] = s[1];
-                d[2] = s[2];
-            }
-        });
-        return;
-    }
-    for_each_patch_row(st, batch, |col, xi, n| {
-        for (d, &v) in cols[col..col + n].iter_mut().zip(&x[xi..xi + n]) {
-            *d = v;
-        }
-    });
-}
-
-fn col2im<S: Scalar>(st: &Stage, cols: &[S], dx: &mut [S], batch: usize) {
-    dx.fill(S::ZERO);
-    for_each_patch_row(st, batch, |col, xi, n| {
-        for (d, &v) in dx[xi..xi + n].iter_mut().zip(&cols[col..col + n]) {
-            *d = d.add(v);
-        }
-    });
-}
-
-/// Calls `f(top, bottom, out)` for each output row of a 2x2 pooling: the offsets
-/// of the two input rows it pools and of the output row (`wo·channels` values).
-fn for_each_pool_row(st: &Stage, batch: usize, mut f: impl FnMut(usize, usize, usize)) {
-    let (h, w, c) = (
-        st.input.height as usize,
-        st.input.width as usize,
-        st.input.channels as usize,
-    );
-    let (ho, wo) = (st.output.height as usize, st.output.width as usize);
-    for b in 0..batch {
-        for i in 0..ho {
-            let top = (b * h + 2 * i) * w * c;
-            f(top, top + w * c, (b * ho + i) * wo * c);
-        }
-    }
-}
-
-fn maxpool<S: Scalar>(st: &Stage, x: &[S], y: &mut [S], batch: usize) {
-    let (c, wo) = (st.input.channels as usize, st.output.width as usize);
-    for_each_pool_row(st, batch, |top, bottom, out| {
-        let (t, b) = (&x[top..top + 2 * wo * c], &x[bottom..bottom + 2 * wo * c]);
-        for (j, yj) in y[out..out + wo * c].chunks_exact_mut(c).enumerate() {
-            let (t0, t1) = (&t[2 * j * c..][..c], &t[(2 * j + 1) * c..][..c]);
-            let (b0, b1) = (&b[2 * j * c..][..c], &b[(2 * j + 1) * c..][..c]);
-            for k in 0..c {
-                yj[k] = t0[k].max(t1[k]).max(b0[k].max(b1[k]));
-            }
-        }
-    });
-}
-
-/// Routes each output gradient to the first maximum of its window (top-left,
-/// top-right, bottom-left, bottom-right) and zero to the other three. The
-/// winner is found by comparing with the forward output `y`, without branches:
-/// window values are random, and a mispredicted branch per comparison once made
-/// this a fifth of a CNN training step.
-fn maxpool_backward<S: Scalar>(st: &Stage, x: &[S], y: &[S], dy: &[S], dx: &mut [S], batch: usize) {
-    let (c, wo) = (st.input.channels as usize, st.output.width as usize);
-    // Odd edges (dropped by the pooling) get no gradient.
-    if st.input.height % 2 == 1 || st.input.width % 2 == 1 {
-        dx.fill(S::ZERO);
-    }
-    for_each_pool_row(st, batch, |top, bottom, out| {
-        let n = 2 * wo * c;
-        let (xt, xb) = (&x[top..top + n], &x[bottom..bottom + n]);
-        let (dxt, dxb) = dx[top..bottom + n].split_at_mut(bottom - top);
-        let (dxt, dxb) = (&mut dxt[..n], &mut dxb[..n]);
-        let (ys, dys) = (&y[out..out + wo * c], &dy[out..out + wo * c]);
-        for j in 0..wo {
-            let (l, r) = (2 * j * c, (2 * j + 1) * c);
-            for k in 0..c {
-                let (m, g) = (ys[j * c + k], dys[j * c + k]);
-                let e0 = xt[l + k] == m;
-                let e1 = !e0 & (xt[r + k] == m);
-                let e2 = !e0 & !e1 & (xb[l + k] == m);
-                let e3 = !(e0 | e1 | e2);
-                dxt[l + k] = if e0 { g } else { S::ZERO };
-                dxt[r + k] = if e1 { g } else { S::ZERO };
-                dxb[l + k] = if e2 { g } else { S::ZERO };
-                dxb[r + k] = if e3 { g } else { S::ZERO };
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ModelSpec, Shape};
-    use crate::rng::Rng;
+    use crate::kernels::Portable;
+    use crate::model::ModelSpec;
     use crate::scalar::Fixed;
     use std::vec::Vec;
 
@@ -625,37 +609,23 @@ mod tests {
         }
     }
 
-    /// Small nets that between them exercise every layer, and every input gradient.
+    /// Small nets that between them exercise every layer (every kernel
+    /// side's path, strides, both paddings, every pooling, dropout), and every
+    /// input gradient; each is checked with its fused plan and unfused.
     fn nets() -> Vec<ModelSpec> {
-        use Layer::*;
-        Vec::from([
-            ModelSpec::mlp(&[12, 5, 4, 3]).unwrap(),
-            ModelSpec::new(
-                Shape::image(7, 7, 2),
-                &[
-                    Conv2d { filters: 3 },
-                    Relu,
-                    MaxPool2d,
-                    Flatten,
-                    Dense { units: 4 },
-                    Relu,
-                    Dense { units: 3 },
-                ],
-            )
-            .unwrap(),
-            ModelSpec::new(
-                Shape::image(8, 8, 1),
-                &[
-                    Conv2d { filters: 2 },
-                    Relu,
-                    Conv2d { filters: 3 },
-                    MaxPool2d,
-                    Flatten,
-                    Dense { units: 3 },
-                ],
-            )
-            .unwrap(),
-        ])
+        [
+            "12 dense:5 relu dense:4 relu dense:3",
+            "7x7x2 conv:3x3 relu maxpool:2 flatten dense:4 relu dense:3",
+            "8x8x1 conv:2x3 relu conv:3x3 maxpool:2 flatten dense:3",
+            "9x9x1 conv:2x3 relu maxpool:2 flatten dense:3",
+            "9x8x2 conv:3x5:s2:same:he_uniform relu conv:2x1 avgpool:2:s1 flatten dense:3",
+            "8x8x2 conv:3x3:p1 relu maxpool:3:s2 conv:2x2:s2:he_normal gap dense:3",
+            "6x6x1 conv:2x7:same relu avgpool:3 flatten dropout:0.5 dense:4 relu dropout:0.25 dense:3",
+            "10 dropout:0.3 dense:4:lecun_uniform relu dense:3:glorot_normal",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
+        .collect()
     }
 
     struct Case {
@@ -665,8 +635,7 @@ mod tests {
         labels: Vec<u8>,
     }
 
-    fn case(spec: &ModelSpec, seed: u64) -> Case {
-        let plan = Plan::new(spec);
+    fn case(plan: Plan, seed: u64) -> Case {
         let mut rng = Rng::new(seed);
         let mut params = std::vec![0.0f32; plan.param_count()];
         init_params(&plan, &mut params, &mut rng);
@@ -688,6 +657,20 @@ mod tests {
         }
     }
 
+    /// Every net, fused and unfused.
+    fn plans() -> Vec<(std::string::String, Plan)> {
+        nets()
+            .iter()
+            .flat_map(|spec| {
+                let name = std::format!("{spec}");
+                [
+                    (std::format!("{name} (fused)"), Plan::new(spec)),
+                    (name, Plan::unfused(spec)),
+                ]
+            })
+            .collect()
+    }
+
     /// Summed loss (f64) and parameter gradients of the batch.
     fn loss_and_grads<S: Scalar>(c: &Case, params: &[S]) -> (f64, Vec<S>) {
         let plan = &c.plan;
@@ -698,18 +681,26 @@ mod tests {
         for (a, &p) in acts.iter_mut().zip(&c.pixels) {
             *a = S::from_pixel(p);
         }
-        forward(plan, params, &mut acts, &mut cols, BATCH);
+        forward::<S, Portable>(
+            plan,
+            params,
+            &mut acts,
+            &mut cols,
+            BATCH,
+            Pass::Train { seed: 5 },
+        );
         let logits = &acts[plan.logits_slot() * BATCH..][..BATCH * plan.classes()];
         let (loss, _) = softmax_xent(logits, |k| c.labels[k], plan.classes(), &mut d0);
         let mut grads = std::vec![S::ZERO; plan.param_count()];
         let mut params = params.to_vec();
-        backward(
+        backward::<S, Portable>(
             plan,
             &mut params,
             &acts,
             &mut cols,
             (&mut d0, &mut d1),
             BATCH,
+            Pass::Train { seed: 5 },
             GradSink::Store(&mut grads),
         );
         (loss as f64 / 65536.0, grads)
@@ -723,7 +714,14 @@ mod tests {
         for (a, &p) in acts.iter_mut().zip(&c.pixels) {
             *a = f32::from_pixel(p);
         }
-        forward(plan, params, &mut acts, &mut cols, BATCH);
+        forward::<f32, Portable>(
+            plan,
+            params,
+            &mut acts,
+            &mut cols,
+            BATCH,
+            Pass::Train { seed: 5 },
+        );
         let logits = &acts[plan.logits_slot() * BATCH..][..BATCH * plan.classes()];
         let mut loss = 0.0;
         for (z, &y) in logits.chunks_exact(plan.classes()).zip(&c.labels) {
@@ -746,23 +744,14 @@ mod tests {
         (up - down) / f64::from(hi - lo)
     }
 
-    /// Keras' definitions written out: conv kernel HWIO, dense kernel (in, out),
-    /// Flatten over HWC. Our forward pass must agree, so weights interchange.
+    /// Keras' definitions written out: conv kernel HWIO, `same` padding
+    /// with the odd zero after, dense kernel (in, out), Flatten over HWC. Our
+    /// forward pass must agree, so weights interchange.
     #[test]
     fn forward_matches_keras_layout() {
-        use Layer::*;
-        let (h, w, c, f, units) = (6usize, 5usize, 2usize, 3usize, 4usize);
-        let spec = ModelSpec::new(
-            Shape::image(h as u32, w as u32, c as u32),
-            &[
-                Conv2d { filters: f as u32 },
-                Flatten,
-                Dense {
-                    units: units as u32,
-                },
-            ],
-        )
-        .unwrap();
+        let (h, w, c, f, units, k, stride) =
+            (6usize, 5usize, 2usize, 3usize, 4usize, 3usize, 2usize);
+        let spec: ModelSpec = "6x5x2 conv:3x3:s2:same flatten dense:4".parse().unwrap();
         let plan = Plan::new(&spec);
         let mut rng = Rng::new(3);
         let params: Vec<f32> = (0..plan.param_count())
@@ -771,20 +760,31 @@ mod tests {
         let pixels: Vec<u8> = (0..h * w * c)
             .map(|_| (rng.next_u32() % 256) as u8)
             .collect();
-        let x = |i: usize, j: usize, ch: usize| f32::from_pixel(pixels[(i * w + j) * c + ch]);
-        let (ho, wo) = (h - 2, w - 2);
+        // Keras' same: 3 x 3 outputs; rows padded 0 before (1 after), columns 1 and 1.
+        let (ho, wo, top, left) = (3, 3, 0, 1);
+        let x = |i: isize, j: isize, ch: usize| {
+            if i < 0 || j < 0 || i >= h as isize || j >= w as isize {
+                0.0
+            } else {
+                f32::from_pixel(pixels[(i as usize * w + j as usize) * c + ch])
+            }
+        };
         let kernel =
-            |ky: usize, kx: usize, ch: usize, o: usize| params[((ky * 3 + kx) * c + ch) * f + o];
-        let conv_bias = 9 * c * f;
+            |ky: usize, kx: usize, ch: usize, o: usize| params[((ky * k + kx) * c + ch) * f + o];
+        let conv_bias = k * k * c * f;
         let mut conv = std::vec![0.0f32; ho * wo * f];
         for i in 0..ho {
             for j in 0..wo {
                 for o in 0..f {
                     let mut s = params[conv_bias + o];
-                    for ky in 0..3 {
-                        for kx in 0..3 {
+                    for ky in 0..k {
+                        for kx in 0..k {
                             for ch in 0..c {
-                                s += x(i + ky, j + kx, ch) * kernel(ky, kx, ch, o);
+                                let (yi, xj) = (
+                                    (i * stride + ky) as isize - top,
+                                    (j * stride + kx) as isize - left,
+                                );
+                                s += x(yi, xj, ch) * kernel(ky, kx, ch, o);
                             }
                         }
                     }
@@ -807,24 +807,45 @@ mod tests {
         for (a, &p) in acts.iter_mut().zip(&pixels) {
             *a = f32::from_pixel(p);
         }
-        forward(&plan, &params, &mut acts, &mut cols, 1);
+        forward::<f32, Portable>(&plan, &params, &mut acts, &mut cols, 1, Pass::Evaluate);
         let got = &acts[plan.logits_slot()..][..units];
         for (g, e) in got.iter().zip(&expected) {
             assert!((g - e).abs() < 1e-4, "{got:?} vs {expected:?}");
         }
     }
 
+    /// Dropout drops about its rate, scales what it keeps, draws the same mask
+    /// from the same seed, and passes everything in evaluation.
+    #[test]
+    fn dropout_is_inverted_and_seeded() {
+        let mut v = std::vec![1.0f32; 10_000];
+        layers::dropout(&mut v, 2_500, 7);
+        let kept = v.iter().filter(|&&x| x != 0.0).count();
+        assert!((7_300..7_700).contains(&kept), "{kept} kept");
+        assert!(v.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.75).abs() < 1e-6));
+        let mut again = std::vec![1.0f32; 10_000];
+        layers::dropout(&mut again, 2_500, 7);
+        assert_eq!(v, again);
+        let mut fixed = std::vec![Fixed::ONE; 10_000];
+        layers::dropout(&mut fixed, 2_500, 7);
+        let same_mask = fixed
+            .iter()
+            .zip(&v)
+            .all(|(a, b)| (*a == Fixed::ZERO) == (*b == 0.0));
+        assert!(same_mask, "fixed point draws the same mask");
+    }
+
     #[test]
     fn f32_gradients_match_finite_differences() {
-        for (n, spec) in nets().iter().enumerate() {
-            let c = case(spec, n as u64);
+        for (n, (name, plan)) in plans().into_iter().enumerate() {
+            let c = case(plan, n as u64);
             let (_, grads) = loss_and_grads(&c, &c.params);
             for (i, &g) in grads.iter().enumerate() {
                 let num = numerical(&c, i);
                 let tol = 2e-3 + 2e-2 * num.abs();
                 assert!(
                     (f64::from(g) - num).abs() < tol,
-                    "net {n} param {i}: analytic {g}, numerical {num}"
+                    "{name}: param {i}: analytic {g}, numerical {num}"
                 );
             }
         }
@@ -832,14 +853,14 @@ mod tests {
 
     #[test]
     fn fixed_gradients_match_finite_differences() {
-        for (n, spec) in nets().iter().enumerate() {
-            let c = case(spec, 10 + n as u64);
+        for (n, (name, plan)) in plans().into_iter().enumerate() {
+            let c = case(plan, 10 + n as u64);
             let fixed: Vec<Fixed> = c.params.iter().map(|&p| Fixed::from_f32(p)).collect();
             let (loss_fx, grads) = loss_and_grads(&c, &fixed);
             let (loss_f32, _) = loss_and_grads(&c, &c.params);
             assert!(
                 (loss_fx - loss_f32).abs() < 1e-3 * BATCH as f64,
-                "net {n}: loss {loss_fx} vs {loss_f32}"
+                "{name}: loss {loss_fx} vs {loss_f32}"
             );
             for (i, &g) in grads.iter().enumerate() {
                 let num = numerical(&c, i);
@@ -847,7 +868,7 @@ mod tests {
                 let g = f64::from(g.to_f32());
                 assert!(
                     (g - num).abs() < tol,
-                    "net {n} param {i}: fixed {g}, numerical {num}"
+                    "{name}: param {i}: fixed {g}, numerical {num}"
                 );
             }
         }
@@ -856,8 +877,8 @@ mod tests {
     #[test]
     fn in_place_sink_applies_the_same_gradients() {
         // Applying `w -= g` row by row must equal storing g and subtracting afterwards.
-        for (n, spec) in nets().iter().enumerate() {
-            let c = case(spec, 20 + n as u64);
+        for (n, (name, plan)) in plans().into_iter().enumerate() {
+            let c = case(plan, 20 + n as u64);
             let (_, grads) = loss_and_grads(&c, &c.params);
             let plan = &c.plan;
             let mut acts = std::vec![0.0f32; BATCH * plan.acts_len()];
@@ -868,10 +889,17 @@ mod tests {
                 *a = f32::from_pixel(p);
             }
             let mut params = c.params.clone();
-            forward(plan, &params, &mut acts, &mut cols, BATCH);
+            forward::<f32, Portable>(
+                plan,
+                &params,
+                &mut acts,
+                &mut cols,
+                BATCH,
+                Pass::Train { seed: 5 },
+            );
             let logits = &acts[plan.logits_slot() * BATCH..][..BATCH * plan.classes()];
             softmax_xent(logits, |k| c.labels[k], plan.classes(), &mut d0);
-            let mut row = std::vec![0.0f32; plan.widest_row()];
+            let mut row = std::vec![0.0f32; plan.widest_row().max(plan.fused_params())];
             let mut rule = |w: &mut [f32], _at: usize, g: &[f32]| {
                 for (w, g) in w.iter_mut().zip(g) {
                     *w -= g;
@@ -881,17 +909,18 @@ mod tests {
                 row: &mut row,
                 rule: &mut rule,
             };
-            backward(
+            backward::<f32, Portable>(
                 plan,
                 &mut params,
                 &acts,
                 &mut cols,
                 (&mut d0, &mut d1),
                 BATCH,
+                Pass::Train { seed: 5 },
                 sink,
             );
             for (i, ((after, before), g)) in params.iter().zip(&c.params).zip(&grads).enumerate() {
-                assert!((after - (before - g)).abs() < 1e-5, "net {n} param {i}");
+                assert!((after - (before - g)).abs() < 1e-5, "{name}: param {i}");
             }
         }
     }

@@ -6,13 +6,15 @@
 //! ReLU and Flatten work in place and share their input's slot. From the plan
 //! the exact memory a trainer needs follows (see [`crate::train::memory`]).
 //!
-//! A plan for the host kernels ([`Plan::fused`], `std` only) also marks each
-//! one-channel convolution followed by ReLU and 2x2 pooling as one fused stage
-//! (see `crate::kernels`): its output slot is the pooled one, and the memory the
+//! A plan also marks each first one-channel 3x3 convolution followed by ReLU
+//! and 2x2 pooling as one fused stage (which every backend runs, see
+//! [`crate::kernels`]): its output slot is the pooled one, and the memory the
 //! unfused block needed (the convolution's output, its delta and the im2col
-//! matrix) is not planned at all.
+//! matrix) is not planned at all. [`Plan::unfused`] runs every layer alone:
+//! the reference the fused stage is tested against.
 
-use crate::model::{Layer, MAX_LAYERS, ModelSpec, Shape};
+use crate::kernels::ConvPool;
+use crate::model::{Layer, MAX_LAYERS, ModelSpec, Padding, Shape};
 
 /// One layer, resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +42,8 @@ pub struct Stage {
 pub enum Fusion {
     /// On its own.
     Alone,
-    /// A one-channel 3x3 convolution that also applies the ReLU and the 2x2
-    /// pooling after it; its `act_out` is the pooled output's slot.
+    /// A one-channel 3x3 convolution (valid, stride 1) that also applies the
+    /// ReLU and the 2x2 pooling after it; its `act_out` is the pooled output's slot.
     ConvReluPool,
     /// Computed by the fused stage before it (that ReLU and that pooling).
     Absorbed,
@@ -58,22 +60,32 @@ impl Stage {
     /// Number of biases.
     pub fn bias_count(&self) -> usize {
         match self.layer {
-            Layer::Dense { units } => units as usize,
-            Layer::Conv2d { filters } => filters as usize,
+            Layer::Dense { units, .. } => units as usize,
+            Layer::Conv2d { filters, .. } => filters as usize,
             _ => 0,
+        }
+    }
+
+    /// The fused block's shape (meaningful for a [`Fusion::ConvReluPool`] stage).
+    pub fn conv_pool(&self) -> ConvPool {
+        ConvPool {
+            height: self.input.height as usize,
+            width: self.input.width as usize,
+            filters: self.bias_count(),
         }
     }
 
     /// `(rows, k, units)` of the product `Y = A·W` a Dense or Conv2d layer computes
     /// for `batch` samples: `A` is the input `(batch, in)` for Dense, the im2col
-    /// matrix `(batch·Ho·Wo, 9·C)` for Conv2d. Zero for layers without weights.
+    /// matrix `(batch·Ho·Wo, K·K·C)` for Conv2d. Zero for layers without weights.
     pub fn product_shape(&self, batch: usize) -> (usize, usize, usize) {
         let units = self.bias_count();
+        let taps = self.layer.kernel_side() * self.layer.kernel_side();
         match self.layer {
             Layer::Dense { .. } => (batch, self.input.len(), units),
             Layer::Conv2d { .. } => (
                 batch * self.output.height as usize * self.output.width as usize,
-                9 * self.input.channels as usize,
+                taps * self.input.channels as usize,
                 units,
             ),
             _ => (0, 0, 0),
@@ -97,26 +109,18 @@ impl Stage {
     /// which position of each pooling window won, packed (zero for others).
     pub fn winners_len(&self) -> usize {
         match self.fusion {
-            #[cfg(feature = "std")]
-            Fusion::ConvReluPool => crate::kernels::winner_words(
-                self.written_len() / self.output.channels as usize,
-                self.output.channels as usize,
-            ),
+            Fusion::ConvReluPool => self.conv_pool().winner_words(),
             _ => 0,
         }
     }
 
     /// Values per sample in the im2col matrix of a convolution, zero otherwise.
     pub fn cols_len(&self) -> usize {
-        match self.layer {
-            Layer::Conv2d { .. } => {
-                self.output.height as usize
-                    * self.output.width as usize
-                    * 9
-                    * self.input.channels as usize
-            }
-            _ => 0,
-        }
+        let taps = self.layer.kernel_side() * self.layer.kernel_side();
+        self.output.height as usize
+            * self.output.width as usize
+            * taps
+            * self.input.channels as usize
     }
 }
 
@@ -133,17 +137,16 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Resolves `spec` for the portable kernels: every layer on its own.
+    /// Resolves `spec`: each one-channel 3x3 convolution that needs no input
+    /// gradient and is followed by ReLU and 2x2 max pooling becomes one fused
+    /// stage.
     pub fn new(spec: &ModelSpec) -> Self {
-        Self::build(spec, false)
+        Self::build(spec, true)
     }
 
-    /// Resolves `spec` for the host kernels: each one-channel convolution that
-    /// needs no input gradient and is followed by ReLU and max pooling becomes
-    /// one fused stage.
-    #[cfg(feature = "std")]
-    pub fn fused(spec: &ModelSpec) -> Self {
-        Self::build(spec, true)
+    /// Resolves `spec` with every layer on its own.
+    pub fn unfused(spec: &ModelSpec) -> Self {
+        Self::build(spec, false)
     }
 
     fn build(spec: &ModelSpec, fuse: bool) -> Self {
@@ -163,8 +166,8 @@ impl Plan {
             } else {
                 Fusion::Alone
             };
-            let in_place =
-                matches!(layer, Layer::Relu | Layer::Flatten) || fusion == Fusion::Absorbed;
+            let in_place = matches!(layer, Layer::Relu | Layer::Flatten | Layer::Dropout { .. })
+                || fusion == Fusion::Absorbed;
             let act_out = if in_place { slot } else { acts };
             let stage = Stage {
                 layer,
@@ -283,13 +286,17 @@ impl Plan {
     }
 }
 
-/// Whether `layers` starts with a block the host kernels fuse: a convolution
-/// over one channel, then ReLU, then max pooling.
+/// Whether `layers` starts with the block the kernels fuse: a 3x3 valid
+/// stride-1 convolution over one channel, then ReLU, then 2x2 max pooling.
 fn fusable(layers: &[(Layer, Shape, Shape)]) -> bool {
     matches!(
         layers,
-        [(Layer::Conv2d { .. }, input, _), (Layer::Relu, ..), (Layer::MaxPool2d, ..), ..]
-            if input.channels == 1
+        [
+            (Layer::Conv2d { kernel: 3, stride: 1, padding: Padding::Valid, .. }, input, _),
+            (Layer::Relu, ..),
+            (Layer::MaxPool2d { size: 2, stride: 2 }, ..),
+            ..
+        ] if input.channels == 1
     )
 }
 
@@ -299,7 +306,7 @@ mod tests {
 
     #[test]
     fn cnn_offsets_follow_keras_order() {
-        let plan = Plan::new(&ModelSpec::reference_cnn());
+        let plan = Plan::unfused(&ModelSpec::reference_cnn());
         let s = plan.stages();
         // conv kernel 3x3x1x32 = 288, bias 32, dense kernel 5408x100, bias 100, dense 100x10, bias 10
         assert_eq!(
@@ -322,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_fused_cnn_plans_only_the_pooled_output() {
-        let plan = Plan::fused(&ModelSpec::reference_cnn());
+        let plan = Plan::new(&ModelSpec::reference_cnn());
         let s = plan.stages();
         assert_eq!(s[0].fusion, Fusion::ConvReluPool);
         assert_eq!(
@@ -342,37 +349,52 @@ mod tests {
         assert_eq!((plan.cols_len(), plan.delta_len()), (0, 5408));
         assert_eq!(plan.fused_params(), 320);
         // Parameters are laid out as in the portable plan.
-        let portable = Plan::new(&ModelSpec::reference_cnn());
-        for (f, p) in s.iter().zip(portable.stages()) {
+        let unfused = Plan::unfused(&ModelSpec::reference_cnn());
+        for (f, p) in s.iter().zip(unfused.stages()) {
             assert_eq!(f.params, p.params);
         }
-        assert_eq!(portable.fused_params(), 0);
+        assert_eq!(unfused.fused_params(), 0);
     }
 
     #[test]
     fn only_a_first_one_channel_convolution_is_fused() {
         use Layer::*;
-        // A second convolution needs its input gradient; a three-channel one
-        // is not the kernel's shape.
+        // A second convolution needs its input gradient; a three-channel one,
+        // a 5x5 one, a strided or padded one, or a pooling other than 2x2 is
+        // not the kernel's shape.
         let later = [
-            Conv2d { filters: 2 },
+            Layer::conv(2, 3),
             Relu,
-            Conv2d { filters: 3 },
+            Layer::conv(3, 3),
             Relu,
-            MaxPool2d,
+            Layer::maxpool(2),
         ];
-        let three = [Conv2d { filters: 2 }, Relu, MaxPool2d];
+        let three = [Layer::conv(2, 3), Relu, Layer::maxpool(2)];
+        let wide = [Layer::conv(2, 5), Relu, Layer::maxpool(2)];
+        let conv = |stride, padding| Conv2d {
+            filters: 2,
+            kernel: 3,
+            stride,
+            padding,
+            init: crate::model::Initializer::GlorotUniform,
+        };
+        let strided = [conv(2, Padding::Valid), Relu, Layer::maxpool(2)];
+        let same = [conv(1, Padding::Same), Relu, Layer::maxpool(2)];
+        let pool3 = [Layer::conv(2, 3), Relu, Layer::maxpool(3)];
         for (input, layers) in [
             (Shape::image(12, 12, 1), &later[..]),
             (Shape::image(8, 8, 3), &three[..]),
+            (Shape::image(12, 12, 1), &wide[..]),
+            (Shape::image(12, 12, 1), &strided[..]),
+            (Shape::image(12, 12, 1), &same[..]),
+            (Shape::image(12, 12, 1), &pool3[..]),
         ] {
             let mut all = heapless::Vec::<Layer, 8>::new();
             all.extend_from_slice(layers).unwrap();
-            all.extend_from_slice(&[Flatten, Dense { units: 3 }])
-                .unwrap();
+            all.extend_from_slice(&[Flatten, Layer::dense(3)]).unwrap();
             let spec = ModelSpec::new(input, &all).unwrap();
             assert!(
-                Plan::fused(&spec)
+                Plan::new(&spec)
                     .stages()
                     .iter()
                     .all(|s| s.fusion == Fusion::Alone)

@@ -309,6 +309,10 @@ mod tests {
                 test_examples: 1_666,
                 max_frame: 256,
                 encoding: Encoding::Int8,
+                data: DataShape {
+                    values: 784,
+                    labels: 10,
+                },
             }),
             Message::Welcome(Welcome {
                 client_id: 7,

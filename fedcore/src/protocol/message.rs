@@ -16,7 +16,7 @@ use crate::train::TrainConfig;
 use super::auth::{Challenge, Proof};
 
 /// Version of this protocol; a server refuses a hello with another.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What kind of participant says hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +87,88 @@ pub struct Hello<'a> {
     pub max_frame: u32,
     /// The encoding it wants parameter chunks in (both directions).
     pub encoding: Encoding,
+    /// What its samples are, so that a model they do not fit is refused at
+    /// admission rather than at the first batch.
+    pub data: DataShape,
+}
+
+/// A participant's data as a model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataShape {
+    /// Values in each sample (the model's input must take as many).
+    pub values: u32,
+    /// One more than its largest label (the model needs at least as many classes).
+    pub labels: u16,
+}
+
+impl DataShape {
+    /// The shape of a participant's training and test data: the first
+    /// sample's values, and every label's bound.
+    pub fn of(train: &impl crate::data::Dataset, test: &impl crate::data::Dataset) -> Self {
+        let first = (!train.is_empty())
+            .then(|| train.sample(0))
+            .or_else(|| (!test.is_empty()).then(|| test.sample(0)));
+        let labels =
+            |d: &dyn Fn(usize) -> u8, n: usize| (0..n).map(d).max().map_or(0, |l| u16::from(l) + 1);
+        DataShape {
+            values: first.map_or(0, |s| s.pixels.len() as u32),
+            labels: labels(&|i| train.sample(i).label, train.len())
+                .max(labels(&|i| test.sample(i).label, test.len())),
+        }
+    }
+
+    /// Why `model` cannot train on data of this shape, if it cannot.
+    pub fn mismatch(&self, model: &crate::model::ModelSpec) -> Option<DataMismatch> {
+        let (input, classes) = (model.input().len(), model.classes());
+        if self.values as usize != input {
+            Some(DataMismatch::Values {
+                data: self.values,
+                model: input,
+            })
+        } else if usize::from(self.labels) > classes {
+            Some(DataMismatch::Labels {
+                labels: self.labels,
+                classes,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// How a participant's data and the federation's model disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataMismatch {
+    /// Its samples have another number of values than the model's input.
+    Values {
+        /// Values in each of its samples.
+        data: u32,
+        /// Values the model's input takes.
+        model: usize,
+    },
+    /// Its labels go beyond the model's classes.
+    Labels {
+        /// One more than its largest label.
+        labels: u16,
+        /// The model's classes.
+        classes: usize,
+    },
+}
+
+impl core::fmt::Display for DataMismatch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            DataMismatch::Values { data, model } => write!(
+                f,
+                "its samples have {data} values but the model's input takes {model}: pick a model for this data (--model)"
+            ),
+            DataMismatch::Labels { labels, classes } => write!(
+                f,
+                "its labels go up to {} but the model has {classes} classes: give the last layer at least {labels} outputs",
+                labels - 1
+            ),
+        }
+    }
 }
 
 /// The server accepts a participant.
@@ -320,6 +402,10 @@ pub struct ErrorMsg<'a> {
 }
 
 /// Every message of the protocol.
+// Welcome holds the model spec inline (up to MAX_LAYERS layers, about 300
+// bytes): without alloc there is no box to put it in, and a message lives on
+// the stack only while it is handled.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message<'a> {
     /// Participant → server: who I am.

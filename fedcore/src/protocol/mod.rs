@@ -64,6 +64,7 @@ pub mod transfer;
 
 pub use frame::{Decoder, Feed, FrameError, FrameReader};
 pub use message::{
-    Board, Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes, FitIns, FitRes, Hello, Message,
-    Nack, PROTOCOL_VERSION, ParamChunk, ParticipantKind, Resend, Values, Welcome,
+    Board, DataMismatch, DataShape, Encoding, ErrorCode, ErrorMsg, EvaluateIns, EvaluateRes,
+    FitIns, FitRes, Hello, Message, Nack, PROTOCOL_VERSION, ParamChunk, ParticipantKind, Resend,
+    Values, Welcome,
 };

@@ -40,6 +40,11 @@ pub async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
         test_examples: TEST_EXAMPLES,
         max_frame: HOST_MAX_FRAME as u32,
         encoding: Encoding::F32,
+        // MNIST, which every scripted federation trains on.
+        data: fedcore::protocol::DataShape {
+            values: 784,
+            labels: 10,
+        },
     }))
     .await
     .map_err(|_| Ending::Lost)?;

@@ -1,5 +1,5 @@
-//! Fused f32 kernels for hosts (the `std` build only): a one-channel 3x3
-//! convolution with its ReLU and 2x2 max pooling, forward and weight gradients.
+//! The host's SIMD kernels for the fused block (a one-channel 3x3 convolution
+//! with its ReLU and 2x2 max pooling), forward and weight gradients, in f32.
 //!
 //! The portable path runs that block as im2col, a product with K = 9, a bias
 //! pass, a ReLU pass and a pooling pass, and backward as four more passes over
@@ -23,68 +23,14 @@
 
 use pulp::{Arch, Simd, WithSimd};
 
+use crate::kernels::ConvPool;
+
 /// Filter vectors the forward pass computes together (`V` in what follows):
 /// two with 32 vector registers (32 filters a block with AVX-512), one with 16,
 /// where two spill the nine taps (measured on an AVX2 EPYC: CNN training 7.2k
 /// -> 8.3k samples/s).
 fn filter_vectors<S: Simd>() -> usize {
     if S::REGISTER_COUNT >= 32 { 2 } else { 1 }
-}
-
-/// A 3x3 convolution (valid, stride 1) over a one-channel image, then ReLU,
-/// then 2x2 max pooling (odd edges dropped). Images are row-major; outputs HWC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ConvPool {
-    /// Input rows.
-    pub height: usize,
-    /// Input columns.
-    pub width: usize,
-    /// Filters (output channels).
-    pub filters: usize,
-}
-
-impl ConvPool {
-    /// Pooled output rows and columns.
-    fn pooled(&self) -> (usize, usize) {
-        (
-            self.height.saturating_sub(2) / 2,
-            self.width.saturating_sub(2) / 2,
-        )
-    }
-
-    fn output_len(&self) -> usize {
-        let (ph, pw) = self.pooled();
-        ph * pw * self.filters
-    }
-
-    fn input_len(&self) -> usize {
-        self.height * self.width
-    }
-
-    /// Words a sample's winners take: two bits a pooled value, the windows of
-    /// each filter packed [`WINDOWS_PER_WORD`] to a word, words filter-major
-    /// within each group of windows (so a vector of filters is one load).
-    pub(crate) fn winner_words(&self) -> usize {
-        let (ph, pw) = self.pooled();
-        winner_words(ph * pw, self.filters)
-    }
-}
-
-/// Words the winners of `windows` pooling windows of `filters` filters take
-/// (see [`ConvPool::winner_words`]).
-pub(crate) fn winner_words(windows: usize, filters: usize) -> usize {
-    windows.div_ceil(WINDOWS_PER_WORD) * filters
-}
-
-/// Pooling windows whose two-bit winners share a `u32`.
-const WINDOWS_PER_WORD: usize = 16;
-
-/// Where window `w`'s winners sit: the word row and the bit shift.
-fn winner_slot(w: usize, filters: usize) -> (usize, u32) {
-    (
-        (w / WINDOWS_PER_WORD) * filters,
-        2 * (w % WINDOWS_PER_WORD) as u32,
-    )
 }
 
 /// Forward: `y` (pooled outputs, `batch` samples HWC) from `x` (`batch`
@@ -274,7 +220,7 @@ impl Forward<'_> {
                         // The first position at the maximum wins (as the
                         // portable pooling routes the gradient); 3 if none
                         // before it did.
-                        let (row, shift) = winner_slot(i * pw + j, f);
+                        let (row, shift) = shape.winner_slot(i * pw + j);
                         let row = &mut words[row..row + f];
                         let fresh = shift == 0;
                         let old = if fresh {
@@ -360,7 +306,7 @@ impl Grads<'_> {
                         for v in 0..V {
                             db[v] = simd.add_f32s(db[v], passed[v]);
                         }
-                        let (row, shift) = winner_slot(i * pw + j, f);
+                        let (row, shift) = shape.winner_slot(i * pw + j);
                         let shift = simd.splat_u32s(shift);
                         let packed = load_words::<S, V>(simd, &words[row..row + f], f0);
                         let code = packed
