@@ -8,6 +8,12 @@
 
 #[path = "support/scripted.rs"]
 mod scripted;
+
+/// What the scripted peers say their data is: MNIST, which these federations train on.
+const DECLARED: fedcore::protocol::DataShape = fedcore::protocol::DataShape {
+    values: 784,
+    labels: 10,
+};
 mod support;
 
 use std::path::Path;
@@ -262,7 +268,9 @@ fn on_runtime<T>(work: impl Future<Output = T>) -> T {
 #[test]
 fn peers_with_nothing_valid_to_give_cannot_end_the_run() {
     // Before, two peers claiming 0 examples alone in round 1 made the server
-    // exit 1 ("nothing to aggregate") with no history and no model.
+    // exit 1 ("nothing to aggregate") with no history and no model. Now every
+    // round runs and is recorded, and the run then fails, saying that nothing
+    // was aggregated.
     let out = temp_dir("nothing-valid");
     let (mut server, addr) = start_federation(
         &out,
@@ -280,8 +288,8 @@ fn peers_with_nothing_valid_to_give_cannot_end_the_run() {
         })
     });
     assert!(
-        wait(&mut server, Duration::from_secs(60)),
-        "the server ran to the end, exit 0"
+        !wait(&mut server, Duration::from_secs(60)),
+        "the server ran to the end and failed: it aggregated nothing"
     );
     peers.join().unwrap();
     let history = History::read(&out.join("history_3.json")).unwrap();
@@ -439,15 +447,41 @@ fn a_model_the_data_does_not_fit_is_refused_before_training() {
     let (out, data) = (temp_dir("mismatch-out"), temp_dir("mismatch-data"));
     mnist_subset(&data, 200, 50);
     for (model, says) in [
-        ("mlp:100-10", "its samples have 784 values but the model's input takes 100"),
-        ("mlp:784-8-4", "its labels go up to 9 but the model has 4 classes"),
+        (
+            "mlp:100-10",
+            "its samples have 784 values but the model's input takes 100",
+        ),
+        (
+            "mlp:784-8-4",
+            "its labels go up to 9 but the model has 4 classes",
+        ),
     ] {
         let (mut server, addr) = start_server(
             &out,
-            &["--rounds", "1", "--model", model, "--min-available-clients", "1", "--min-fit-clients", "1", "--wait-timeout", "3"],
+            &[
+                "--rounds",
+                "1",
+                "--model",
+                model,
+                "--min-available-clients",
+                "1",
+                "--min-fit-clients",
+                "1",
+                "--min-evaluate-clients",
+                "1",
+                "--wait-timeout",
+                "3",
+            ],
         );
         let client = Command::new(bin("host-client"))
-            .args(["--server", &addr, "--num-clients", "1", "--client-index", "0"])
+            .args([
+                "--server",
+                &addr,
+                "--num-clients",
+                "1",
+                "--client-index",
+                "0",
+            ])
             .args(["--connect-timeout", "20", "--data-dir"])
             .arg(&data)
             .output()
@@ -455,7 +489,10 @@ fn a_model_the_data_does_not_fit_is_refused_before_training() {
         assert!(!client.status.success(), "{model}: the client was refused");
         let err = String::from_utf8_lossy(&client.stderr);
         assert!(err.contains(says), "{model}: {err}");
-        assert!(!wait(&mut server, Duration::from_secs(60)), "{model}: the server fails");
+        assert!(
+            !wait(&mut server, Duration::from_secs(60)),
+            "{model}: the server fails"
+        );
     }
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(&data).unwrap();

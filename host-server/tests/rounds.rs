@@ -11,6 +11,12 @@ use std::time::Duration;
 #[path = "support/scripted.rs"]
 mod scripted;
 
+/// What the scripted peers say their data is: what [`model`] takes.
+const DECLARED: fedcore::protocol::DataShape = fedcore::protocol::DataShape {
+    values: 4,
+    labels: 2,
+};
+
 use fedcore::aggregate::ServerOpt;
 use fedcore::model::{ModelSpec, Plan, init_params};
 use fedcore::rng::Rng;

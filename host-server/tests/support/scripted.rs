@@ -40,11 +40,8 @@ pub async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
         test_examples: TEST_EXAMPLES,
         max_frame: HOST_MAX_FRAME as u32,
         encoding: Encoding::F32,
-        // MNIST, which every scripted federation trains on.
-        data: fedcore::protocol::DataShape {
-            values: 784,
-            labels: 10,
-        },
+        // What the including test's federation trains on.
+        data: super::DECLARED,
     }))
     .await
     .map_err(|_| Ending::Lost)?;
