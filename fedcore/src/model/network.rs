@@ -345,27 +345,21 @@ impl Initializer {
         };
         crate::scalar::float::sqrt(numerator / fan.max(1) as f32)
     }
-
-    /// One draw for a layer whose scale is `scale`.
-    fn draw(self, scale: f32, rng: &mut Rng) -> f32 {
-        match self {
-            Initializer::GlorotUniform | Initializer::HeUniform | Initializer::LecunUniform => {
-                (2.0 * rng.uniform() - 1.0) * scale
-            }
-            // Keras' truncated normal: redrawn beyond two deviations, the
-            // deviation raised so that the truncated draw keeps `scale`.
-            _ => loop {
-                let z = standard_normal(rng);
-                if z.abs() <= 2.0 {
-                    break z * scale / TRUNCATED_DEVIATION;
-                }
-            },
-        }
-    }
 }
 
 /// The deviation of a standard normal truncated at ±2.
 const TRUNCATED_DEVIATION: f32 = 0.879_625_7;
+
+/// A standard normal draw truncated at ±2 (redrawn beyond), as Keras'
+/// truncated normal draws.
+fn truncated_normal(rng: &mut Rng) -> f32 {
+    loop {
+        let z = standard_normal(rng);
+        if z.abs() <= 2.0 {
+            return z;
+        }
+    }
+}
 
 /// A standard normal draw (Box-Muller).
 fn standard_normal(rng: &mut Rng) -> f32 {
@@ -391,8 +385,18 @@ pub fn init_params<S: Scalar>(plan: &Plan, params: &mut [S], rng: &mut Rng) {
         let fan_out = taps * nb;
         let scale = init.scale(fan_in, fan_out);
         let (w, b) = params[st.params..st.params + nw + nb].split_at_mut(nw);
-        for v in w {
-            *v = S::from_f32(init.draw(scale, rng));
+        match init {
+            Initializer::GlorotUniform | Initializer::HeUniform | Initializer::LecunUniform => {
+                for v in w {
+                    *v = S::from_f32((2.0 * rng.uniform() - 1.0) * scale);
+                }
+            }
+            // The deviation raised so that the truncated draw keeps `scale`.
+            _ => {
+                for v in w {
+                    *v = S::from_f32(truncated_normal(rng) * scale / TRUNCATED_DEVIATION);
+                }
+            }
         }
         b.fill(S::ZERO);
     }
