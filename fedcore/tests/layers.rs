@@ -65,6 +65,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "history",
             "config",
+            "weights",
             "aggregation",
             "plot",
             "validate",

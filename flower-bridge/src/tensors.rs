@@ -56,8 +56,12 @@ pub struct TensorSlot {
     pub offset: usize,
     /// Its dimensions, as Keras reports them.
     pub shape: Vec<usize>,
-    /// What it is, for messages: "layer 0 (conv2d 32) kernel".
+    /// What it is, for messages: "layer 0 (conv:32x3) kernel".
     pub what: String,
+    /// The index of its layer in the spec.
+    pub layer: usize,
+    /// "kernel" or "bias".
+    pub part: &'static str,
 }
 
 impl TensorSlot {
@@ -93,11 +97,15 @@ pub fn slots(spec: &ModelSpec) -> Vec<TensorSlot> {
             offset: st.params,
             shape: kernel,
             what: format!("layer {i} ({name}) kernel"),
+            layer: i,
+            part: "kernel",
         });
         slots.push(TensorSlot {
             offset: st.params + st.weight_count(),
             shape: vec![units],
             what: format!("layer {i} ({name}) bias"),
+            layer: i,
+            part: "bias",
         });
     }
     slots

@@ -257,6 +257,8 @@ pub struct ServerConfig {
     pub out: PathBuf,
     /// Seed of client sampling and initialisation.
     pub seed: u64,
+    /// Weights the run starts from instead of an initialisation (.npz or .safetensors).
+    pub initial_model: Option<PathBuf>,
     /// Serial lines with a device on them.
     pub serial: Vec<SerialLine>,
     /// Address Flower clients of the original protocol join on, if any.
@@ -574,6 +576,7 @@ pub(crate) mod tests {
             server_eval: None,
             out: dir.to_path_buf(),
             seed: 3,
+            initial_model: None,
             serial: Vec::new(),
             flower_bind: None,
             superlink_bind: None,

@@ -206,9 +206,15 @@ impl<'a> Run<'a> {
         shared: &'a Shared,
         progress: &'a dyn Progress,
     ) -> anyhow::Result<Self> {
-        let plan = Plan::new(&config.model);
-        let mut global = vec![0.0f32; plan.param_count()];
-        init_params(&plan, &mut global, &mut Rng::new(config.seed));
+        let global = match &config.initial_model {
+            Some(path) => crate::weights::import(&config.model, path)?,
+            None => {
+                let plan = Plan::new(&config.model);
+                let mut global = vec![0.0f32; plan.param_count()];
+                init_params(&plan, &mut global, &mut Rng::new(config.seed));
+                global
+            }
+        };
         let aggregator = Aggregator::new(
             config.strategy,
             config.server_opt,

@@ -3,6 +3,7 @@
 //! Modules, each importing only those above it:
 //! - [`history`]: the history files (a leaf: ids, names and link kinds, never connections);
 //! - [`config`]: settings, strategies and their validation;
+//! - [`weights`]: parameters out and in as `.npz` (Keras' `get_weights()` order) or `.safetensors`;
 //! - [`aggregation`]: a round's aggregation by strategy;
 //! - [`validate`]: what a participant's update and metrics must satisfy before they touch anything;
 //! - [`job`]: what the round loop asks of a participant, and every way it can fail;
@@ -33,3 +34,4 @@ pub mod strikes;
 pub mod summary;
 pub mod supernode;
 pub mod validate;
+pub mod weights;

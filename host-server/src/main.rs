@@ -57,6 +57,20 @@ enum Command {
         #[arg(short, long, default_value = "compare.png")]
         output: PathBuf,
     },
+    /// Write a saved model's weights (model_final.bin) for Keras, NumPy or
+    /// PyTorch: .npz holds Keras' get_weights() as arr_0, arr_1, ... (so
+    /// model.set_weights([f[k] for k in f.files]) loads it); .safetensors
+    /// holds layer<i>.kernel and layer<i>.bias.
+    Export {
+        /// The model file host-server wrote.
+        model: PathBuf,
+        /// The weights file to write (its format by its extension unless --format says).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The format (default: the output's extension).
+        #[arg(long, value_enum)]
+        format: Option<host_server::weights::Format>,
+    },
     /// Make a federation's own small CA, a server certificate and client
     /// certificates (PEM), for --tls-cert/--tls-key/--tls-client-ca here and
     /// --tls-ca (and, for mutual TLS, --tls-cert/--tls-key) on host-client.
@@ -103,6 +117,11 @@ struct RunArgs {
     /// `model.to_json()` writes for a Sequential model (Keras 2 or 3).
     #[arg(long, value_name = "PATH", conflicts_with = "model")]
     model_file: Option<PathBuf>,
+    /// Start from these weights instead of a fresh initialisation: an .npz
+    /// (Keras' get_weights() as numpy.savez writes it, or `host-server
+    /// export`'s) or a .safetensors file, every tensor's shape checked.
+    #[arg(long, value_name = "FILE")]
+    initial_model: Option<PathBuf>,
     /// Fraction of connected clients asked to train each round.
     #[arg(long, default_value_t = 1.0)]
     fraction_fit: f64,
@@ -299,6 +318,7 @@ impl RunArgs {
             resume: self.resume.is_some(),
             out: self.resume.unwrap_or(self.out),
             seed: self.seed,
+            initial_model: self.initial_model,
             serial: self.serial,
             flower_bind: self.flower_bind,
             superlink_bind: self.superlink_bind,
@@ -351,6 +371,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Plot { histories, output }) => plot(&histories, &output),
+        Some(Command::Export {
+            model,
+            output,
+            format,
+        }) => export(&model, &output, format),
         Some(Command::Certificates {
             out,
             hosts,
@@ -507,6 +532,23 @@ fn certificates(out: &std::path::Path, hosts: &[String], clients: &[String]) -> 
         fedhost::certificates::DAYS,
         hosts.join(", ")
     );
+    Ok(())
+}
+
+/// `host-server export`: a saved model's weights as .npz or .safetensors.
+fn export(
+    model: &std::path::Path,
+    output: &std::path::Path,
+    format: Option<host_server::weights::Format>,
+) -> anyhow::Result<()> {
+    use host_server::weights::{Format, export};
+    let (spec, params) = fedhost::model_file::load(model)?;
+    let format = match format {
+        Some(format) => format,
+        None => Format::of(output)?,
+    };
+    export(&spec, &params, format, output)?;
+    println!("wrote {} (model {spec})", output.display());
     Ok(())
 }
 

@@ -64,6 +64,7 @@ fn config(out: &std::path::Path, participants: usize) -> ServerConfig {
         wait_timeout: Duration::from_secs(600),
         out: out.to_path_buf(),
         seed: 5,
+        initial_model: None,
         serial: Vec::new(),
         flower_bind: None,
         superlink_bind: None,
