@@ -7,7 +7,7 @@
 # and the paths of history and plots. Logs go to files in the out folder. Every
 # process it starts is stopped on exit or Ctrl-C.
 #
-#   ./run.sh [--rounds N] [--clients N] [--model cnn|mlp:784-128-10] [--partition iid|dirichlet:A|seed]
+#   ./run.sh [--rounds N] [--clients N] [--model cnn|mlp:784-128-10|"28x28x1 conv:32x3 ..."] [--partition iid|dirichlet:A|shards:S|classes:C|seed]
 #            [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi|fedadagrad|median|trimmed-mean|krum]
 #            [--out DIR] [--port P (0: any free port)] [--data-dir DIR] [--encoding f32|int8]
 #            [--train-slots N (clients training at once; default: the cores; 0: no turns)]
@@ -31,7 +31,7 @@ while (($#)); do
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
     --clients) clients=${2:?--clients needs a number}; shift 2 ;;
     --model) model=${2:?--model needs cnn or mlp:...}; shift 2 ;;
-    --partition) partition=${2:?--partition needs iid, dirichlet:A or seed}; shift 2 ;;
+    --partition) partition=${2:?--partition needs iid, dirichlet:A, shards:S, classes:C or seed}; shift 2 ;;
     --strategy) strategy=${2:?--strategy needs a name}; shift 2 ;;
     --out) out=${2:?--out needs a directory}; shift 2 ;;
     --port) port=${2:?--port needs a number}; shift 2 ;;

@@ -7,6 +7,12 @@
 //! - `dirichlet:<alpha>`: for each class, client proportions drawn from
 //!   Dirichlet(alpha), the same proportions cutting that class's train and test
 //!   samples (small alpha: each client sees few classes);
+//! - `shards:<S>`: McMahan et al.'s pathological split: the samples sorted by
+//!   label, cut into `S` shards a client, and the shards dealt at random (each
+//!   client sees about `S` classes); train and test alike;
+//! - `classes:<C>`: each client holds `C` classes (dealt round a seeded class
+//!   order, so every class has holders when `clients * C` reaches the class
+//!   count), each class's samples shared evenly among its holders;
 //! - `seed`: the reference lab's split: each client takes all 70k samples and
 //!   draws its own random 70/30 train/test split. Clients' test samples are
 //!   other clients' training samples, so accuracy is inflated: not comparable
@@ -28,6 +34,10 @@ pub enum Partition {
     Iid,
     /// Label-skewed shards, class proportions from Dirichlet(alpha).
     Dirichlet(f64),
+    /// Label-sorted shards, this many a client (McMahan et al.).
+    Shards(u32),
+    /// This many classes a client.
+    Classes(u32),
     /// Each client's own random 70/30 split of all samples (leaks test samples).
     Seed,
 }
@@ -40,11 +50,25 @@ impl FromStr for Partition {
             "iid" => Ok(Partition::Iid),
             "seed" => Ok(Partition::Seed),
             _ => {
+                let count = |prefix: &str| {
+                    s.strip_prefix(prefix)
+                        .map(|n| n.parse::<u32>().ok().filter(|&n| n > 0))
+                };
+                if let Some(shards) = count("shards:") {
+                    return shards.map(Partition::Shards).ok_or_else(|| {
+                        format!("partition '{s}': shards:<S> takes a whole number of shards a client, at least 1")
+                    });
+                }
+                if let Some(classes) = count("classes:") {
+                    return classes.map(Partition::Classes).ok_or_else(|| {
+                        format!("partition '{s}': classes:<C> takes a whole number of classes a client, at least 1")
+                    });
+                }
                 let alpha = s
                     .strip_prefix("dirichlet:")
                     .and_then(|a| a.parse::<f64>().ok())
                     .filter(|a| *a > 0.0 && a.is_finite())
-                    .ok_or_else(|| format!("unknown partition '{s}': use iid, seed or dirichlet:<alpha> with alpha > 0"))?;
+                    .ok_or_else(|| format!("unknown partition '{s}': use iid, seed, dirichlet:<alpha> with alpha > 0, shards:<S> or classes:<C>"))?;
                 Ok(Partition::Dirichlet(alpha))
             }
         }
@@ -56,6 +80,8 @@ impl std::fmt::Display for Partition {
         match self {
             Partition::Iid => write!(f, "iid"),
             Partition::Dirichlet(a) => write!(f, "dirichlet:{a}"),
+            Partition::Shards(n) => write!(f, "shards:{n}"),
+            Partition::Classes(n) => write!(f, "classes:{n}"),
             Partition::Seed => write!(f, "seed"),
         }
     }
@@ -132,6 +158,66 @@ impl Partition {
                         mine.extend_from_slice(&of_class[start..end.min(of_class.len())]);
                     }
                     mine
+                };
+                let train = cut(&labels.train, 0);
+                Ok(Assignment {
+                    train,
+                    test: cut(&labels.test, n_train),
+                })
+            }
+            Partition::Shards(per_client) => {
+                let mut deal = |set: &[u8], offset: u32| {
+                    let mut sorted: Vec<u32> = (0..set.len() as u32).collect();
+                    sorted.sort_by_key(|&i| set[i as usize]);
+                    let shards = clients * per_client as usize;
+                    let mut order: Vec<usize> = (0..shards).collect();
+                    order.shuffle(&mut rng);
+                    let mut mine = Vec::new();
+                    for &shard in &order[client * per_client as usize..][..per_client as usize] {
+                        let (start, end) = (
+                            shard * sorted.len() / shards,
+                            (shard + 1) * sorted.len() / shards,
+                        );
+                        mine.extend(sorted[start..end].iter().map(|&i| offset + i));
+                    }
+                    mine
+                };
+                let train = deal(&labels.train, 0);
+                Ok(Assignment {
+                    train,
+                    test: deal(&labels.test, n_train),
+                })
+            }
+            Partition::Classes(per_client) => {
+                let classes = 1 + usize::from(labels.train.iter().copied().max().unwrap_or(0));
+                let per_client = (per_client as usize).min(classes);
+                let mut order: Vec<usize> = (0..classes).collect();
+                order.shuffle(&mut rng);
+                let order = &order;
+                let held =
+                    |k: usize| (0..per_client).map(move |j| order[(k * per_client + j) % classes]);
+                let mine: Vec<usize> = held(client).collect();
+                let cut = |set: &[u8], offset: u32| {
+                    let mut out = Vec::new();
+                    for &class in &mine {
+                        let holders: Vec<usize> = (0..clients)
+                            .filter(|&k| held(k).any(|c| c == class))
+                            .collect();
+                        let rank = holders.iter().position(|&k| k == client).unwrap_or(0);
+                        let mut of_class: Vec<u32> = (0..set.len() as u32)
+                            .filter(|&i| usize::from(set[i as usize]) == class)
+                            .map(|i| offset + i)
+                            .collect();
+                        // The same order for every holder: seeded by the class.
+                        let mut class_rng = StdRng::seed_from_u64(
+                            seed ^ (class as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        );
+                        of_class.shuffle(&mut class_rng);
+                        let n = of_class.len();
+                        let h = holders.len().max(1);
+                        out.extend_from_slice(&of_class[rank * n / h..(rank + 1) * n / h]);
+                    }
+                    out
                 };
                 let train = cut(&labels.train, 0);
                 Ok(Assignment {

@@ -75,7 +75,9 @@ fn a_pool_holds_just_the_wanted_samples() {
 #[test]
 fn iid_and_dirichlet_shards_are_disjoint_and_cover_everything() {
     let labels = dataset::load_labels(&mnist_dir()).unwrap();
-    for partition in [Partition::Iid, "dirichlet:0.3".parse().unwrap()] {
+    for partition in ["iid", "dirichlet:0.3", "shards:2", "classes:2", "classes:3"]
+        .map(|p| p.parse::<Partition>().unwrap())
+    {
         let mut seen = vec![0u8; 70_000];
         for client in 0..5 {
             let shard = partition.assign(&labels, client, 5, 42).unwrap();
@@ -99,10 +101,10 @@ fn iid_and_dirichlet_shards_are_disjoint_and_cover_everything() {
         // Dirichlet rounds each class's cut points down: at most a few samples per class fall out.
         assert!(
             missing
-                <= if partition == Partition::Iid {
-                    0
-                } else {
+                <= if let Partition::Dirichlet(_) = partition {
                     2 * 10 * 5
+                } else {
+                    0
                 },
             "{partition}: {missing} unassigned"
         );
@@ -127,6 +129,28 @@ fn dirichlet_skews_labels_and_seed_splits_seventy_thirty() {
         .filter(|&&c| c * 50 < skewed.train.len())
         .count();
     assert!(rare >= 3, "alpha 0.1 should skew the labels: {counts:?}");
+
+    // Pathological splits: a client of classes:2 sees two classes; of
+    // shards:2 among 100 (McMahan et al.'s 200 shards of 300), two
+    // label-sorted shards, each of one class or straddling two.
+    for (partition, clients, most) in [("classes:2", 5, 2), ("shards:2", 100, 4)] {
+        let partition: Partition = partition.parse().unwrap();
+        for client in 0..5 {
+            let share = partition.assign(&labels, client, clients, 7).unwrap();
+            let mut seen = [false; 10];
+            for &i in &share.train {
+                seen[usize::from(labels.train[i as usize])] = true;
+            }
+            let classes = seen.iter().filter(|&&s| s).count();
+            assert!(
+                (1..=most).contains(&classes),
+                "{partition} client {client}: {classes} classes"
+            );
+        }
+    }
+    for bad in ["shards:0", "classes:x", "classes:"] {
+        assert!(bad.parse::<Partition>().is_err(), "{bad}");
+    }
 
     let seed = Partition::Seed.assign(&labels, 3, 5, 7).unwrap();
     assert_eq!((seed.train.len(), seed.test.len()), (49_000, 21_000));

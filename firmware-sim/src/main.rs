@@ -43,7 +43,7 @@ struct Cli {
     #[arg(long, default_value_t = 128)]
     ram_kb: usize,
     /// The model the firmware is built for.
-    #[arg(long, default_value = "mlp:784-32-10")]
+    #[arg(long, default_value = "mlp:784-32-10", value_parser = fedhost::keras::parse_model_arg)]
     model: ModelSpec,
     /// Number type of training.
     #[arg(long, value_enum, default_value_t = Numeric::Fixed)]

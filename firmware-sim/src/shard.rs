@@ -17,7 +17,7 @@ pub struct ShardArgs {
     /// This device's share of the data: index/count, e.g. 4/6.
     #[arg(long, value_parser = parse_shard, default_value = "0/1")]
     pub shard: (usize, usize),
-    /// How to split the data: iid, dirichlet:<alpha>, or seed.
+    /// How to split the data: iid, dirichlet:<alpha>, shards:<S>, classes:<C>, or seed.
     #[arg(long, default_value = "iid")]
     pub partition: Partition,
     /// Seed of the partition (the same for every participant of a federation;

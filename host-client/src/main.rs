@@ -67,7 +67,7 @@ struct JoinArgs {
     /// Virtual clients to run in this process (indices client-index .. client-index + clients).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     clients: u32,
-    /// How to split the data: iid, dirichlet:<alpha>, or seed (each client's own 70/30 split; leaks test samples).
+    /// How to split the data: iid, dirichlet:<alpha>, shards:<S> (label-sorted shards, S a client), classes:<C> (C classes a client), or seed (each client's own 70/30 split; leaks test samples).
     #[arg(long, default_value = "iid")]
     partition: Partition,
     /// Seed of the partition (the same for every client of a federation).

@@ -34,7 +34,7 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Numeric::Fixed)]
     numeric: Numeric,
     /// The model the image is built for (the federation's).
-    #[arg(long, default_value = "mlp:784-32-10")]
+    #[arg(long, default_value = "mlp:784-32-10", value_parser = fedhost::keras::parse_model_arg)]
     model: ModelSpec,
     /// RAM budget in KiB, set by the image's linker script: a model whose
     /// memory does not fit fails to link.
