@@ -1,9 +1,10 @@
 //! Datasets as the trainer sees them, and a zero-copy IDX parser.
 //!
-//! Training reads samples through the [`Dataset`] trait: raw `u8` pixels (HWC)
-//! and a label, normalised to `[0, 1]` only inside the trainer. Pixels stay
-//! bytes everywhere else, which is what a device keeps in flash and what keeps
-//! a host's copy of MNIST at 55 MB instead of 220 MB.
+//! Training reads samples through the [`Dataset`] trait: a sample's values
+//! (HWC) and a label. Values are raw bytes (pixels, normalised to `[0, 1]`
+//! only inside the trainer: bytes are what a device keeps in flash, and what
+//! keeps a host's copy of MNIST at 55 MB instead of 220 MB) or floats (a
+//! table's features, taken as they are).
 //!
 //! [`Idx`] parses IDX files (MNIST's format) from bytes already in memory: the
 //! shells do the file I/O and gzip, this module only checks and views.
@@ -13,11 +14,43 @@
 
 use crate::Error;
 
+/// A sample's values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Values<'a> {
+    /// Pixels, 0..=255, trained on as `p / 255`.
+    Bytes(&'a [u8]),
+    /// Features, trained on as they are.
+    Floats(&'a [f32]),
+}
+
+impl<'a> Values<'a> {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::Bytes(v) => v.len(),
+            Values::Floats(v) => v.len(),
+        }
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, for byte samples.
+    pub fn bytes(&self) -> Option<&'a [u8]> {
+        match *self {
+            Values::Bytes(v) => Some(v),
+            Values::Floats(_) => None,
+        }
+    }
+}
+
 /// One training or test example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample<'a> {
-    /// Pixels, HWC, 0..=255.
-    pub pixels: &'a [u8],
+    /// Its values, HWC.
+    pub values: Values<'a>,
     /// Class label.
     pub label: u8,
 }
@@ -164,7 +197,7 @@ impl Dataset for LabelledImages<'_> {
 
     fn sample(&self, index: usize) -> Sample<'_> {
         Sample {
-            pixels: &self.images[index * self.pixels..(index + 1) * self.pixels],
+            values: Values::Bytes(&self.images[index * self.pixels..(index + 1) * self.pixels]),
             label: self.labels[index],
         }
     }
@@ -269,7 +302,7 @@ impl<const P: usize> Dataset for Samples<P> {
     }
     fn sample(&self, i: usize) -> Sample<'_> {
         Sample {
-            pixels: &self.0[i].0,
+            values: Values::Bytes(&self.0[i].0),
             label: self.0[i].1,
         }
     }
@@ -301,7 +334,7 @@ mod tests {
         assert_eq!(
             set.sample(2),
             Sample {
-                pixels: &[7, 7, 7, 7],
+                values: Values::Bytes(&[7, 7, 7, 7]),
                 label: 1
             }
         );
@@ -358,14 +391,14 @@ mod tests {
         assert_eq!(
             b.train.sample(2),
             Sample {
-                pixels: &[2, 4],
+                values: Values::Bytes(&[2, 4]),
                 label: 2
             }
         );
         assert_eq!(
             b.test.sample(1),
             Sample {
-                pixels: &[4, 8],
+                values: Values::Bytes(&[4, 8]),
                 label: 4
             }
         );

@@ -18,7 +18,7 @@ use core::marker::PhantomData;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::data::Dataset;
+use crate::data::{Dataset, Values};
 use crate::kernels::Kernels;
 use crate::model::network::{Fold, GradSink, Pass, backward, forward, sgd_step, softmax_xent};
 use crate::model::{Layer, ModelSpec, Plan};
@@ -463,10 +463,10 @@ impl<S: Scalar, B: AsMut<[S]>, K: Kernels<S>> Trainer<S, B, K> {
         let (pixels, classes) = (self.plan.input_len(), self.plan.classes());
         for i in 0..data.len() {
             let s = data.sample(i);
-            if s.pixels.len() != pixels {
+            if s.values.len() != pixels {
                 return Err(Error::SampleShape {
                     expected: pixels,
-                    got: s.pixels.len(),
+                    got: s.values.len(),
                 });
             }
             if usize::from(s.label) >= classes {
@@ -519,8 +519,17 @@ fn load<S: Scalar>(
 ) {
     let len = plan.input_len();
     for (k, x) in acts[..n * len].chunks_exact_mut(len).enumerate() {
-        for (v, &p) in x.iter_mut().zip(data.sample(index(k)).pixels) {
-            *v = S::from_pixel(p);
+        match data.sample(index(k)).values {
+            Values::Bytes(pixels) => {
+                for (v, &p) in x.iter_mut().zip(pixels) {
+                    *v = S::from_pixel(p);
+                }
+            }
+            Values::Floats(features) => {
+                for (v, &f) in x.iter_mut().zip(features) {
+                    *v = S::from_f32(f);
+                }
+            }
         }
     }
 }

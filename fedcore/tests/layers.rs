@@ -52,6 +52,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "malloc",
             "certificates",
             "output",
+            "table",
             "dataset",
             "partition",
             "share",

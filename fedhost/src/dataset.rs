@@ -10,7 +10,9 @@ use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use fedcore::data::{Dataset, Idx, LabelledImages, Sample};
+use fedcore::data::{Dataset, Idx, LabelledImages, Sample, Values};
+
+use crate::table::{Store, Table};
 use sha2::{Digest, Sha256};
 
 /// Where a fresh clone keeps MNIST, relative to the workspace root.
@@ -102,7 +104,7 @@ impl Dataset for ImageData {
     fn sample(&self, index: usize) -> Sample<'_> {
         let start = self.image_start + index * self.pixels;
         Sample {
-            pixels: &self.images[start..start + self.pixels],
+            values: Values::Bytes(&self.images[start..start + self.pixels]),
             label: self.labels[self.label_start + index],
         }
     }
@@ -191,10 +193,11 @@ pub fn load_labels(dir: &Path) -> Result<Labels, DatasetError> {
 /// with an IID fifth of MNIST keeps 11 MB instead of 55 MB.
 #[derive(Debug, Clone)]
 pub struct Pool {
+    /// Values a sample.
     pixels: usize,
-    images: Vec<u8>,
+    values: Store,
     labels: Vec<u8>,
-    /// Pool index -> position in `images`/`labels`, `u32::MAX` when not loaded.
+    /// Pool index -> position in `values`/`labels`, `u32::MAX` when not loaded.
     slot: Vec<u32>,
 }
 
@@ -202,10 +205,49 @@ impl Pool {
     /// The loaded sample at pool index `index` (which must have been wanted).
     pub fn sample(&self, index: u32) -> Sample<'_> {
         let k = self.slot[index as usize] as usize;
+        let span = k * self.pixels..(k + 1) * self.pixels;
         Sample {
-            pixels: &self.images[k * self.pixels..(k + 1) * self.pixels],
+            values: match &self.values {
+                Store::Bytes(b) => Values::Bytes(&b[span]),
+                Store::Floats(f) => Values::Floats(&f[span]),
+            },
             label: self.labels[k],
         }
+    }
+
+    /// The samples of `wanted` pool indices of a table (training samples
+    /// first, then test samples, as [`Table::labels`] orders them).
+    pub fn from_table(table: &Table, wanted: impl IntoIterator<Item = u32>) -> Self {
+        let mut slot = vec![u32::MAX; table.labels.len()];
+        let w = table.width;
+        let mut pool = Pool {
+            pixels: w,
+            values: match table.values {
+                Store::Bytes(_) => Store::Bytes(Vec::new()),
+                Store::Floats(_) => Store::Floats(Vec::new()),
+            },
+            labels: Vec::new(),
+            slot: Vec::new(),
+        };
+        for i in wanted {
+            let Some(s) = slot.get_mut(i as usize).filter(|s| **s == u32::MAX) else {
+                continue;
+            };
+            *s = pool.labels.len() as u32;
+            let i = i as usize;
+            pool.labels.push(table.labels[i]);
+            match (&mut pool.values, &table.values) {
+                (Store::Bytes(to), Store::Bytes(from)) => {
+                    to.extend_from_slice(&from[i * w..(i + 1) * w])
+                }
+                (Store::Floats(to), Store::Floats(from)) => {
+                    to.extend_from_slice(&from[i * w..(i + 1) * w])
+                }
+                _ => {}
+            }
+        }
+        pool.slot = slot;
+        pool
     }
 
     /// Number of samples held.
@@ -234,10 +276,11 @@ pub fn load_pool(
     }
     let mut pool = Pool {
         pixels: 0,
-        images: Vec::new(),
+        values: Store::Bytes(Vec::new()),
         labels: Vec::new(),
         slot,
     };
+    let mut images = Vec::new();
     let n_train = labels.train.len();
     for (name, offset, set_labels) in [
         (TRAIN_IMAGES, 0, &labels.train),
@@ -268,11 +311,12 @@ pub fn load_pool(
             let s = &mut pool.slot[offset + i];
             if *s != u32::MAX {
                 *s = pool.labels.len() as u32;
-                pool.images.extend_from_slice(&image);
+                images.extend_from_slice(&image);
                 pool.labels.push(label);
             }
         }
     }
+    pool.values = Store::Bytes(images);
     Ok(pool)
 }
 
@@ -440,7 +484,7 @@ mod tests {
         let labels = idx(&[2], &[3, 4, 9, 9, 9]);
         let data = ImageData::new(images, labels).unwrap();
         assert_eq!(data.len(), 2);
-        assert_eq!(data.sample(1).pixels, [5, 6, 7, 8]);
+        assert_eq!(data.sample(1).values, Values::Bytes(&[5, 6, 7, 8]));
         assert_eq!(data.sample(1).label, 4);
     }
 }

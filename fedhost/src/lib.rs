@@ -1,6 +1,7 @@
 //! What the std hosts (host-server, host-client, firmware-sim) share, written once:
 //!
 //! - [`dataset`]: IDX datasets from a directory, checksums verified;
+//! - [`table`]: data sets from a `.npz` (Keras' mnist.npz layout) or a `.csv` of features;
 //! - [`partition`]: splitting them among clients (IID, Dirichlet, the reference's per-client split);
 //! - [`share`]: loading one participant's share (or several sharing one pool);
 //! - [`link`]: fedcore frames over any async byte stream, with chunked parameter transfer;
@@ -23,4 +24,5 @@ pub mod output;
 pub mod partition;
 pub mod share;
 pub mod subnormal;
+pub mod table;
 pub mod tls;

@@ -15,8 +15,10 @@ use crate::partition::{BadAlpha, Partition};
 /// Which shares of which dataset.
 #[derive(Debug, Clone)]
 pub struct ShareSpec {
-    /// Directory of the IDX files.
+    /// A folder of IDX files, or a `.npz` or `.csv` data file ([`crate::table`]).
     pub dir: PathBuf,
+    /// A CSV's label column (default: the last).
+    pub label_column: Option<String>,
     /// How the data is split.
     pub partition: Partition,
     /// How many participants share the data.
@@ -37,21 +39,22 @@ pub struct Share {
 impl Share {
     /// This share as a shard blob ([`fedcore::data::Blob`]): what a board
     /// reads from flash or a memory region instead of files. `None` if its
-    /// samples are larger than a blob's 65,535 bytes or more than 2^32.
+    /// samples are larger than a blob's 65,535 bytes or more than 2^32, or
+    /// are floats (a board keeps bytes).
     pub fn blob(&self) -> Option<Vec<u8>> {
         use fedcore::data::{Blob, Dataset};
         let sets = [&self.train, &self.test];
         let sample_len = sets
             .iter()
             .find(|s| !s.is_empty())
-            .map_or(0, |s| s.sample(0).pixels.len());
+            .map_or(0, |s| s.sample(0).values.len());
         let mut data = Vec::new();
         for set in sets {
             data.extend((0..set.len()).map(|i| set.sample(i).label));
         }
         for set in sets {
             for i in 0..set.len() {
-                data.extend_from_slice(set.sample(i).pixels);
+                data.extend_from_slice(set.sample(i).values.bytes()?);
             }
         }
         let header = Blob::header(
@@ -72,6 +75,9 @@ pub enum ShareError {
     /// The dataset could not be read.
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    /// The data file could not be read.
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
     /// The partition is invalid.
     #[error(transparent)]
     Partition(#[from] BadAlpha),
@@ -97,14 +103,26 @@ impl ShareSpec {
                 count: self.count,
             });
         }
-        let labels = dataset::load_labels(&self.dir)?;
+        let table = crate::table::is_table(&self.dir)
+            .then(|| crate::table::load(&self.dir, self.label_column.as_deref()))
+            .transpose()?;
+        let labels = match &table {
+            Some(t) => dataset::Labels {
+                train: t.labels[..t.train].to_vec(),
+                test: t.labels[t.train..].to_vec(),
+            },
+            None => dataset::load_labels(&self.dir)?,
+        };
         let assignments = indices
             .map(|i| self.partition.assign(&labels, i, self.count, self.seed))
             .collect::<Result<Vec<_>, _>>()?;
         let wanted = assignments
             .iter()
             .flat_map(|a| a.train.iter().chain(&a.test).copied());
-        let pool = Arc::new(dataset::load_pool(&self.dir, &labels, wanted)?);
+        let pool = Arc::new(match &table {
+            Some(t) => dataset::Pool::from_table(t, wanted),
+            None => dataset::load_pool(&self.dir, &labels, wanted)?,
+        });
         Ok(assignments
             .into_iter()
             .map(|a| Share {
@@ -126,6 +144,7 @@ mod tests {
     fn a_share_written_as_a_blob_reads_back_sample_for_sample() {
         let spec = ShareSpec {
             dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist")),
+            label_column: None,
             partition: Partition::Iid,
             count: 200,
             seed: 0,

@@ -37,6 +37,7 @@ impl ShardArgs {
         let (index, count) = self.shard;
         let spec = ShareSpec {
             dir: self.data_dir.clone(),
+            label_column: None,
             partition: self.partition,
             count,
             seed: self.seed,
@@ -49,7 +50,7 @@ impl ShardArgs {
 /// The blob of `data` written to `path`, for a board to read in place.
 pub fn write_blob(data: &Share, path: &std::path::Path) -> anyhow::Result<usize> {
     let blob = data.blob().context(
-        "this shard does not fit a blob (samples over 65,535 bytes or over 2^32 of them)",
+        "this shard does not fit a blob (float features, samples over 65,535 bytes or over 2^32 of them): a board keeps byte samples",
     )?;
     std::fs::write(path, &blob).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(blob.len())

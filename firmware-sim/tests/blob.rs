@@ -27,7 +27,7 @@ fn the_written_blob_is_the_devices_shard_and_checks_out() {
     assert_eq!((blob.train.len(), blob.test.len()), (600, 100));
     assert!(
         (0..600)
-            .all(|i| blob.train.sample(i).pixels.len() == 784 && blob.train.sample(i).label < 10)
+            .all(|i| blob.train.sample(i).values.len() == 784 && blob.train.sample(i).label < 10)
     );
     std::fs::remove_file(&out).unwrap();
 }

@@ -71,6 +71,7 @@ fn allocations_after_boot<S: Scalar>(name: &str) -> usize {
     let (mut server, _addr) = start_federation(&out, 2, "mlp:784-32-10", 1, &["--serial", &path]);
     let spec = ShareSpec {
         dir: data,
+        label_column: None,
         partition: Partition::Iid,
         count: 1,
         seed: 0,

@@ -202,7 +202,7 @@ pub fn idx(data: &[u8]) {
         return;
     };
     for i in 0..pair.len() {
-        assert_eq!(pair.sample(i).pixels.len(), pair.pixels());
+        assert_eq!(pair.sample(i).values.len(), pair.pixels());
     }
 }
 

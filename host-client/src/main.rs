@@ -73,9 +73,15 @@ struct JoinArgs {
     /// Seed of the partition (the same for every client of a federation).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Directory of the IDX files (gzip or raw), checked against its SHA256SUMS.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    /// The data: a folder of IDX files (gzip or raw, checked against its
+    /// SHA256SUMS), a .npz as keras.datasets' mnist.npz (x_train, y_train,
+    /// x_test, y_test; uint8 pixels or float features), or a .csv (a header,
+    /// numeric features, the label column; a fixed fifth of the rows is the test split).
+    #[arg(long = "data", visible_alias = "data-dir", value_name = "PATH", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// A CSV's label column (default: the last column).
+    #[arg(long)]
+    label_column: Option<String>,
     /// Seconds to keep trying to reach the server.
     #[arg(long, default_value_t = 60)]
     connect_timeout: u64,
@@ -182,6 +188,7 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
     // Shares are computed from the labels alone; then only this process's samples are loaded.
     let spec = ShareSpec {
         dir: args.data_dir,
+        label_column: args.label_column,
         partition: args.partition,
         count: total,
         seed: args.seed,

@@ -498,6 +498,53 @@ fn a_model_the_data_does_not_fit_is_refused_before_training() {
     std::fs::remove_dir_all(&data).unwrap();
 }
 
+/// A federation on a CSV of float features: three seeded clusters in four
+/// columns, the label column in the middle, learnt by a small MLP.
+#[test]
+fn a_csv_of_features_federates() {
+    let (out, data) = (temp_dir("csv-out"), temp_dir("csv-data"));
+    let mut text = String::from("f0,f1,species,f2,f3\n");
+    let mut state = 7u32;
+    let mut noise = || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+    };
+    for row in 0..900 {
+        let class = row % 3;
+        let c = class as f32;
+        let cells = [3.0 * c, -2.0 * c, c, 0.5];
+        let f: Vec<String> = cells
+            .iter()
+            .map(|v| format!("{:.4}", v + noise()))
+            .collect();
+        text.push_str(&format!("{},{},{class},{},{}\n", f[0], f[1], f[2], f[3]));
+    }
+    let csv = data.join("clusters.csv");
+    std::fs::write(&csv, text).unwrap();
+    let (mut server, addr) =
+        start_federation(&out, 3, "4 dense:16 relu dense:3", 2, &["--lr", "0.1"]);
+    let mut clients = start_clients_with(&addr, &csv, 0, 2, 2, &["--label-column", "species"]);
+    assert!(wait(&mut server, Duration::from_secs(60)), "the run");
+    assert!(wait(&mut clients, Duration::from_secs(20)));
+    let history = History::read(&out.join("history_3.json")).unwrap();
+    let last = history.rounds.last().unwrap();
+    assert!(
+        last.accuracy_distributed.unwrap() > 0.9,
+        "{:?}",
+        last.accuracy_distributed
+    );
+    // A text cell is one line naming the file, the row and the column.
+    std::fs::write(&csv, "f0,label\n1.5,0\nabc,1\n").unwrap();
+    let (ok, said) = run_client("127.0.0.1:9", &csv, &[]);
+    assert!(!ok);
+    assert!(
+        said.contains("clusters.csv: row 3, column 'f0': 'abc' is not a number"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
 #[test]
 fn every_strategy_runs_end_to_end() {
     let data = temp_dir("strategies-data");

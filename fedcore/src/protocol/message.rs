@@ -111,7 +111,7 @@ impl DataShape {
         let labels =
             |d: &dyn Fn(usize) -> u8, n: usize| (0..n).map(d).max().map_or(0, |l| u16::from(l) + 1);
         DataShape {
-            values: first.map_or(0, |s| s.pixels.len() as u32),
+            values: first.map_or(0, |s| s.values.len() as u32),
             labels: labels(&|i| train.sample(i).label, train.len())
                 .max(labels(&|i| test.sample(i).label, test.len())),
         }

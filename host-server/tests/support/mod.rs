@@ -54,7 +54,7 @@ pub fn mnist_subset(dir: &Path, train: usize, test: usize) {
         labels.extend_from_slice(&(n as u32).to_be_bytes());
         for i in 0..n {
             let s = set.sample(i);
-            images.extend_from_slice(s.pixels);
+            images.extend_from_slice(s.values.bytes().unwrap());
             labels.push(s.label);
         }
         std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
