@@ -116,49 +116,13 @@ fn read_array(
     let values = match (ty.type_char(), ty.size_field()) {
         (Uint, 1) => Array::Bytes(npy.into_vec::<u8>().map_err(bad)?),
         (Float, 4) => Array::Floats(npy.into_vec::<f32>().map_err(bad)?),
-        (Float, 8) => Array::Floats(
-            npy.into_vec::<f64>()
-                .map_err(bad)?
-                .into_iter()
-                .map(|v| v as f32)
-                .collect(),
-        ),
-        (Int, 1) => Array::Ints(
-            npy.into_vec::<i8>()
-                .map_err(bad)?
-                .into_iter()
-                .map(i64::from)
-                .collect(),
-        ),
-        (Int, 2) => Array::Ints(
-            npy.into_vec::<i16>()
-                .map_err(bad)?
-                .into_iter()
-                .map(i64::from)
-                .collect(),
-        ),
-        (Int, 4) => Array::Ints(
-            npy.into_vec::<i32>()
-                .map_err(bad)?
-                .into_iter()
-                .map(i64::from)
-                .collect(),
-        ),
+        (Float, 8) => Array::Floats(widened(npy, |v: f64| v as f32).map_err(bad)?),
+        (Int, 1) => Array::Ints(widened(npy, <i64 as From<i8>>::from).map_err(bad)?),
+        (Int, 2) => Array::Ints(widened(npy, <i64 as From<i16>>::from).map_err(bad)?),
+        (Int, 4) => Array::Ints(widened(npy, <i64 as From<i32>>::from).map_err(bad)?),
         (Int, 8) => Array::Ints(npy.into_vec::<i64>().map_err(bad)?),
-        (Uint, 2) => Array::Ints(
-            npy.into_vec::<u16>()
-                .map_err(bad)?
-                .into_iter()
-                .map(i64::from)
-                .collect(),
-        ),
-        (Uint, 4) => Array::Ints(
-            npy.into_vec::<u32>()
-                .map_err(bad)?
-                .into_iter()
-                .map(i64::from)
-                .collect(),
-        ),
+        (Uint, 2) => Array::Ints(widened(npy, <i64 as From<u16>>::from).map_err(bad)?),
+        (Uint, 4) => Array::Ints(widened(npy, <i64 as From<u32>>::from).map_err(bad)?),
         _ => {
             return Err(format!(
                 "{name}: dtype {ty} is not uint8, an integer or a float"
@@ -166,6 +130,14 @@ fn read_array(
         }
     };
     Ok((shape, values))
+}
+
+/// The values of `npy`, read as `T` (its dtype) and converted by `widen`.
+fn widened<T: npyz::Deserialize, U>(
+    npy: npyz::NpyFile<&[u8]>,
+    widen: impl Fn(T) -> U,
+) -> std::io::Result<Vec<U>> {
+    Ok(npy.into_vec::<T>()?.into_iter().map(widen).collect())
 }
 
 /// Labels from an integer (or byte) array, each a class 0 to 255.
