@@ -6,7 +6,7 @@ use std::vec::Vec;
 
 use crate::kernels::host::Host;
 use crate::kernels::{Kernels, Portable};
-use crate::model::network::{GradSink, Pass, backward, forward, init_params, softmax_xent};
+use crate::model::network::{init_params, training_pass};
 use crate::model::{Fusion, ModelSpec, Plan};
 use crate::rng::Rng;
 use crate::scalar::Fixed;
@@ -25,38 +25,11 @@ const NETS: [&str; 6] = [
     "9x9x1 conv:3x3:p1 relu maxpool:2 gap dense:2",
 ];
 
-/// Every activation, every parameter gradient and the input layer's delta
-/// after one forward and backward pass of `plan` on backend `K`.
+/// Every activation and every parameter gradient after one forward and
+/// backward pass of `plan` on backend `K`.
 fn pass<S: Scalar, K: Kernels<S>>(plan: &Plan, params: &[S], pixels: &[u8]) -> (Vec<S>, Vec<S>) {
-    let mut acts = std::vec![S::ZERO; BATCH * plan.acts_len()];
-    let mut cols = std::vec![S::ZERO; BATCH * plan.cols_len()];
-    let mut d0 = std::vec![S::ZERO; BATCH * plan.delta_len()];
-    let mut d1 = d0.clone();
-    for (a, &p) in acts.iter_mut().zip(pixels) {
-        *a = S::from_pixel(p);
-    }
-    let train = Pass::Train { seed: 3 };
-    forward::<S, K>(plan, params, &mut acts, &mut cols, BATCH, train);
-    let logits = &acts[plan.logits_slot() * BATCH..][..BATCH * plan.classes()];
-    softmax_xent(
-        logits,
-        |k| (k % plan.classes()) as u8,
-        plan.classes(),
-        &mut d0,
-    );
-    let mut grads = std::vec![S::ZERO; plan.param_count()];
-    let mut params = params.to_vec();
-    let sink = GradSink::Store(&mut grads);
-    backward::<S, K>(
-        plan,
-        &mut params,
-        &acts,
-        &mut cols,
-        (&mut d0, &mut d1),
-        BATCH,
-        train,
-        sink,
-    );
+    let label = |k: usize| (k % plan.classes()) as u8;
+    let (_, acts, grads) = training_pass::<S, K>(plan, params, pixels, label, BATCH, 3);
     (acts, grads)
 }
 

@@ -565,6 +565,46 @@ fn fused_param_grads<S: Scalar, K: Kernels<S>>(
     }
 }
 
+/// One training pass of `batch` samples of `pixels` for the tests: forward,
+/// the loss against `label`, backward into a gradient buffer, dropout drawn
+/// from `seed`. Returns the summed loss (Q16), every activation and every
+/// parameter gradient.
+#[cfg(test)]
+pub(crate) fn training_pass<S: Scalar, K: Kernels<S>>(
+    plan: &Plan,
+    params: &[S],
+    pixels: &[u8],
+    label: impl Fn(usize) -> u8,
+    batch: usize,
+    seed: u64,
+) -> (i64, std::vec::Vec<S>, std::vec::Vec<S>) {
+    let mut acts = std::vec![S::ZERO; batch * plan.acts_len()];
+    let mut cols = std::vec![S::ZERO; batch * plan.cols_len()];
+    let mut d0 = std::vec![S::ZERO; batch * plan.delta_len()];
+    let mut d1 = d0.clone();
+    for (a, &p) in acts.iter_mut().zip(pixels) {
+        *a = S::from_pixel(p);
+    }
+    let pass = Pass::Train { seed };
+    forward::<S, K>(plan, params, &mut acts, &mut cols, batch, pass);
+    let logits = &acts[plan.logits_slot() * batch..][..batch * plan.classes()];
+    let (loss, _) = softmax_xent(logits, label, plan.classes(), &mut d0);
+    let mut grads = std::vec![S::ZERO; plan.param_count()];
+    let mut params = params.to_vec();
+    let sink = GradSink::Store(&mut grads);
+    backward::<S, K>(
+        plan,
+        &mut params,
+        &acts,
+        &mut cols,
+        (&mut d0, &mut d1),
+        batch,
+        pass,
+        sink,
+    );
+    (loss, acts, grads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,36 +717,8 @@ mod tests {
 
     /// Summed loss (f64) and parameter gradients of the batch.
     fn loss_and_grads<S: Scalar>(c: &Case, params: &[S]) -> (f64, Vec<S>) {
-        let plan = &c.plan;
-        let mut acts = std::vec![S::ZERO; BATCH * plan.acts_len()];
-        let mut cols = std::vec![S::ZERO; BATCH * plan.cols_len()];
-        let mut d0 = std::vec![S::ZERO; BATCH * plan.delta_len()];
-        let mut d1 = d0.clone();
-        for (a, &p) in acts.iter_mut().zip(&c.pixels) {
-            *a = S::from_pixel(p);
-        }
-        forward::<S, Portable>(
-            plan,
-            params,
-            &mut acts,
-            &mut cols,
-            BATCH,
-            Pass::Train { seed: 5 },
-        );
-        let logits = &acts[plan.logits_slot() * BATCH..][..BATCH * plan.classes()];
-        let (loss, _) = softmax_xent(logits, |k| c.labels[k], plan.classes(), &mut d0);
-        let mut grads = std::vec![S::ZERO; plan.param_count()];
-        let mut params = params.to_vec();
-        backward::<S, Portable>(
-            plan,
-            &mut params,
-            &acts,
-            &mut cols,
-            (&mut d0, &mut d1),
-            BATCH,
-            Pass::Train { seed: 5 },
-            GradSink::Store(&mut grads),
-        );
+        let (loss, _, grads) =
+            training_pass::<S, Portable>(&c.plan, params, &c.pixels, |k| c.labels[k], BATCH, 5);
         (loss as f64 / 65536.0, grads)
     }
 
