@@ -12,6 +12,7 @@
 //! - dropout draws its mask from a seed, forward and again backward, so the
 //!   mask is never stored.
 
+use crate::model::spec::MAX_WINDOW;
 use crate::model::{Layer, RATE_UNIT, Stage};
 use crate::rng::Rng;
 use crate::scalar::Scalar;
@@ -166,6 +167,9 @@ pub(crate) fn maxpool<S: Scalar>(st: &Stage, x: &[S], y: &mut [S], batch: usize)
     });
 }
 
+/// Most positions a pooling window holds.
+const WINDOW_AREA: usize = MAX_WINDOW as usize * MAX_WINDOW as usize;
+
 /// Max pooling backward: each output gradient goes to the first maximum of
 /// its window.
 pub(crate) fn maxpool_backward<S: Scalar>(
@@ -179,15 +183,14 @@ pub(crate) fn maxpool_backward<S: Scalar>(
     dx.fill(S::ZERO);
     let mut best = [(S::ZERO, 0usize); 64];
     for_each_window(st, batch, |out, inputs| {
-        let inputs: &mut dyn Iterator<Item = usize> = inputs;
         let Some(first) = inputs.next() else {
             return;
         };
         // Channels in groups, the window's running maximum and where it was.
-        let mut positions = [0usize; 49];
+        let mut positions = [0usize; WINDOW_AREA];
         positions[0] = first;
         let mut n = 1;
-        for at in inputs.take(48) {
+        for at in inputs.take(WINDOW_AREA - 1) {
             positions[n] = at;
             n += 1;
         }
